@@ -1,0 +1,243 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/amesh-dev/amesh/identity"
+)
+
+// ClientConfig configures a Client. Source is required.
+type ClientConfig struct {
+	// Source gives the SVIDs of local workloads and the bundles that verify servers.
+	Source identity.Source
+	// Dial opens the TCP connection to an HBONE server; nil uses net.Dialer. The agent sets it
+	// to dial from inside the source pod's netns with its socket mark.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxStreamsPerConn bounds streams on one HTTP/2 connection; another is opened past it. 100 when zero.
+	MaxStreamsPerConn int
+	// IdleTimeout closes a pooled connection that carried no stream for this long; 90s when zero.
+	IdleTimeout time.Duration
+	// KeepaliveInterval and KeepaliveTimeout: PING after this much silence, close when unanswered.
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// HandshakeTimeout bounds the TCP dial plus TLS handshake; 10s when zero.
+	HandshakeTimeout time.Duration
+	// Logger; discarded when nil.
+	Logger *slog.Logger
+}
+
+// Target says where one tunneled connection goes.
+type Target struct {
+	// Source is the local workload's identity, presented to the server.
+	Source spiffeid.ID
+	// Dest is the identity the server must prove: the destination workload's (or waypoint's).
+	Dest spiffeid.ID
+	// Addr is the HBONE endpoint, the destination pod's IP on port 15008.
+	Addr netip.AddrPort
+	// Authority is the original destination, sent as :authority.
+	Authority netip.AddrPort
+	// Baggage, Traceparent and Forwarded are sent as headers when set.
+	Baggage, Traceparent, Forwarded string
+}
+
+// Client opens HBONE streams over pooled connections.
+type Client struct {
+	cfg      ClientConfig
+	log      *slog.Logger
+	pool     *pool
+	counters Counters
+}
+
+// NewClient checks cfg and returns a Client.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("tunnel: client: no identity source")
+	}
+	if cfg.MaxStreamsPerConn <= 0 {
+		cfg.MaxStreamsPerConn = 100
+	}
+	setDefault(&cfg.IdleTimeout, 90*time.Second)
+	setDefault(&cfg.KeepaliveInterval, 30*time.Second)
+	setDefault(&cfg.KeepaliveTimeout, 10*time.Second)
+	setDefault(&cfg.HandshakeTimeout, 10*time.Second)
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{cfg: cfg, log: log}
+	c.pool = newPool(c)
+	return c, nil
+}
+
+// Counters returns the client's refusal counts.
+func (c *Client) Counters() *Counters { return &c.counters }
+
+// Dial opens one tunneled connection to t. The returned Stream is established (the server
+// answered 200); a refusal is a *RefusedError with its Reason.
+func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
+	if !t.Authority.IsValid() || !t.Addr.IsValid() {
+		return nil, errors.New("tunnel: dial: target needs Addr and Authority")
+	}
+	key := poolKey{src: t.Source, dst: t.Dest, addr: t.Addr}
+	fields := connectHeaders(&t)
+	for attempt := 0; ; attempt++ {
+		hc, err := c.pool.get(ctx, key)
+		if err != nil {
+			c.counters.add(ReasonOf(err))
+			return nil, err
+		}
+		st, err := hc.openStream(fields)
+		if err != nil {
+			// The connection went away under us: another one may take it.
+			if attempt < 2 && ctx.Err() == nil {
+				continue
+			}
+			return nil, fmt.Errorf("tunnel: dial %s via %s: %w", t.Authority, t.Addr, err)
+		}
+		if err := c.await(ctx, st, hc); err != nil {
+			st.Close()
+			if re, ok := errors.AsType[*RefusedError](err); ok {
+				c.counters.add(re.Reason)
+			}
+			return nil, fmt.Errorf("tunnel: dial %s via %s as %s: %w", t.Authority, t.Addr, t.Source, err)
+		}
+		return st, nil
+	}
+}
+
+// await waits for the CONNECT response.
+func (c *Client) await(ctx context.Context, st *Stream, hc *h2conn) error {
+	select {
+	case <-st.respReady:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-hc.done:
+		hc.mu.Lock()
+		err := hc.closeErr
+		hc.mu.Unlock()
+		return fmt.Errorf("%w: %w", ErrConnClosed, err)
+	}
+	status := st.resp.PseudoValue("status")
+	if status == "200" {
+		return nil
+	}
+	code, _ := strconv.Atoi(status)
+	return &RefusedError{Reason: reasonForStatus(code), Status: code, Err: fmt.Errorf("server answered %q", status)}
+}
+
+// openStream sends the HEADERS of a new stream, using a slot reserved by the pool.
+func (c *h2conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
+	var s *Stream
+	var refused error
+	err := c.write(func() error {
+		c.mu.Lock()
+		c.reserved--
+		if c.closed || c.goingAway || c.nextID > 1<<31-1 {
+			c.mu.Unlock()
+			refused = ErrConnClosed
+			return nil
+		}
+		id := c.nextID
+		c.nextID += 2
+		s = c.newStreamLocked(id)
+		c.mu.Unlock()
+		// Stream IDs must reach the wire in order: allocate and write under one hold of wmu.
+		return c.writeHeadersLocked(id, fields, false)
+	})
+	if refused != nil {
+		return nil, refused
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// connect dials and handshakes one HBONE connection for key.
+func (c *Client) connect(ctx context.Context, key poolKey) (*h2conn, error) {
+	// The dial serves every caller waiting on this key, so it outlives the first caller's ctx.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandshakeTimeout)
+	defer cancel()
+	nc, err := c.cfg.Dial(dctx, "tcp", key.addr.String())
+	if err != nil {
+		return nil, refuse(ReasonUpstreamDial, fmt.Errorf("dial HBONE %s (is port %d open and allowed by NetworkPolicy?): %w", key.addr, HBONEPort, err))
+	}
+	var presented *x509.Certificate
+	tc := tls.Client(nc, clientTLS(c.cfg.Source, key.src, key.dst, &presented))
+	if err := tc.HandshakeContext(dctx); err != nil {
+		nc.Close()
+		rerr := classifyHandshake(dctx, err)
+		c.log.Info("HBONE handshake failed", "addr", key.addr.String(), "dst_id", key.dst.String(), "reason", ReasonOf(rerr).String(), "err", err)
+		return nil, rerr
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != alpnH2 {
+		tc.Close()
+		return nil, refuse(ReasonALPN, fmt.Errorf("server %s negotiated ALPN %q, not h2", key.addr, p))
+	}
+	hc := newH2Conn(tc, true, c.log.With("addr", key.addr.String(), "src_id", key.src.String(), "dst_id", key.dst.String()))
+	hc.freshUntil = freshUntil(tc.ConnectionState(), presented)
+	if err := hc.handshake(0); err != nil {
+		tc.Close()
+		return nil, refuse(ReasonProtocol, err)
+	}
+	hc.counters = &c.counters
+	go hc.readLoop()
+	go hc.ctrlLoop()
+	// In TLS 1.3 the server judges our certificate after our handshake is done: wait for its
+	// SETTINGS, so that a rejection fails this dial with its reason instead of a later stream.
+	select {
+	case <-hc.settings:
+	case <-hc.done:
+		hc.mu.Lock()
+		err := hc.closeErr
+		hc.mu.Unlock()
+		return nil, refuse(ReasonHandshake, fmt.Errorf("server %s (%s) refused the connection, maybe our certificate: %w", key.addr, key.dst, err))
+	case <-dctx.Done():
+		hc.Close()
+		return nil, refuse(ReasonHandshakeTimeout, fmt.Errorf("no HTTP/2 SETTINGS from %s: %w", key.addr, dctx.Err()))
+	}
+	go hc.keepalive(c.cfg.KeepaliveInterval, c.cfg.KeepaliveTimeout, c.cfg.IdleTimeout)
+	return hc, nil
+}
+
+// freshUntil is when a pooled connection stops taking new streams: half-way through the life
+// of the younger of the two certificates it was authenticated with, which is when the identity
+// source rotates it. Open streams are not disturbed; new ones get a connection with new certs.
+func freshUntil(cs tls.ConnectionState, presented *x509.Certificate) time.Time {
+	var until time.Time
+	leaves := []*x509.Certificate{}
+	if len(cs.PeerCertificates) > 0 {
+		leaves = append(leaves, cs.PeerCertificates[0])
+	}
+	if presented != nil {
+		leaves = append(leaves, presented)
+	}
+	for _, l := range leaves {
+		half := l.NotBefore.Add(l.NotAfter.Sub(l.NotBefore) / 2)
+		if until.IsZero() || half.Before(until) {
+			until = half
+		}
+	}
+	return until
+}
+
+// Close closes every pooled connection; their streams fail.
+func (c *Client) Close() error {
+	c.pool.close()
+	return nil
+}

@@ -1,0 +1,205 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.uber.org/goleak"
+
+	"github.com/amesh-dev/amesh/identity"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	testTD   = spiffeid.RequireTrustDomainFromString("cluster.local")
+	clientID = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/client")
+	serverID = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/server")
+)
+
+// env is a CA, an identity cache, an echo backend, an HBONE server on loopback and a client.
+type env struct {
+	t       *testing.T
+	ca      *identity.CA
+	src     *identity.Cache
+	srv     *Server
+	ln      *countingListener
+	backend *backend
+	client  *Client
+}
+
+type envOpts struct {
+	server func(*ServerConfig)
+	client func(*ClientConfig)
+	caTTL  time.Duration
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	ca, err := identity.NewCA(testTD, identity.CAConfig{SVIDTTL: o.caTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := identity.NewCache(ca, nil)
+	t.Cleanup(func() { src.Close() })
+	e := &env{t: t, ca: ca, src: src, backend: newEchoBackend(t)}
+
+	scfg := ServerConfig{Source: src}
+	if o.server != nil {
+		o.server(&scfg)
+	}
+	srv, err := NewServer(scfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv = srv
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ln = &countingListener{Listener: raw}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(context.Background(), e.ln, serverID)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	e.client = e.newClient(src, o.client)
+	return e
+}
+
+func (e *env) newClient(src identity.Source, mod func(*ClientConfig)) *Client {
+	cfg := ClientConfig{Source: src}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := NewClient(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) target() Target {
+	return Target{
+		Source:    clientID,
+		Dest:      serverID,
+		Addr:      netip.MustParseAddrPort(e.ln.Addr().String()),
+		Authority: e.backend.addr,
+	}
+}
+
+func (e *env) dial(ctx context.Context) *Stream {
+	e.t.Helper()
+	st, err := e.client.Dial(ctx, e.target())
+	if err != nil {
+		e.t.Fatalf("dial: %v", err)
+	}
+	return st
+}
+
+// countingListener counts accepted TCP connections (one per HBONE connection).
+type countingListener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// backend is a TCP server on loopback that runs handle on every connection and counts them.
+type backend struct {
+	addr     netip.AddrPort
+	accepted atomic.Int64
+	bytes    atomic.Int64
+}
+
+func newBackend(t *testing.T, handle func(c *net.TCPConn, b *backend)) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{addr: netip.MustParseAddrPort(ln.Addr().String())}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.accepted.Add(1)
+			wg.Go(func() {
+				defer c.Close()
+				handle(c.(*net.TCPConn), b)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return b
+}
+
+// newEchoBackend echoes until EOF, then half-closes.
+func newEchoBackend(t *testing.T) *backend {
+	return newBackend(t, func(c *net.TCPConn, b *backend) {
+		n, _ := io.Copy(c, c)
+		b.bytes.Add(n)
+		c.CloseWrite()
+	})
+}
+
+// staticSource presents one fixed SVID whatever identity is asked for, with a chosen bundle:
+// the way to put bad certificates in front of a server.
+type staticSource struct {
+	svid   *x509svid.SVID
+	bundle x509bundle.Source
+}
+
+func (s staticSource) SVID(context.Context, spiffeid.ID) (*x509svid.SVID, error) {
+	if s.svid == nil {
+		return nil, errors.New("no svid")
+	}
+	return s.svid, nil
+}
+
+func (s staticSource) Watch(spiffeid.ID) (<-chan struct{}, func()) {
+	return make(chan struct{}), func() {}
+}
+
+func (s staticSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.bundle.GetX509BundleForTrustDomain(td)
+}
+
+// waitFor polls cond for up to 5s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

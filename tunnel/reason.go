@@ -1,0 +1,151 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+)
+
+// Reason says why a tunnel refused a connection or a stream. Every refusal is counted by reason
+// (Counters) and carried in a *RefusedError.
+type Reason uint8
+
+// Refusal reasons. TLS-level reasons end the connection before any stream exists; request-level
+// reasons answer one CONNECT with an error status and deliver no byte.
+const (
+	ReasonNone             Reason = iota
+	ReasonHandshakeTimeout        // the peer did not finish the TLS handshake in time
+	ReasonTLSVersion              // the peer does not offer TLS 1.3
+	ReasonALPN                    // the peer does not offer or select ALPN h2
+	ReasonNoClientCert            // the client presented no certificate
+	ReasonCertExpired             // the peer's certificate has expired
+	ReasonCertNotYetValid         // the peer's certificate is not valid yet
+	ReasonUntrusted               // the peer's certificate does not chain to the trust bundle (self-signed, other CA)
+	ReasonWrongTrustDomain        // the peer's SPIFFE ID is of a trust domain we hold no bundle for
+	ReasonNotSVID                 // the peer's certificate is not an X.509-SVID (no single SPIFFE URI SAN, CA flag)
+	ReasonWrongServerID           // the server's SPIFFE ID is not the one the destination should have
+	ReasonHandshake               // any other TLS handshake failure
+	ReasonProtocol                // broken HTTP/2: bad preface, frame errors
+	ReasonBadMethod               // a request other than CONNECT
+	ReasonBadAuthority            // :authority is not a literal ip:port
+	ReasonBadRequest              // other malformed request headers
+	ReasonHeadersTooLarge         // the request's header list is over the limit
+	ReasonDenied                  // the authorization hook said no
+	ReasonUpstreamDial            // the destination refused or could not be reached
+	reasonCount
+)
+
+var reasonNames = [reasonCount]string{
+	ReasonNone:             "none",
+	ReasonHandshakeTimeout: "handshake_timeout",
+	ReasonTLSVersion:       "tls_version",
+	ReasonALPN:             "alpn",
+	ReasonNoClientCert:     "no_client_cert",
+	ReasonCertExpired:      "cert_expired",
+	ReasonCertNotYetValid:  "cert_not_yet_valid",
+	ReasonUntrusted:        "untrusted_cert",
+	ReasonWrongTrustDomain: "wrong_trust_domain",
+	ReasonNotSVID:          "not_svid",
+	ReasonWrongServerID:    "wrong_server_id",
+	ReasonHandshake:        "handshake",
+	ReasonProtocol:         "protocol",
+	ReasonBadMethod:        "bad_method",
+	ReasonBadAuthority:     "bad_authority",
+	ReasonBadRequest:       "bad_request",
+	ReasonHeadersTooLarge:  "headers_too_large",
+	ReasonDenied:           "denied",
+	ReasonUpstreamDial:     "upstream_dial",
+}
+
+// String returns the reason's metric label.
+func (r Reason) String() string {
+	if r < reasonCount {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("reason(%d)", uint8(r))
+}
+
+// Status is the HTTP status a server answers a refused CONNECT with (0 for TLS-level reasons).
+func (r Reason) Status() int {
+	switch r {
+	case ReasonBadMethod, ReasonBadAuthority, ReasonBadRequest:
+		return 400
+	case ReasonDenied:
+		return 401
+	case ReasonHeadersTooLarge:
+		return 431
+	case ReasonUpstreamDial:
+		return 503
+	}
+	return 0
+}
+
+// reasonForStatus classifies a non-200 CONNECT response on the client side.
+func reasonForStatus(status int) Reason {
+	switch status {
+	case 401, 403:
+		return ReasonDenied
+	case 431:
+		return ReasonHeadersTooLarge
+	case 502, 503, 504:
+		return ReasonUpstreamDial
+	}
+	return ReasonBadRequest
+}
+
+// RefusedError is a connection or stream refused for Reason.
+type RefusedError struct {
+	Reason Reason
+	Status int // the CONNECT response status, when the refusal came as one
+	Err    error
+}
+
+func (e *RefusedError) Error() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("tunnel: refused (%s, HTTP %d): %v", e.Reason, e.Status, e.Err)
+	}
+	return fmt.Sprintf("tunnel: refused (%s): %v", e.Reason, e.Err)
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// ReasonOf returns the Reason carried by err, or ReasonNone.
+func ReasonOf(err error) Reason {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.Reason
+	}
+	return ReasonNone
+}
+
+func refuse(r Reason, err error) *RefusedError { return &RefusedError{Reason: r, Err: err} }
+
+// Counters counts refusals by reason. The zero value is ready; it is safe for concurrent use.
+type Counters struct {
+	n [reasonCount]atomic.Uint64
+}
+
+func (c *Counters) add(r Reason) {
+	if r < reasonCount {
+		c.n[r].Add(1)
+	}
+}
+
+// Get returns how many refusals had reason r.
+func (c *Counters) Get(r Reason) uint64 {
+	if r >= reasonCount {
+		return 0
+	}
+	return c.n[r].Load()
+}
+
+// Snapshot returns the non-zero counts by reason label.
+func (c *Counters) Snapshot() map[string]uint64 {
+	m := map[string]uint64{}
+	for r := Reason(1); r < reasonCount; r++ {
+		if v := c.n[r].Load(); v != 0 {
+			m[r.String()] = v
+		}
+	}
+	return m
+}

@@ -1,0 +1,281 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// errWriteAfterCloseWrite is returned by Write after CloseWrite.
+var errWriteAfterCloseWrite = errors.New("tunnel: write after CloseWrite")
+
+// Stream is one tunneled TCP connection: an HTTP/2 CONNECT stream inside an HBONE connection.
+// It is a net.Conn with TCP's half-close: CloseWrite ends our side (END_STREAM) and Read returns
+// io.EOF once the peer ended its side. Close resets the stream (RST_STREAM CANCEL) unless both
+// sides had already ended cleanly, as closing a TCP socket with work left undone sends RST.
+//
+// Writes block while the peer's flow-control window is empty: backpressure, never a drop.
+type Stream struct {
+	c    *h2conn
+	id   uint32
+	cond *sync.Cond // on c.mu
+	wmu  sync.Mutex // one Write or CloseWrite at a time, so frames of a Write stay in order
+
+	// Guarded by c.mu.
+	sendWindow  int64
+	recvAvail   int64 // what the peer may still send on this stream
+	recvUnacked int64
+	rbuf        []byte
+	roff        int
+	recvEOF     bool
+	sentEnd     bool
+	reset       error // set once: the stream is dead
+	closed      bool
+	req         *http2.MetaHeadersFrame // server side: the request
+	resp        *http2.MetaHeadersFrame // client side: the response
+	respReady   chan struct{}           // closed when resp is set
+	rdeadline   time.Time
+	wdeadline   time.Time
+	rtimer      *time.Timer
+	wtimer      *time.Timer
+}
+
+// ID returns the HTTP/2 stream ID.
+func (s *Stream) ID() uint32 { return s.id }
+
+// Read reads tunneled bytes.
+func (s *Stream) Read(p []byte) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if n := len(s.rbuf) - s.roff; n > 0 {
+			k := copy(p, s.rbuf[s.roff:])
+			s.roff += k
+			if s.roff == len(s.rbuf) {
+				s.rbuf, s.roff = s.rbuf[:0], 0
+			}
+			s.creditLocked(int64(k))
+			c.creditConnLocked(int64(k))
+			return k, nil
+		}
+		if s.reset != nil {
+			return 0, s.reset
+		}
+		if s.recvEOF {
+			return 0, io.EOF
+		}
+		if expired(s.rdeadline) {
+			return 0, os.ErrDeadlineExceeded
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		s.cond.Wait()
+	}
+}
+
+// appendRecvLocked stores received payload, compacting instead of growing when it can.
+func (s *Stream) appendRecvLocked(data []byte) {
+	if s.roff > 0 && len(s.rbuf)+len(data) > cap(s.rbuf) {
+		n := copy(s.rbuf, s.rbuf[s.roff:])
+		s.rbuf, s.roff = s.rbuf[:n], 0
+	}
+	s.rbuf = append(s.rbuf, data...)
+}
+
+// creditLocked returns consumed bytes to the peer's stream window, in batches.
+func (s *Stream) creditLocked(n int64) {
+	s.recvUnacked += n
+	if s.recvUnacked >= streamWindow/4 && !s.recvEOF && s.reset == nil {
+		inc, id, c := uint32(s.recvUnacked), s.id, s.c
+		s.recvAvail += s.recvUnacked
+		s.recvUnacked = 0
+		c.queueCtrl(func() error { return c.wfr.WriteWindowUpdate(id, inc) })
+	}
+}
+
+// Write sends p as DATA frames, blocking while flow control allows nothing.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	total := 0
+	for len(p) > 0 {
+		n, err := s.reserveSend(len(p))
+		if err != nil {
+			return total, err
+		}
+		chunk := p[:n]
+		if err := s.c.write(func() error { return s.c.writeDataLocked(s.id, chunk, false) }); err != nil {
+			return total, err
+		}
+		total += n
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// reserveSend takes up to want bytes of send window from the stream and the connection.
+func (s *Stream) reserveSend(want int) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		switch {
+		case s.reset != nil:
+			return 0, s.reset
+		case s.sentEnd:
+			return 0, errWriteAfterCloseWrite
+		case expired(s.wdeadline):
+			return 0, os.ErrDeadlineExceeded
+		}
+		if s.sendWindow > 0 && c.sendWindow > 0 {
+			n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+			s.sendWindow -= n
+			c.sendWindow -= n
+			delete(c.connBlocked, s)
+			return int(n), nil
+		}
+		if c.sendWindow <= 0 {
+			c.connBlocked[s] = struct{}{}
+		}
+		s.cond.Wait()
+	}
+}
+
+// CloseWrite ends our side of the stream (END_STREAM), like shutdown(SHUT_WR).
+func (s *Stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if s.reset != nil {
+		err := s.reset
+		c.mu.Unlock()
+		return err
+	}
+	if s.sentEnd {
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	if err := c.write(func() error { return c.writeDataLocked(s.id, nil, true) }); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	s.sentEnd = true
+	c.maybeRemoveLocked(s)
+	c.mu.Unlock()
+	return nil
+}
+
+// Reset aborts the stream with code (RST_STREAM): the peer's reads and writes fail.
+func (s *Stream) Reset(code http2.ErrCode) {
+	c := s.c
+	c.mu.Lock()
+	send := s.reset == nil && !(s.sentEnd && s.recvEOF)
+	if s.reset == nil {
+		s.resetLocked(&ResetError{Code: code})
+	}
+	c.mu.Unlock()
+	if send {
+		c.queueRST(s.id, code)
+	}
+}
+
+// resetLocked marks the stream dead and wakes its waiters.
+func (s *Stream) resetLocked(err error) {
+	if s.reset == nil {
+		s.reset = err
+	}
+	s.cond.Broadcast()
+	s.c.maybeRemoveLocked(s)
+}
+
+// Close ends the stream: cleanly when the peer already ended its side and everything was read,
+// with RST_STREAM CANCEL otherwise.
+func (s *Stream) Close() error {
+	c := s.c
+	c.mu.Lock()
+	if s.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	graceful := s.reset == nil && s.recvEOF && len(s.rbuf) == s.roff && !s.sentEnd
+	c.mu.Unlock()
+	if graceful {
+		if err := s.CloseWrite(); err == nil {
+			s.stopTimers()
+			return nil
+		}
+	}
+	s.Reset(http2.ErrCodeCancel)
+	s.stopTimers()
+	return nil
+}
+
+func (s *Stream) stopTimers() {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	if s.rtimer != nil {
+		s.rtimer.Stop()
+	}
+	if s.wtimer != nil {
+		s.wtimer.Stop()
+	}
+}
+
+// LocalAddr returns the local address of the HBONE connection carrying the stream.
+func (s *Stream) LocalAddr() net.Addr { return s.c.nc.LocalAddr() }
+
+// RemoteAddr returns the remote address of the HBONE connection carrying the stream.
+func (s *Stream) RemoteAddr() net.Addr { return s.c.nc.RemoteAddr() }
+
+// SetDeadline sets both deadlines.
+func (s *Stream) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline makes blocked and future Reads fail with os.ErrDeadlineExceeded after t.
+func (s *Stream) SetReadDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.rdeadline = t
+	s.rtimer = s.armLocked(s.rtimer, t)
+	return nil
+}
+
+// SetWriteDeadline makes blocked and future Writes fail with os.ErrDeadlineExceeded after t.
+func (s *Stream) SetWriteDeadline(t time.Time) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	s.wdeadline = t
+	s.wtimer = s.armLocked(s.wtimer, t)
+	return nil
+}
+
+func (s *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
+	if tm != nil {
+		tm.Stop()
+	}
+	s.cond.Broadcast()
+	if t.IsZero() {
+		return nil
+	}
+	return time.AfterFunc(time.Until(t), func() {
+		s.c.mu.Lock()
+		s.cond.Broadcast()
+		s.c.mu.Unlock()
+	})
+}
+
+func expired(t time.Time) bool { return !t.IsZero() && !time.Now().Before(t) }
+
+var _ net.Conn = (*Stream)(nil)
