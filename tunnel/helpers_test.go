@@ -29,7 +29,7 @@ var (
 
 // env is a CA, an identity cache, an echo backend, an HBONE server on loopback and a client.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *identity.CA
 	src     *identity.Cache
 	srv     *Server
@@ -44,7 +44,7 @@ type envOpts struct {
 	caTTL  time.Duration
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	ca, err := identity.NewCA(testTD, identity.CAConfig{SVIDTTL: o.caTTL})
 	if err != nil {
@@ -133,7 +133,7 @@ type backend struct {
 	bytes    atomic.Int64
 }
 
-func newBackend(t *testing.T, handle func(c *net.TCPConn, b *backend)) *backend {
+func newBackend(t testing.TB, handle func(c *net.TCPConn, b *backend)) *backend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -162,7 +162,7 @@ func newBackend(t *testing.T, handle func(c *net.TCPConn, b *backend)) *backend 
 }
 
 // newEchoBackend echoes until EOF, then half-closes.
-func newEchoBackend(t *testing.T) *backend {
+func newEchoBackend(t testing.TB) *backend {
 	return newBackend(t, func(c *net.TCPConn, b *backend) {
 		n, _ := io.Copy(c, c)
 		b.bytes.Add(n)
