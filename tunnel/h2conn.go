@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +28,12 @@ const (
 	maxFrameSize    = 1 << 20  // largest DATA frame we accept
 	maxHeaderList   = 16 << 10 // largest header list we accept (SETTINGS_MAX_HEADER_LIST_SIZE)
 	writeBufferSize = 256 << 10
-	readBufferSize  = 256 << 10
+	// Small on purpose: bufio reads straight into a payload chunk larger than its buffer, so
+	// big DATA payloads bypass it.
+	readBufferSize = 32 << 10
+	frameHeaderLen = 9
+	// DATA payloads at least this big are written straight to TLS rather than copied into bw.
+	directWriteMin = 32 << 10
 
 	initialPeerWindow = 65535 // RFC 9113 §6.9.2 default before the peer's SETTINGS
 	initialPeerFrame  = 16384 // RFC 9113 §4.2 default
@@ -63,7 +69,8 @@ type h2conn struct {
 	nc     net.Conn
 	client bool
 	log    *slog.Logger
-	rfr    *http2.Framer
+	br     *bufio.Reader // read loop only
+	rfr    *http2.Framer // read loop only
 
 	wmu     sync.Mutex
 	bw      *bufio.Writer
@@ -128,7 +135,8 @@ func newH2Conn(nc net.Conn, client bool, log *slog.Logger) *h2conn {
 	c.bw = bufio.NewWriterSize(nc, writeBufferSize)
 	c.wfr = http2.NewFramer(c.bw, nil)
 	c.henc = hpack.NewEncoder(&c.hbuf)
-	c.rfr = http2.NewFramer(nil, bufio.NewReaderSize(nc, readBufferSize))
+	c.br = bufio.NewReaderSize(nc, readBufferSize)
+	c.rfr = http2.NewFramer(nil, c.br)
 	c.rfr.SetMaxReadFrameSize(maxFrameSize)
 	// Decode header lists up to 4× our limit so parseConnect can answer 431 instead of the
 	// connection dying of a COMPRESSION_ERROR on one long value.
@@ -143,7 +151,7 @@ func newH2Conn(nc net.Conn, client bool, log *slog.Logger) *h2conn {
 func (c *h2conn) handshake(maxStreams uint32) error {
 	if !c.client {
 		buf := make([]byte, len(clientPreface))
-		if _, err := io.ReadFull(c.nc, buf); err != nil {
+		if _, err := io.ReadFull(c.br, buf); err != nil {
 			return fmt.Errorf("read client preface: %w", err)
 		}
 		if string(buf) != clientPreface {
@@ -261,6 +269,15 @@ func (c *h2conn) writeDataLocked(id uint32, p []byte, end bool) error {
 	if _, err := c.bw.Write(hdr[:]); err != nil {
 		return err
 	}
+	if len(p) >= directWriteMin {
+		// Copying a bulk payload into bw costs more than the small extra TLS record for the
+		// header (and any queued control frames) that flushing first costs.
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		_, err := c.nc.Write(p)
+		return err
+	}
 	_, err := c.bw.Write(p)
 	return err
 }
@@ -298,6 +315,29 @@ func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end b
 func (c *h2conn) readLoop() {
 	first := true
 	for {
+		if !first {
+			// Unpadded DATA frames skip the Framer and its copy; anything unusual goes through it.
+			if hdr, err := c.br.Peek(frameHeaderLen); err == nil && http2.FrameType(hdr[3]) == http2.FrameData &&
+				hdr[4]&^byte(http2.FlagDataEndStream) == 0 {
+				length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+				sid := binary.BigEndian.Uint32(hdr[5:]) & (1<<31 - 1)
+				if sid != 0 && length <= maxFrameSize {
+					end := hdr[4]&byte(http2.FlagDataEndStream) != 0
+					c.br.Discard(frameHeaderLen)
+					if err := c.readDataFast(sid, length, end); err != nil {
+						var ce http2.ConnectionError
+						if errors.As(err, &ce) {
+							c.goAway(http2.ErrCode(ce), err)
+						} else {
+							c.closeWith(fmt.Errorf("read frame: %w", err))
+						}
+						return
+					}
+					c.lastRead.Store(time.Now().UnixNano())
+					continue
+				}
+			}
+		}
 		f, err := c.rfr.ReadFrame()
 		if err != nil {
 			var se http2.StreamError
@@ -392,28 +432,48 @@ func (c *h2conn) handleFrame(f http2.Frame) error {
 }
 
 func (c *h2conn) handleData(f *http2.DataFrame) error {
-	size := int64(f.Length)
-	data := f.Data()
+	b := getChunk(len(f.Data()))
+	copy(b, f.Data())
+	return c.deliverData(f.StreamID, int64(f.Length), b, f.StreamEnded())
+}
+
+// readDataFast reads the payload of an unpadded DATA frame whose header was consumed straight
+// into a pooled chunk: the only copy between TLS and the destination is TLS's own.
+func (c *h2conn) readDataFast(sid uint32, length int, end bool) error {
+	b := getChunk(length)
+	if _, err := io.ReadFull(c.br, b); err != nil {
+		putChunk(b)
+		return err
+	}
+	return c.deliverData(sid, int64(length), b, end)
+}
+
+// deliverData accounts a DATA frame of size bytes on the wire (padding included) whose payload
+// is data (a pooled chunk, now owned here) and queues it on its stream.
+func (c *h2conn) deliverData(sid uint32, size int64, data []byte, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if size > c.recvAvail {
+		putChunk(data)
 		return connErr(http2.ErrCodeFlowControl, "peer overran the connection window")
 	}
 	c.recvAvail -= size
-	s := c.streams[f.StreamID]
+	s := c.streams[sid]
 	if s == nil || s.recvEOF || s.reset != nil {
 		// A stream we already closed: the bytes are nobody's, give them back at once.
+		putChunk(data)
 		c.creditConnLocked(size)
 		if s != nil && s.recvEOF && s.reset == nil {
 			s.resetLocked(&ResetError{Code: http2.ErrCodeStreamClosed})
-			c.queueRST(f.StreamID, http2.ErrCodeStreamClosed)
+			c.queueRST(sid, http2.ErrCodeStreamClosed)
 		}
 		return nil
 	}
 	if size > s.recvAvail {
+		putChunk(data)
 		c.creditConnLocked(size)
 		s.resetLocked(&ResetError{Code: http2.ErrCodeFlowControl})
-		c.queueRST(f.StreamID, http2.ErrCodeFlowControl)
+		c.queueRST(sid, http2.ErrCodeFlowControl)
 		return nil
 	}
 	s.recvAvail -= size
@@ -421,10 +481,8 @@ func (c *h2conn) handleData(f *http2.DataFrame) error {
 		c.creditConnLocked(pad)
 		s.creditLocked(pad)
 	}
-	if len(data) > 0 {
-		s.appendRecvLocked(data)
-	}
-	if f.StreamEnded() {
+	s.rq.push(data)
+	if end {
 		s.recvEOF = true
 		c.maybeRemoveLocked(s)
 	}
@@ -587,9 +645,8 @@ func (c *h2conn) maybeRemoveLocked(s *Stream) {
 	}
 	delete(c.streams, s.id)
 	delete(c.connBlocked, s)
-	if s.reset != nil && len(s.rbuf)-s.roff > 0 {
-		c.creditConnLocked(int64(len(s.rbuf) - s.roff))
-		s.rbuf, s.roff = nil, 0
+	if s.reset != nil && s.rq.len() > 0 {
+		c.creditConnLocked(int64(s.rq.drop()))
 	}
 	if len(c.streams) == 0 {
 		c.idleSince = time.Now()

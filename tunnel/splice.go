@@ -55,6 +55,15 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 
 // copyHalf copies src to dst; on EOF from src it half-closes dst.
 func copyHalf(dst, src net.Conn) (int64, error) {
+	if st, ok := src.(*Stream); ok {
+		n, err := st.WriteTo(dst)
+		if err == nil {
+			if cw, ok := dst.(closeWriter); ok {
+				err = cw.CloseWrite()
+			}
+		}
+		return n, err
+	}
 	bp := smallPool.Get().(*[]byte)
 	large := false
 	defer func() {

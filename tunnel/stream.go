@@ -30,8 +30,7 @@ type Stream struct {
 	sendWindow  int64
 	recvAvail   int64 // what the peer may still send on this stream
 	recvUnacked int64
-	rbuf        []byte
-	roff        int
+	rq          recvQueue
 	recvEOF     bool
 	sentEnd     bool
 	reset       error // set once: the stream is dead
@@ -54,12 +53,8 @@ func (s *Stream) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
-		if n := len(s.rbuf) - s.roff; n > 0 {
-			k := copy(p, s.rbuf[s.roff:])
-			s.roff += k
-			if s.roff == len(s.rbuf) {
-				s.rbuf, s.roff = s.rbuf[:0], 0
-			}
+		if s.rq.len() > 0 {
+			k := s.rq.read(p)
 			s.creditLocked(int64(k))
 			c.creditConnLocked(int64(k))
 			return k, nil
@@ -80,13 +75,48 @@ func (s *Stream) Read(p []byte) (int, error) {
 	}
 }
 
-// appendRecvLocked stores received payload, compacting instead of growing when it can.
-func (s *Stream) appendRecvLocked(data []byte) {
-	if s.roff > 0 && len(s.rbuf)+len(data) > cap(s.rbuf) {
-		n := copy(s.rbuf, s.rbuf[s.roff:])
-		s.rbuf, s.roff = s.rbuf[:n], 0
+// WriteTo writes everything the peer sends to w until the peer ends the stream (then it returns
+// nil, as io.Copy expects) or it is reset. Received chunks go to w as they are, in one writev
+// where w is a TCP connection: no copy between the TLS layer and the destination socket.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	c := s.c
+	var total int64
+	for {
+		c.mu.Lock()
+		for s.rq.len() == 0 && s.reset == nil && !s.recvEOF && !expired(s.rdeadline) {
+			s.cond.Wait()
+		}
+		chunks, off, n := s.rq.take()
+		var err error
+		switch {
+		case n > 0:
+		case s.reset != nil:
+			err = s.reset
+		case s.recvEOF:
+			c.mu.Unlock()
+			return total, nil
+		default:
+			err = os.ErrDeadlineExceeded
+		}
+		c.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+		bufs := make(net.Buffers, len(chunks))
+		copy(bufs, chunks)
+		bufs[0] = bufs[0][off:]
+		k, werr := bufs.WriteTo(w)
+		total += k
+		putChunks(chunks)
+		c.mu.Lock()
+		// The window reopens only once the bytes are out: a slow destination slows the sender.
+		s.creditLocked(int64(n))
+		c.creditConnLocked(int64(n))
+		c.mu.Unlock()
+		if werr != nil {
+			return total, werr
+		}
 	}
-	s.rbuf = append(s.rbuf, data...)
 }
 
 // creditLocked returns consumed bytes to the peer's stream window, in batches.
@@ -207,7 +237,7 @@ func (s *Stream) Close() error {
 		return nil
 	}
 	s.closed = true
-	graceful := s.reset == nil && s.recvEOF && len(s.rbuf) == s.roff && !s.sentEnd
+	graceful := s.reset == nil && s.recvEOF && s.rq.len() == 0 && !s.sentEnd
 	c.mu.Unlock()
 	if graceful {
 		if err := s.CloseWrite(); err == nil {
