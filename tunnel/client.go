@@ -178,7 +178,8 @@ func (c *Client) connect(ctx context.Context, key poolKey) (*h2conn, error) {
 		return nil, refuse(ReasonUpstreamDial, fmt.Errorf("dial HBONE %s (is port %d open and allowed by NetworkPolicy?): %w", key.addr, HBONEPort, err))
 	}
 	var presented *x509.Certificate
-	tc := tls.Client(nc, clientTLS(c.cfg.Source, key.src, key.dst, &presented))
+	bc := newBatchConn(nc)
+	tc := tls.Client(bc, clientTLS(c.cfg.Source, key.src, key.dst, &presented))
 	if err := tc.HandshakeContext(dctx); err != nil {
 		nc.Close()
 		rerr := classifyHandshake(dctx, err)
@@ -191,6 +192,7 @@ func (c *Client) connect(ctx context.Context, key poolKey) (*h2conn, error) {
 	}
 	hc := newH2Conn(tc, true, c.log.With("addr", key.addr.String(), "src_id", key.src.String(), "dst_id", key.dst.String()))
 	hc.freshUntil = freshUntil(tc.ConnectionState(), presented)
+	hc.batch = bc
 	if err := hc.handshake(0); err != nil {
 		tc.Close()
 		return nil, refuse(ReasonProtocol, err)

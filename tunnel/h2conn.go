@@ -69,6 +69,7 @@ type h2conn struct {
 	nc     net.Conn
 	client bool
 	log    *slog.Logger
+	batch  *batchConn    // under the TLS connection, if any: gathers records of bulk writes
 	br     *bufio.Reader // read loop only
 	rfr    *http2.Framer // read loop only
 
@@ -186,15 +187,37 @@ var errBadPreface = errors.New("tunnel: bad HTTP/2 client preface")
 // write runs fn with the write side held, then flushes unless another writer is queued behind
 // it (that one will flush). Control frames queued by the reader go out first.
 func (c *h2conn) write(fn func() error) error {
+	err := c.beginWrite()
+	if err == nil {
+		err = fn()
+	}
+	return c.endWrite(err)
+}
+
+// writeData is write for one DATA frame, without the closure write would allocate on the
+// per-frame path.
+func (c *h2conn) writeData(id uint32, p []byte, end bool) error {
+	err := c.beginWrite()
+	if err == nil {
+		err = c.writeDataLocked(id, p, end)
+	}
+	return c.endWrite(err)
+}
+
+// beginWrite takes the write side and sends queued control frames; endWrite must follow.
+func (c *h2conn) beginWrite() error {
 	c.pending.Add(1)
 	c.wmu.Lock()
 	err := c.werr
 	if err == nil {
 		err = c.drainCtrlLocked()
 	}
-	if err == nil {
-		err = fn()
-	}
+	return err
+}
+
+// endWrite flushes if no other writer is queued, releases the write side, and closes the
+// connection if err (or the flush) failed.
+func (c *h2conn) endWrite(err error) error {
 	if c.pending.Add(-1) == 0 && err == nil {
 		err = c.drainCtrlLocked()
 		if err == nil {
@@ -271,11 +294,20 @@ func (c *h2conn) writeDataLocked(id uint32, p []byte, end bool) error {
 	}
 	if len(p) >= directWriteMin {
 		// Copying a bulk payload into bw costs more than the small extra TLS record for the
-		// header (and any queued control frames) that flushing first costs.
-		if err := c.bw.Flush(); err != nil {
-			return err
+		// header (and any queued control frames) that flushing first costs. The records of both
+		// leave in one syscall when the TLS connection sits on a batchConn.
+		if c.batch != nil {
+			c.batch.begin()
 		}
-		_, err := c.nc.Write(p)
+		err := c.bw.Flush()
+		if err == nil {
+			_, err = c.nc.Write(p)
+		}
+		if c.batch != nil {
+			if berr := c.batch.end(); err == nil {
+				err = berr
+			}
+		}
 		return err
 	}
 	_, err := c.bw.Write(p)
@@ -433,7 +465,7 @@ func (c *h2conn) handleFrame(f http2.Frame) error {
 
 func (c *h2conn) handleData(f *http2.DataFrame) error {
 	b := getChunk(len(f.Data()))
-	copy(b, f.Data())
+	copy(b.b, f.Data())
 	return c.deliverData(f.StreamID, int64(f.Length), b, f.StreamEnded())
 }
 
@@ -441,7 +473,7 @@ func (c *h2conn) handleData(f *http2.DataFrame) error {
 // into a pooled chunk: the only copy between TLS and the destination is TLS's own.
 func (c *h2conn) readDataFast(sid uint32, length int, end bool) error {
 	b := getChunk(length)
-	if _, err := io.ReadFull(c.br, b); err != nil {
+	if _, err := io.ReadFull(c.br, b.b); err != nil {
 		putChunk(b)
 		return err
 	}
@@ -450,7 +482,7 @@ func (c *h2conn) readDataFast(sid uint32, length int, end bool) error {
 
 // deliverData accounts a DATA frame of size bytes on the wire (padding included) whose payload
 // is data (a pooled chunk, now owned here) and queues it on its stream.
-func (c *h2conn) deliverData(sid uint32, size int64, data []byte, end bool) error {
+func (c *h2conn) deliverData(sid uint32, size int64, data *chunk, end bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if size > c.recvAvail {
@@ -477,11 +509,35 @@ func (c *h2conn) deliverData(sid uint32, size int64, data []byte, end bool) erro
 		return nil
 	}
 	s.recvAvail -= size
-	if pad := size - int64(len(data)); pad > 0 {
+	if pad := size - int64(len(data.b)); pad > 0 {
 		c.creditConnLocked(pad)
 		s.creditLocked(pad)
 	}
-	s.rq.push(data)
+	if s.sink != nil && !s.sinkBusy && s.rq.len() == 0 && len(data.b) > 0 {
+		// The stream's relay is idle on its TCP destination: hand the payload to the socket
+		// from here if it takes it without blocking, sparing a goroutine wake-up per frame
+		// (that hop is most of HBONE's request/response latency over plain TLS).
+		s.sinkBusy = true
+		c.mu.Unlock()
+		n := writeNonBlocking(s.sink, data.b)
+		c.mu.Lock()
+		s.sinkBusy = false
+		if n > 0 {
+			s.creditLocked(int64(n))
+			c.creditConnLocked(int64(n))
+		}
+		switch {
+		case s.reset != nil:
+			c.creditConnLocked(int64(len(data.b) - n))
+			putChunk(data)
+		case n == len(data.b):
+			putChunk(data)
+		default:
+			s.rq.pushFrom(data, n)
+		}
+	} else {
+		s.rq.push(data)
+	}
 	if end {
 		s.recvEOF = true
 		c.maybeRemoveLocked(s)

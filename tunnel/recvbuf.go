@@ -2,64 +2,88 @@ package tunnel
 
 import (
 	"math/bits"
+	"net"
 	"sync"
 )
+
+// chunk is a pooled buffer holding one DATA frame's payload in b.
+type chunk struct {
+	b   []byte
+	cls int
+}
 
 // recvQueue holds a stream's received, unread payload as the chunks the read loop filled
 // straight from the TLS connection, so a relay writes them out without another copy.
 // It is guarded by the connection's mu.
 type recvQueue struct {
-	chunks [][]byte // each a pooled buffer sliced to its payload
-	off    int      // read offset into chunks[0]
-	n      int      // unread bytes in all
+	chunks []*chunk
+	off    int // read offset into chunks[0]
+	n      int // unread bytes in all
 }
 
 func (q *recvQueue) len() int { return q.n }
 
-func (q *recvQueue) push(b []byte) {
-	if len(b) == 0 {
-		putChunk(b)
+func (q *recvQueue) push(c *chunk) {
+	if len(c.b) == 0 {
+		putChunk(c)
 		return
 	}
-	q.chunks = append(q.chunks, b)
-	q.n += len(b)
+	q.chunks = append(q.chunks, c)
+	q.n += len(c.b)
+}
+
+// pushFrom queues c, of which the first off bytes were already delivered, on an empty queue.
+func (q *recvQueue) pushFrom(c *chunk, off int) {
+	q.chunks = append(q.chunks[:0], c)
+	q.off = off
+	q.n = len(c.b) - off
 }
 
 // read copies into p and releases the chunks it used up.
 func (q *recvQueue) read(p []byte) int {
 	total := 0
 	for len(p) > 0 && len(q.chunks) > 0 {
-		c := q.chunks[0][q.off:]
-		k := copy(p, c)
+		c := q.chunks[0]
+		k := copy(p, c.b[q.off:])
 		p = p[k:]
 		total += k
 		q.off += k
-		if q.off == len(q.chunks[0]) {
-			putChunk(q.chunks[0])
+		if q.off == len(c.b) {
+			putChunk(c)
 			q.chunks[0] = nil
 			q.chunks = q.chunks[1:]
 			q.off = 0
 		}
 	}
 	q.n -= total
-	if len(q.chunks) == 0 {
-		q.chunks = q.chunks[:0:0]
-	}
 	return total
 }
 
-// take removes every unread chunk for the caller to write (from off in the first) and then
-// release with putChunks.
-func (q *recvQueue) take() (chunks [][]byte, off, n int) {
-	chunks, off, n = q.chunks, q.off, q.n
-	q.chunks, q.off, q.n = nil, 0, 0
-	return chunks, off, n
+// take moves every unread chunk into out (whose backing array the caller reuses), as buffers
+// for one writev in bufs; the caller releases out with putChunks once they are written.
+func (q *recvQueue) take(out []*chunk, bufs net.Buffers) ([]*chunk, net.Buffers, int) {
+	n := q.n
+	for i, c := range q.chunks {
+		b := c.b
+		if i == 0 {
+			b = b[q.off:]
+		}
+		out = append(out, c)
+		bufs = append(bufs, b)
+		q.chunks[i] = nil
+	}
+	q.chunks, q.off, q.n = q.chunks[:0], 0, 0
+	return out, bufs, n
 }
 
 // drop releases everything unread and returns how many bytes that was.
 func (q *recvQueue) drop() int {
-	chunks, _, n := q.take()
-	putChunks(chunks)
+	n := q.n
+	for i, c := range q.chunks {
+		putChunk(c)
+		q.chunks[i] = nil
+	}
+	q.chunks, q.off, q.n = nil, 0, 0
 	return n
 }
 
@@ -78,27 +102,24 @@ func chunkClass(n int) int {
 	return bits.Len(uint(n-1)) - minChunkShift
 }
 
-// getChunk returns a buffer of length n (n ≤ maxFrameSize).
-func getChunk(n int) []byte {
-	c := chunkClass(n)
-	if b, ok := chunkPools[c].Get().(*[]byte); ok {
-		return (*b)[:n]
+// getChunk returns a chunk with len(b) == n (n ≤ maxFrameSize).
+func getChunk(n int) *chunk {
+	cls := chunkClass(n)
+	if c, ok := chunkPools[cls].Get().(*chunk); ok {
+		c.b = c.b[:n]
+		return c
 	}
-	return make([]byte, n, 1<<(c+minChunkShift))
+	return &chunk{b: make([]byte, n, 1<<(cls+minChunkShift)), cls: cls}
 }
 
-// putChunk returns a buffer from getChunk to its pool; others are left to the GC.
-func putChunk(b []byte) {
-	c := cap(b)
-	if c < 1<<minChunkShift || c > 1<<maxChunkShift || c&(c-1) != 0 {
-		return
-	}
-	b = b[:0]
-	chunkPools[bits.Len(uint(c))-1-minChunkShift].Put(&b)
+// putChunk returns c to its pool.
+func putChunk(c *chunk) {
+	c.b = c.b[:0]
+	chunkPools[c.cls].Put(c)
 }
 
-func putChunks(chunks [][]byte) {
-	for _, b := range chunks {
-		putChunk(b)
+func putChunks(cs []*chunk) {
+	for _, c := range cs {
+		putChunk(c)
 	}
 }

@@ -136,7 +136,8 @@ var ErrServerClosed = errors.New("tunnel: server closed")
 
 func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, local spiffeid.ID) {
 	log := s.log.With("remote", nc.RemoteAddr().String(), "local_id", local.String())
-	tc := tls.Server(nc, cfg)
+	bc := newBatchConn(nc)
+	tc := tls.Server(bc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	if err != nil {
@@ -159,6 +160,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	log = log.With("peer_id", peer.String())
 
 	c := newH2Conn(tc, false, log)
+	c.batch = bc
 	c.maxPeerStreams = int(s.cfg.MaxConcurrentStreams)
 	c.counters = &s.counters
 	peerCert := cs.PeerCertificates[0]

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -31,6 +32,8 @@ type Stream struct {
 	recvAvail   int64 // what the peer may still send on this stream
 	recvUnacked int64
 	rq          recvQueue
+	sink        syscall.RawConn // WriteTo's TCP destination, which the read loop may write to directly
+	sinkBusy    bool            // someone is writing to sink
 	recvEOF     bool
 	sentEnd     bool
 	reset       error // set once: the stream is dead
@@ -80,13 +83,28 @@ func (s *Stream) Read(p []byte) (int, error) {
 // where w is a TCP connection: no copy between the TLS layer and the destination socket.
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	c := s.c
+	if tc, ok := w.(*net.TCPConn); ok && directSink {
+		if rc, err := tc.SyscallConn(); err == nil {
+			c.mu.Lock()
+			s.sink = rc
+			c.mu.Unlock()
+			defer func() {
+				c.mu.Lock()
+				s.sink = nil
+				c.mu.Unlock()
+			}()
+		}
+	}
 	var total int64
+	var held []*chunk
+	var bufs net.Buffers
 	for {
 		c.mu.Lock()
 		for s.rq.len() == 0 && s.reset == nil && !s.recvEOF && !expired(s.rdeadline) {
 			s.cond.Wait()
 		}
-		chunks, off, n := s.rq.take()
+		var n int
+		held, bufs, n = s.rq.take(held[:0], bufs[:0])
 		var err error
 		switch {
 		case n > 0:
@@ -98,17 +116,20 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		default:
 			err = os.ErrDeadlineExceeded
 		}
-		c.mu.Unlock()
 		if err != nil {
+			c.mu.Unlock()
 			return total, err
 		}
-		bufs := make(net.Buffers, len(chunks))
-		copy(bufs, chunks)
-		bufs[0] = bufs[0][off:]
-		k, werr := bufs.WriteTo(w)
+		s.sinkBusy = true
+		c.mu.Unlock()
+		// WriteTo consumes bufs; keep our slice header to reuse the array.
+		wb := bufs
+		k, werr := wb.WriteTo(w)
 		total += k
-		putChunks(chunks)
+		putChunks(held)
+		clear(held)
 		c.mu.Lock()
+		s.sinkBusy = false
 		// The window reopens only once the bytes are out: a slow destination slows the sender.
 		s.creditLocked(int64(n))
 		c.creditConnLocked(int64(n))
@@ -140,8 +161,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		if err != nil {
 			return total, err
 		}
-		chunk := p[:n]
-		if err := s.c.write(func() error { return s.c.writeDataLocked(s.id, chunk, false) }); err != nil {
+		if err := s.c.writeData(s.id, p[:n], false); err != nil {
 			return total, err
 		}
 		total += n
@@ -194,7 +214,7 @@ func (s *Stream) CloseWrite() error {
 		return nil
 	}
 	c.mu.Unlock()
-	if err := c.write(func() error { return c.writeDataLocked(s.id, nil, true) }); err != nil {
+	if err := c.writeData(s.id, nil, true); err != nil {
 		return err
 	}
 	c.mu.Lock()
