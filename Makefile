@@ -6,8 +6,12 @@ APT_PKGS := clang llvm libbpf-dev bpftool iperf3 curl iproute2 tcpdump
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 60s
 BENCHTIME ?= 3s
+# Peers for benchmarks are built outside the repo, from the scratch modules in ../shared/recipes.
+CACHE   ?= $(HOME)/.cache/amesh
+RECIPES ?= $(CURDIR)/../shared/recipes
+GHOSTUNNEL := $(CACHE)/bin/ghostunnel
 
-.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench demo clean
+.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench peers demo clean
 
 all: build
 
@@ -60,9 +64,18 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerFrames$$' -fuzztime $(FUZZTIME) ./tunnel/
 
-## bench: tunnel throughput and latency: direct TCP vs TLS 1.3 pair vs HBONE, in one run
-bench:
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 1 ./tunnel/
+## bench: tunnel throughput and latency: direct TCP, TLS 1.3 pair, HBONE, HBONE behind a relay, ghostunnel
+bench: peers
+	AMESH_GHOSTUNNEL=$(GHOSTUNNEL) $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem -count 1 ./tunnel/
+
+## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once
+peers: $(GHOSTUNNEL)
+
+$(GHOSTUNNEL):
+	@test -f $(RECIPES)/peers/ghostunnel/go.mod || { echo "peers: $(RECIPES)/peers/ghostunnel missing"; exit 1; }
+	mkdir -p $(CACHE)/src/ghostunnel $(CACHE)/bin
+	cp $(RECIPES)/peers/ghostunnel/go.mod $(RECIPES)/peers/ghostunnel/go.sum $(RECIPES)/peers/ghostunnel/tools.go $(CACHE)/src/ghostunnel/
+	cd $(CACHE)/src/ghostunnel && GONOSUMDB=github.com/landlock-lsm/go-landlock $(GO) build -o $(GHOSTUNNEL) github.com/ghostunnel/ghostunnel
 
 ## demo: a CA, an HBONE server and client on loopback, with identities, a denial and latency
 demo: build

@@ -13,36 +13,56 @@ import (
 	"time"
 )
 
-// The benchmarks compare, in one run, three paths to the same TCP backend on loopback:
-//   direct: client TCP → backend
-//   tls:    client TLS 1.3 (mTLS, SVIDs) → Go TLS server relaying → backend
-//   hbone:  client HBONE stream → HBONE server relaying → backend
-// so the tls/hbone ratio is the cost of HTTP/2 framing and the hbone/direct ratio the cost of
-// the mesh hop. Run with `make bench`; compare ratios, not absolute numbers, on a noisy machine.
+// The benchmarks compare, in one run, paths to the same TCP backend on loopback:
+//
+//	direct:      client TCP → backend
+//	tls:         client TLS 1.3 (mTLS, SVIDs) → Go TLS server relaying → backend
+//	hbone:       client HBONE stream → HBONE server relaying → backend
+//	hbone-relay: client TCP → local relay into HBONE (the agent's outbound hop) → server → backend
+//	ghostunnel:  client TCP → ghostunnel client → mTLS → ghostunnel server → backend
+//
+// tls/hbone is the cost of HTTP/2 framing, hbone/direct the cost of the mesh hop, and
+// hbone-relay/ghostunnel compares amesh with the L4 mTLS peer users would otherwise run (same
+// hops: two proxies, one TLS session). ghostunnel runs when `make bench` has built it.
+// Compare ratios within one run, not absolute numbers, on a noisy machine.
 
-// sinkBackend reads to EOF and answers with the byte count (8 bytes, big endian).
+// sinkBackend reads an 8-byte length, then that many bytes, and answers with the count it got.
+// (No half-close: ghostunnel turns a client's FIN into a full close.)
 func sinkBackend(tb testing.TB) *backend {
 	return newBackend(tb, func(c *net.TCPConn, b *backend) {
+		var hdr [8]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		want := int64(binary.BigEndian.Uint64(hdr[:]))
 		buf := make([]byte, 256<<10)
 		var n int64
-		for {
-			k, err := c.Read(buf)
+		for n < want {
+			k, err := c.Read(buf[:min(int64(len(buf)), want-n)])
 			n += int64(k)
 			if err != nil {
 				break
 			}
 		}
-		var out [8]byte
-		binary.BigEndian.PutUint64(out[:], uint64(n))
-		c.Write(out[:])
-		c.CloseWrite()
+		binary.BigEndian.PutUint64(hdr[:], uint64(n))
+		c.Write(hdr[:])
 	})
 }
 
 // benchPaths returns a dialer per path to the backend at addr.
 func benchPaths(b *testing.B, be *backend) map[string]func() net.Conn {
 	e := newBenchEnv(b, be)
-	return map[string]func() net.Conn{
+	dialTCP := func(addr string) func() net.Conn {
+		return func() net.Conn {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return c
+		}
+	}
+	paths := map[string]func() net.Conn{
+		"hbone-relay": dialTCP(relayListener(b, e.env)),
 		"direct": func() net.Conn {
 			c, err := net.Dial("tcp", be.addr.String())
 			if err != nil {
@@ -66,6 +86,12 @@ func benchPaths(b *testing.B, be *backend) map[string]func() net.Conn {
 			return st
 		},
 	}
+	if addr := ghostunnelPair(b, e.env, be.addr.String()); addr != "" {
+		paths["ghostunnel"] = dialTCP(addr)
+	} else {
+		b.Logf("ghostunnel not built at %s: its scenario is left out (make bench builds it)", ghostunnelBin())
+	}
+	return paths
 }
 
 type benchEnv struct {
@@ -112,25 +138,31 @@ func newBenchEnv(b *testing.B, be *backend) *benchEnv {
 	return &benchEnv{env: e, tlsAddr: ln.Addr().String()}
 }
 
-var benchOrder = []string{"direct", "tls", "hbone"}
+var benchOrder = []string{"direct", "tls", "hbone", "hbone-relay", "ghostunnel"}
 
 func BenchmarkThroughput(b *testing.B) {
 	be := sinkBackend(b)
 	paths := benchPaths(b, be)
 	chunk := make([]byte, 256<<10)
 	for _, name := range benchOrder {
+		if paths[name] == nil {
+			continue
+		}
 		b.Run(name, func(b *testing.B) {
 			c := paths[name]()
 			defer c.Close()
 			b.SetBytes(int64(len(chunk)))
+			var ack [8]byte
+			binary.BigEndian.PutUint64(ack[:], uint64(b.N*len(chunk)))
+			if _, err := c.Write(ack[:]); err != nil {
+				b.Fatal(err)
+			}
 			b.ResetTimer()
 			for range b.N {
 				if _, err := c.Write(chunk); err != nil {
 					b.Fatal(err)
 				}
 			}
-			c.(closeWriter).CloseWrite()
-			var ack [8]byte
 			if _, err := io.ReadFull(c, ack[:]); err != nil {
 				b.Fatal(err)
 			}
@@ -147,6 +179,9 @@ func BenchmarkRR(b *testing.B) {
 	paths := benchPaths(b, be)
 	msg := make([]byte, 1024)
 	for _, name := range benchOrder {
+		if paths[name] == nil {
+			continue
+		}
 		b.Run(name, func(b *testing.B) {
 			c := paths[name]()
 			defer c.Close()
