@@ -11,7 +11,7 @@ CACHE   ?= $(HOME)/.cache/amesh
 RECIPES ?= $(CURDIR)/../shared/recipes
 GHOSTUNNEL := $(CACHE)/bin/ghostunnel
 
-.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench peers demo clean
+.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench peers demo clean clean-lab
 
 all: build
 
@@ -81,5 +81,10 @@ $(GHOSTUNNEL):
 demo: build
 	$(GO) run ./cmd/amesh-demo
 
-clean:
+clean: clean-lab
 	$(GO) clean -testcache
+
+## clean-lab: remove what an interrupted test or lab run left (namespaces, links, bpffs pins)
+clean-lab:
+	@for ns in $$(ip netns list 2>/dev/null | awk '{print $$1}' | grep -E '^(amt[0-9a-f]{6}|amesh-lab-)'); do 	  echo "clean-lab: netns $$ns"; $(SUDO) ip netns del $$ns; done
+	@for p in /sys/fs/bpf/amt* /sys/fs/bpf/amesh-lab-*; do 	  [ -e "$$p" ] && { echo "clean-lab: pins $$p"; $(SUDO) rm -rf "$$p"; }; done; true

@@ -1,0 +1,80 @@
+/* Shared definitions of amesh's eBPF programs; the Go side gets these structs from bpf2go -type. */
+#ifndef AMESH_H
+#define AMESH_H
+
+#include <linux/types.h>
+
+/* The agent marks its own sockets (SO_MARK) so the capture skips them. */
+#define AMESH_MARK 0x539
+
+#define AMESH_OUTBOUND_PORT 15001
+#define AMESH_INBOUND_PORT 15006
+#define AMESH_HBONE_PORT 15008
+
+/* An enrolled network namespace, keyed by its netns cookie: the pod's own addresses, which are
+ * never redirected (a pod talking to itself). */
+struct enrolled_pod {
+	__u8 ip4[4];
+	__u8 ip6[16];
+	__u32 has_ip4;
+	__u32 has_ip6;
+};
+
+/* An original destination: an IPv4 address is stored v4-mapped (::ffff:a.b.c.d). Port in network
+ * byte order, as the socket had it. */
+struct orig_dst {
+	__u8 ip[16];
+	__u16 port;
+	__u16 family;
+	__u32 _pad;
+};
+
+/* How the agent finds a redirected connection's original destination: the netns of the client
+ * (every pod's redirected client is 127.0.0.1:<port>, so the cookie is what tells them apart),
+ * the client's address as the agent sees it (v4-mapped) and port (host byte order). */
+struct tuple_key {
+	__u64 netns;
+	__u8 ip[16];
+	__u16 port;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
+/* Which of a pod's agent listeners an inbound TCP connection goes to: keyed by the pod IP it is
+ * addressed to (v4-mapped) and the listener kind. */
+struct listener_key {
+	__u8 ip[16];
+	__u32 kind;
+};
+
+/* A connection the agent itself makes to an app inside the pod, from the client's IP
+ * (IP_TRANSPARENT): sk_lookup lets exactly these through to the app. Ports host byte order. */
+struct pass_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 _pad;
+};
+
+enum listener_kind {
+	LISTENER_HBONE = 0,     /* :15008 */
+	LISTENER_PLAINTEXT = 1, /* :15006 */
+};
+
+/* Counters (per CPU), indices into the stats map. */
+enum stat {
+	STAT_CONNECT4_REDIRECTED = 0,
+	STAT_CONNECT6_REDIRECTED,
+	STAT_CONNECT_SKIPPED_MARK,
+	STAT_CONNECT_SKIPPED_LOCAL,
+	STAT_SOCKOPS_REKEYED,
+	STAT_LOOKUP_ASSIGNED,
+	STAT_LOOKUP_DROPPED_NO_LISTENER,
+	STAT_LOOKUP_DROPPED_ASSIGN,
+	STAT_LOOKUP_PASSTHROUGH,
+	STAT_GETPEERNAME_RESTORED,
+	STAT_MAX,
+};
+
+#endif

@@ -1,0 +1,76 @@
+// Package redirect steers enrolled pods' TCP into the node agent with eBPF, inside each pod's
+// network namespace, owning no iptables rule (DESIGN §2):
+//   - outbound: cgroup/connect4 and connect6 at the cgroup v2 root rewrite an enrolled pod's
+//     connect() to the agent's 127.0.0.1:15001 (::1) in that pod's netns; sockops re-keys the
+//     original destination by {netns cookie, client ip, client port} for OriginalDst;
+//   - inbound: sk_lookup, attached to each enrolled pod's netns, hands TCP for the pod's IPs to
+//     the agent's :15008 (HBONE) or :15006 (plaintext) listener there, and drops when there is
+//     none, so a dead agent fails closed.
+//
+// Only namespaces in the enrolled map are touched; the host namespace can never be enrolled.
+// The C programs are in bpf/; bpf2go's output (amesh_bpfel.go/.o) is committed and `make
+// generate` rebuilds it.
+package redirect
+
+import (
+	"log/slog"
+	"net/netip"
+)
+
+// Mark is the SO_MARK the agent sets on its own sockets; the capture skips marked sockets.
+const Mark = 0x539
+
+// Ports of the agent's per-pod listeners.
+const (
+	OutboundPort  = 15001
+	PlaintextPort = 15006
+	HBONEPort     = 15008
+)
+
+// Config configures a Redirector.
+type Config struct {
+	// PinDir is this agent's bpffs directory (e.g. /sys/fs/bpf/amesh/<node>); its parent must be
+	// on a bpffs.
+	PinDir string
+	// CgroupPath is the cgroup v2 root the connect programs attach to; found when empty.
+	CgroupPath string
+	// Logger; discarded when nil.
+	Logger *slog.Logger
+}
+
+// Pod is an enrolled pod network namespace.
+type Pod struct {
+	Cookie uint64       // the netns cookie (SO_NETNS_COOKIE)
+	Netns  string       // the netns path it was enrolled by; empty for a pod re-adopted from pins (bpffs holds no paths: the agent matches cookies against its state view)
+	IPs    []netip.Addr // the pod's own addresses: never redirected, and keys of its listeners
+}
+
+// Kind is a kind of per-pod inbound listener.
+type Kind uint32
+
+// Listener kinds; the values are the C enum listener_kind.
+const (
+	KindHBONE     Kind = 0 // :15008, HBONE from other agents
+	KindPlaintext Kind = 1 // :15006, anything else (served only where the pod is PERMISSIVE)
+)
+
+func (k Kind) String() string {
+	if k == KindHBONE {
+		return "hbone"
+	}
+	return "plaintext"
+}
+
+// statNames name the C enum stat, in order.
+var statNames = []string{
+	"connect4_redirected",
+	"connect6_redirected",
+	"connect_skipped_mark",
+	"connect_skipped_local",
+	"sockops_rekeyed",
+	"lookup_assigned",
+	"lookup_dropped_no_listener",
+	"lookup_dropped_assign",
+	"lookup_passthrough",
+	"getpeername_restored",
+}

@@ -1,0 +1,487 @@
+package redirect
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/amesh-dev/amesh/internal/testenv"
+)
+
+// pair is two network namespaces joined by a veth: "pod" (to be enrolled) and "peer".
+type pair struct {
+	pod, peer     string // netns paths
+	podIP, peerIP netip.Addr
+	pinDir        string
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// newPair builds the namespaces under a unique prefix and removes them, and every pin, when
+// the test ends, however it ends.
+func newPair(t *testing.T) *pair {
+	testenv.RequireRoot(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	id := "amt" + hex.EncodeToString(b)
+	pod, peer := id+"-pod", id+"-peer"
+	// 10.251.x.0/30 is used only on this veth, inside namespaces the test owns.
+	x := int(b[0])
+	p := &pair{
+		pod:    "/run/netns/" + pod,
+		peer:   "/run/netns/" + peer,
+		podIP:  netip.AddrFrom4([4]byte{10, 251, byte(x), 1}),
+		peerIP: netip.AddrFrom4([4]byte{10, 251, byte(x), 2}),
+		pinDir: "/sys/fs/bpf/" + id,
+	}
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", pod).Run()
+		exec.Command("ip", "netns", "del", peer).Run()
+		os.RemoveAll(p.pinDir)
+	})
+	run(t, "ip", "netns", "add", pod)
+	run(t, "ip", "netns", "add", peer)
+	run(t, "ip", "link", "add", id+"a", "netns", pod, "type", "veth", "peer", "name", id+"b", "netns", peer)
+	run(t, "ip", "-n", pod, "addr", "add", p.podIP.String()+"/30", "dev", id+"a")
+	run(t, "ip", "-n", peer, "addr", "add", p.peerIP.String()+"/30", "dev", id+"b")
+	for _, ns := range []string{pod, peer} {
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	run(t, "ip", "-n", pod, "link", "set", id+"a", "up")
+	run(t, "ip", "-n", peer, "link", "set", id+"b", "up")
+	return p
+}
+
+func openRedirector(t *testing.T, p *pair) *Redirector {
+	t.Helper()
+	r, err := Open(Config{PinDir: p.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Uninstall() })
+	return r
+}
+
+// serve accepts on l and writes what each connection's local address was, then closes it.
+func serve(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "%s", c.LocalAddr())
+		c.Close()
+	}
+}
+
+func dialIn(t *testing.T, ns, addr string, mark bool) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	err := InNetns(ns, func() error {
+		d := net.Dialer{Timeout: 500 * time.Millisecond}
+		if mark {
+			d.Control = MarkControl
+		}
+		var err error
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+func stat(t *testing.T, r *Redirector, name string) uint64 {
+	t.Helper()
+	s, err := r.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s[name]
+}
+
+func TestRedirect(t *testing.T) {
+	p := newPair(t)
+	r := openRedirector(t, p)
+	// The peer runs a real server; nothing must reach it from the enrolled pod unmarked.
+	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerLn.Close()
+	go serve(peerLn)
+	// The agent's outbound listener in the pod.
+	out, err := ListenTCP(p.pod, "127.0.0.1:15001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	out6, err := ListenTCP(p.pod, "[::1]:15001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out6.Close()
+	pod, err := r.Enroll(p.pod, []netip.Addr{p.podIP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerDst := netip.AddrPortFrom(p.peerIP, 8080)
+
+	t.Run("outbound is captured with its original destination", func(t *testing.T) {
+		before := stat(t, r, "connect4_redirected")
+		c, err := dialIn(t, p.pod, peerDst.String(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := c.RemoteAddr().String(); got != peerDst.String() {
+			t.Errorf("the app sees remote %s, want its own destination %s", got, peerDst)
+		}
+		a, err := out.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		orig, err := r.OriginalDst(pod.Cookie, netip.MustParseAddrPort(a.RemoteAddr().String()))
+		if err != nil || orig != peerDst {
+			t.Fatalf("OriginalDst = %v, %v; want %v", orig, err, peerDst)
+		}
+		if _, err := r.OriginalDst(pod.Cookie, netip.MustParseAddrPort(a.RemoteAddr().String())); err == nil {
+			t.Error("OriginalDst answered twice for one connection")
+		}
+		if stat(t, r, "connect4_redirected") != before+1 {
+			t.Error("connect4_redirected did not count the capture")
+		}
+	})
+
+	t.Run("v4-mapped destination on a dual-stack socket is captured", func(t *testing.T) {
+		var fd int
+		err := InNetns(p.pod, func() error {
+			var err error
+			fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM, 0)
+			if err != nil {
+				return err
+			}
+			sa := &unix.SockaddrInet6{Port: 8080, Addr: netip.AddrFrom16(p.peerIP.As16()).As16()}
+			return unix.Connect(fd, sa)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		a, err := out.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		orig, err := r.OriginalDst(pod.Cookie, netip.MustParseAddrPort(a.RemoteAddr().String()))
+		if err != nil || orig != peerDst {
+			t.Fatalf("v4-mapped connect: OriginalDst = %v, %v; want %v", orig, err, peerDst)
+		}
+	})
+
+	t.Run("marked sockets, loopback and the pod's own IP are not captured", func(t *testing.T) {
+		c, err := dialIn(t, p.pod, peerDst.String(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if string(got) != peerDst.String() {
+			t.Errorf("marked connection reached %q, want the real server", got)
+		}
+		own, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 9090).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer own.Close()
+		go serve(own)
+		lo, err := ListenTCP(p.pod, "127.0.0.1:9091")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lo.Close()
+		go serve(lo)
+		for _, dst := range []string{netip.AddrPortFrom(p.podIP, 9090).String(), "127.0.0.1:9091"} {
+			c, err := dialIn(t, p.pod, dst, false)
+			if err != nil {
+				s, _ := r.Stats()
+				t.Fatalf("%s: %v (stats %v)", dst, err, s)
+			}
+			got, _ := io.ReadAll(c)
+			c.Close()
+			if string(got) != dst {
+				t.Errorf("connection to %s reached %q", dst, got)
+			}
+		}
+	})
+
+	t.Run("the host and unenrolled namespaces are untouched", func(t *testing.T) {
+		before := stat(t, r, "connect4_redirected")
+		hostLn, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hostLn.Close()
+		go serve(hostLn)
+		c, err := net.Dial("tcp", hostLn.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if string(got) != hostLn.Addr().String() {
+			t.Errorf("host connection reached %q", got)
+		}
+		c, err = dialIn(t, p.peer, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ = io.ReadAll(c)
+		c.Close()
+		if string(got) != peerDst.String() {
+			t.Errorf("unenrolled netns connection reached %q", got)
+		}
+		if n := stat(t, r, "connect4_redirected"); n != before {
+			t.Errorf("%d host/unenrolled connections were captured", n-before)
+		}
+		if _, err := r.Enroll("/proc/self/ns/net", nil); err == nil {
+			t.Error("enrolling the host network namespace succeeded")
+		}
+	})
+
+	t.Run("inbound goes to the pod's agent listeners, with the original destination", func(t *testing.T) {
+		hb, err := ListenTCP(p.pod, "127.0.0.1:15008")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hb.Close()
+		pt, err := ListenTCP(p.pod, "127.0.0.1:15006")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pt.Close()
+		if err := r.RegisterListener(p.podIP, KindHBONE, hb); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.RegisterListener(p.podIP, KindPlaintext, pt); err != nil {
+			t.Fatal(err)
+		}
+		go serve(hb)
+		go serve(pt)
+		for _, port := range []uint16{15008, 80, 443} {
+			dst := netip.AddrPortFrom(p.podIP, port).String()
+			c, err := dialIn(t, p.peer, dst, false)
+			if err != nil {
+				t.Fatalf("dial %s: %v", dst, err)
+			}
+			got, _ := io.ReadAll(c)
+			c.Close()
+			if string(got) != dst {
+				t.Errorf("inbound to %s: the listener saw local address %q", dst, got)
+			}
+		}
+		if stat(t, r, "lookup_assigned") < 3 {
+			t.Error("sk_lookup did not count its assignments")
+		}
+
+		// Fail closed: the agent's listeners gone, inbound is dropped, not passed to the app.
+		app, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 80).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer app.Close()
+		go serve(app)
+		hb.Close()
+		pt.Close()
+		before := stat(t, r, "lookup_dropped_no_listener")
+		c, err := dialIn(t, p.peer, netip.AddrPortFrom(p.podIP, 80).String(), false)
+		if err == nil {
+			got, _ := io.ReadAll(c)
+			c.Close()
+			t.Fatalf("with no agent listener, inbound reached %q: fail open", got)
+		}
+		if stat(t, r, "lookup_dropped_no_listener") <= before {
+			t.Error("the drop was not counted")
+		}
+	})
+
+	t.Run("the agent reaches the app from the client's IP", func(t *testing.T) {
+		if err := SetupTransparentRouting(p.pod); err != nil {
+			t.Fatal(err)
+		}
+		if err := SetupTransparentRouting(p.pod); err != nil {
+			t.Fatalf("second SetupTransparentRouting (must be idempotent): %v", err)
+		}
+		app, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 8081).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer app.Close()
+		seen := make(chan string, 1)
+		go func() {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			seen <- c.RemoteAddr().String()
+			c.Write([]byte("hi"))
+			c.Close()
+		}()
+		client := netip.MustParseAddr("10.99.1.7") // a pod on another node
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err := r.DialTransparent(ctx, p.pod, client, netip.AddrPortFrom(p.podIP, 8081))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(c)
+		c.Close()
+		if string(got) != "hi" {
+			t.Errorf("read %q from the app", got)
+		}
+		if addr := <-seen; !strings.HasPrefix(addr, "10.99.1.7:") {
+			t.Errorf("the app saw peer %s, want the client's IP 10.99.1.7", addr)
+		}
+	})
+
+	t.Run("an MPTCP listener is refused with a clear error", func(t *testing.T) {
+		var l net.Listener
+		err := InNetns(p.pod, func() error {
+			var lc net.ListenConfig
+			lc.SetMultipathTCP(true)
+			var err error
+			l, err = lc.Listen(context.Background(), "tcp", "127.0.0.1:15108")
+			return err
+		})
+		if err != nil {
+			t.Skipf("MPTCP not available here: %v", err)
+		}
+		defer l.Close()
+		err = r.RegisterListener(p.podIP, KindHBONE, l.(*net.TCPListener))
+		if err == nil || !strings.Contains(err.Error(), "MPTCP") {
+			t.Errorf("registering an MPTCP listener: %v, want an error naming MPTCP", err)
+		}
+	})
+}
+
+// TestFailClosedAcrossRestart: with the agent's handles gone (killed) the pinned programs keep
+// refusing an enrolled pod's connections; a new Redirector re-adopts the pod.
+func TestFailClosedAcrossRestart(t *testing.T) {
+	p := newPair(t)
+	r, err := Open(Config{PinDir: p.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod, err := r.Enroll(p.pod, []netip.Addr{p.podIP})
+	if err != nil {
+		r.Uninstall()
+		t.Fatal(err)
+	}
+	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerLn.Close()
+	go serve(peerLn)
+	r.Close() // as if the agent died: only the pins remain
+
+	_, err = dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("with no agent, the enrolled pod's connect = %v, want connection refused", err)
+	}
+
+	r2 := openRedirector(t, p)
+	pods := r2.Pods()
+	if len(pods) != 1 || pods[0].Cookie != pod.Cookie || len(pods[0].IPs) != 1 || pods[0].IPs[0] != p.podIP {
+		t.Fatalf("re-adopted pods %+v, want the one enrolled", pods)
+	}
+	if err := r2.Unenroll(pod.Cookie); err != nil {
+		t.Fatal(err)
+	}
+	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	if err != nil {
+		t.Fatalf("after unenroll the pod's connect failed: %v", err)
+	}
+	c.Close()
+}
+
+// TestUninstallRemovesEverything checks no pin and no cgroup attachment survive Uninstall.
+func TestUninstallRemovesEverything(t *testing.T) {
+	p := newPair(t)
+	r, err := Open(Config{PinDir: p.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Enroll(p.pod, []netip.Addr{p.podIP}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := r.objs.AmeshConnect4.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	cg, err := CgroupV2Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attached := func() bool {
+		f, err := os.Open(cg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInet4Connect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range res.Programs {
+			if p.ID == id {
+				return true
+			}
+		}
+		return false
+	}
+	if !attached() {
+		t.Fatal("connect4 is not attached at the cgroup root after Open")
+	}
+	if err := r.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir %s still there after Uninstall: %v", p.pinDir, err)
+	}
+	if attached() {
+		t.Error("connect4 still attached at the cgroup root after Uninstall")
+	}
+	// The capture is gone: the pod's connect reaches the real peer.
+	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peerLn.Close()
+	go serve(peerLn)
+	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	if err != nil {
+		t.Fatalf("after Uninstall the pod's connect failed: %v", err)
+	}
+	c.Close()
+}

@@ -1,0 +1,127 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// transparentTable is the routing table, inside a pod's netns, that delivers the app's TCP
+// replies locally, to the agent's IP_TRANSPARENT socket, instead of out to the client's IP.
+const transparentTable = 100
+
+// SetupTransparentRouting installs, in the pod netns at path, the policy routing that lets the
+// agent connect to the app from the client's own IP (DESIGN §2, no iptables): the agent's
+// marked sockets route normally (pref 90), other TCP leaving the pod goes to table 100 (pref
+// 100), where everything is local. Idempotent.
+func SetupTransparentRouting(path string) error {
+	return InNetns(path, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		defer h.Close()
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("find lo: %w", err)
+		}
+		for _, fam := range []struct {
+			family int
+			all    *net.IPNet
+		}{
+			{netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}},
+			{netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
+		} {
+			marked := netlink.NewRule()
+			marked.Family, marked.Priority, marked.Mark, marked.Table = fam.family, 90, Mark, unix.RT_TABLE_MAIN
+			mask := uint32(0xffffffff)
+			marked.Mask = &mask
+			tcp := netlink.NewRule()
+			tcp.Family, tcp.Priority, tcp.IPProto, tcp.Table = fam.family, 100, unix.IPPROTO_TCP, transparentTable
+			for _, rule := range []*netlink.Rule{marked, tcp} {
+				if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+					return fmt.Errorf("add rule pref %d: %w", rule.Priority, err)
+				}
+			}
+			route := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: fam.all, Table: transparentTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam.family}
+			if err := h.RouteReplace(route); err != nil {
+				return fmt.Errorf("add local route in table %d: %w", transparentTable, err)
+			}
+		}
+		return nil
+	})
+}
+
+// DialTransparent connects, inside the pod netns at path, from the client's address src (any
+// port) to the app at dst, marked so the capture and the policy rules leave it alone, and lets
+// exactly that connection past the pod's sk_lookup. The app sees src as its peer, as with Istio
+// ambient. SetupTransparentRouting must have run in that netns.
+func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	var release func()
+	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+		var cerr error
+		err := rc.Control(func(fd uintptr) {
+			cerr = func() error {
+				level, opt := unix.SOL_IP, unix.IP_TRANSPARENT
+				if src.Is6() && !src.Is4In6() {
+					level, opt = unix.SOL_IPV6, unix.IPV6_TRANSPARENT
+				}
+				if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
+					return fmt.Errorf("IP_TRANSPARENT: %w", err)
+				}
+				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+					return fmt.Errorf("SO_MARK: %w", err)
+				}
+				var sa unix.Sockaddr
+				if src.Is4() || src.Is4In6() {
+					sa = &unix.SockaddrInet4{Addr: src.Unmap().As4()}
+				} else {
+					sa = &unix.SockaddrInet6{Addr: src.As16()}
+				}
+				if err := unix.Bind(int(fd), sa); err != nil {
+					return fmt.Errorf("bind %s: %w", src, err)
+				}
+				bound, err := unix.Getsockname(int(fd))
+				if err != nil {
+					return err
+				}
+				var port int
+				switch b := bound.(type) {
+				case *unix.SockaddrInet4:
+					port = b.Port
+				case *unix.SockaddrInet6:
+					port = b.Port
+				}
+				release, err = r.allowPassthrough(netip.AddrPortFrom(src.Unmap(), uint16(port)), dst)
+				return err
+			}()
+		})
+		if err != nil {
+			return err
+		}
+		return cerr
+	}}
+	var c net.Conn
+	network := "tcp4"
+	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		network = "tcp6"
+	}
+	err := InNetns(path, func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, dst.String())
+		return err
+	})
+	if release != nil {
+		release()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redirect: connect %s -> %s in %s: %w", src, dst, path, err)
+	}
+	return c, nil
+}
