@@ -1,0 +1,117 @@
+package workload
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/amesh-dev/amesh/identity"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Node is a machine of the cluster, running one agent.
+type Node struct {
+	Name string
+	IP   netip.Addr
+}
+
+// Mode says whether a workload is in the mesh. The zero value is ModeAmbient: a workload is enrolled
+// unless it opts out, as a pod of a namespace labelled amesh.io/dataplane-mode=ambient is.
+type Mode uint8
+
+// The dataplane modes.
+const (
+	ModeAmbient Mode = iota // enrolled: redirected, mTLS, policy
+	ModeNone                // opted out (amesh.io/dataplane-mode=none): left alone
+)
+
+// String returns the name the state file uses: "ambient" or "none".
+func (m Mode) String() string {
+	switch m {
+	case ModeAmbient:
+		return "ambient"
+	case ModeNone:
+		return "none"
+	}
+	return fmt.Sprintf("Mode(%d)", uint8(m))
+}
+
+// InboundMode says what an enrolled workload accepts that does not come over HBONE. The zero value
+// is InboundStrict.
+type InboundMode uint8
+
+// The inbound modes, PeerAuthentication's STRICT and PERMISSIVE.
+const (
+	InboundStrict     InboundMode = iota // mTLS (HBONE) only; plaintext is refused
+	InboundPermissive                    // plaintext accepted too, on :15006, subject to policy
+)
+
+// String returns the name the state file uses: "strict" or "permissive".
+func (m InboundMode) String() string {
+	switch m {
+	case InboundStrict:
+		return "strict"
+	case InboundPermissive:
+		return "permissive"
+	}
+	return fmt.Sprintf("InboundMode(%d)", uint8(m))
+}
+
+// Workload is a pod. The *Workload values a State hands out are shared by every reader of that
+// State and must not be modified.
+type Workload struct {
+	// UID identifies the workload across states; NewState sets it to "namespace/name" when empty.
+	UID            string
+	Name           string
+	Namespace      string
+	ServiceAccount string
+	// Node is the name of the node the workload runs on.
+	Node string
+	IPs  []netip.Addr
+	// Netns is the path of the workload's network namespace (e.g. /run/netns/x or
+	// /proc/<pid>/ns/net), needed by the agent of its node to enroll it; empty when unknown.
+	Netns       string
+	Mode        Mode
+	InboundMode InboundMode
+	Labels      map[string]string
+	// Waypoint names the waypoint its traffic goes through; empty for none.
+	Waypoint string
+}
+
+// ID returns the workload's SPIFFE ID in trust domain td.
+func (w *Workload) ID(td spiffeid.TrustDomain) (spiffeid.ID, error) {
+	id, err := identity.WorkloadID(td, w.Namespace, w.ServiceAccount)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("workload: %s: %w", w.UID, err)
+	}
+	return id, nil
+}
+
+// Enrolled reports whether the workload is in the mesh (ModeAmbient).
+func (w *Workload) Enrolled() bool { return w.Mode == ModeAmbient }
+
+// AcceptsPlaintext reports whether the workload accepts inbound connections that do not come over
+// HBONE (InboundPermissive).
+func (w *Workload) AcceptsPlaintext() bool { return w.InboundMode == InboundPermissive }
+
+// Service is a Kubernetes Service with virtual IPs. Its endpoints are the workloads of its namespace
+// whose labels include its selector (see State.Endpoints).
+type Service struct {
+	Name      string
+	Namespace string
+	VIPs      []netip.Addr
+	Ports     []ServicePort
+	// Selector selects the endpoints; a service without a selector has none, as in Kubernetes.
+	Selector map[string]string
+	// Waypoint names the waypoint its traffic goes through; empty for none.
+	Waypoint string
+}
+
+// Key returns "namespace/name".
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// ServicePort maps a port of the service's VIPs to a port of its endpoints.
+type ServicePort struct {
+	Port uint16
+	// TargetPort is the endpoints' port; NewState sets it to Port when zero.
+	TargetPort uint16
+}
