@@ -52,12 +52,14 @@ func InNetns(path string, fn func() error) error {
 	return <-errc
 }
 
-// ListenTCP opens a TCP listener at addr inside the netns at path, without MPTCP (Go ≥ 1.24
-// listens MPTCP by default, and a SOCKHASH refuses MPTCP sockets with EOPNOTSUPP).
+// ListenTCP opens one of the agent's TCP listeners at addr inside the netns at path: without
+// MPTCP (Go ≥ 1.24 listens MPTCP by default, and a SOCKHASH refuses MPTCP sockets with
+// EOPNOTSUPP), and marked, so accepted connections (which inherit the mark) send their replies
+// by the main table, not the transparent-proxy table.
 func ListenTCP(path, addr string) (*net.TCPListener, error) {
 	var l net.Listener
 	err := InNetns(path, func() error {
-		var lc net.ListenConfig
+		lc := net.ListenConfig{Control: markControl}
 		lc.SetMultipathTCP(false)
 		var err error
 		l, err = lc.Listen(context.Background(), "tcp", addr)

@@ -22,9 +22,10 @@ import (
 type ClientConfig struct {
 	// Source gives the SVIDs of local workloads and the bundles that verify servers.
 	Source identity.Source
-	// Dial opens the TCP connection to an HBONE server; nil uses net.Dialer. The agent sets it
-	// to dial from inside the source pod's netns with its socket mark.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Dial opens the TCP connection to an HBONE server at addr for a source workload with IP
+	// src (zero if unknown); nil uses net.Dialer. The agent sets it to dial from inside the
+	// source pod's netns with its socket mark, so the pod's IP is the source on the wire.
+	Dial func(ctx context.Context, src netip.Addr, addr netip.AddrPort) (net.Conn, error)
 	// MaxStreamsPerConn bounds streams on one HTTP/2 connection; another is opened past it. 100 when zero.
 	MaxStreamsPerConn int
 	// IdleTimeout closes a pooled connection that carried no stream for this long; 90s when zero.
@@ -41,6 +42,9 @@ type ClientConfig struct {
 type Target struct {
 	// Source is the local workload's identity, presented to the server.
 	Source spiffeid.ID
+	// SourceIP is the local workload's IP, which connections are dialed from (see
+	// ClientConfig.Dial); replicas that share an identity do not share connections.
+	SourceIP netip.Addr
 	// Dest is the identity the server must prove: the destination workload's (or waypoint's).
 	Dest spiffeid.ID
 	// Addr is the HBONE endpoint, the destination pod's IP on port 15008.
@@ -72,8 +76,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	setDefault(&cfg.KeepaliveTimeout, 10*time.Second)
 	setDefault(&cfg.HandshakeTimeout, 10*time.Second)
 	if cfg.Dial == nil {
-		var d net.Dialer
-		cfg.Dial = d.DialContext
+		cfg.Dial = func(ctx context.Context, _ netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr.String())
+		}
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -93,7 +99,7 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 	if !t.Authority.IsValid() || !t.Addr.IsValid() {
 		return nil, errors.New("tunnel: dial: target needs Addr and Authority")
 	}
-	key := poolKey{src: t.Source, dst: t.Dest, addr: t.Addr}
+	key := poolKey{src: t.Source, srcIP: t.SourceIP, dst: t.Dest, addr: t.Addr}
 	fields := connectHeaders(&t)
 	for attempt := 0; ; attempt++ {
 		hc, err := c.pool.get(ctx, key)
@@ -173,7 +179,7 @@ func (c *Client) connect(ctx context.Context, key poolKey) (*h2conn, error) {
 	// The dial serves every caller waiting on this key, so it outlives the first caller's ctx.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandshakeTimeout)
 	defer cancel()
-	nc, err := c.cfg.Dial(dctx, "tcp", key.addr.String())
+	nc, err := c.cfg.Dial(dctx, key.srcIP, key.addr)
 	if err != nil {
 		return nil, refuse(ReasonUpstreamDial, fmt.Errorf("dial HBONE %s (is port %d open and allowed by NetworkPolicy?): %w", key.addr, HBONEPort, err))
 	}

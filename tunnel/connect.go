@@ -17,6 +17,9 @@ type Request struct {
 	Authority netip.AddrPort
 	// Peer is the client's verified SPIFFE ID.
 	Peer spiffeid.ID
+	// Client is the TCP address the HBONE connection came from: the source pod's IP, since
+	// HBONE is dialed from inside the source pod's netns.
+	Client netip.AddrPort
 	// PeerCert is the client's verified leaf certificate (serial and expiry, for logs).
 	PeerCert *x509.Certificate
 	// Local is the SPIFFE ID the server presented (the identity of the listener that accepted).

@@ -11,7 +11,8 @@ import (
 )
 
 // The pool shares HBONE connections between tunneled connections with the same
-// (source identity, destination identity, destination address).
+// (source identity, source IP, destination identity, destination address), as ztunnel's
+// WorkloadKey does.
 //
 // Invariants:
 //   - conns[key] holds only connections that have not closed; a connection leaves in its onClose.
@@ -33,6 +34,7 @@ type pool struct {
 
 type poolKey struct {
 	src, dst spiffeid.ID
+	srcIP    netip.Addr
 	addr     netip.AddrPort
 }
 

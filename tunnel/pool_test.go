@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -192,9 +193,9 @@ func TestKeepaliveClosesDeadPeer(t *testing.T) {
 	e := newEnv(t, envOpts{client: func(c *ClientConfig) {
 		c.KeepaliveInterval = 50 * time.Millisecond
 		c.KeepaliveTimeout = 200 * time.Millisecond
-		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c.Dial = func(ctx context.Context, _ netip.Addr, _ netip.AddrPort) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, network, fz.ln.Addr().String())
+			return d.DialContext(ctx, "tcp", fz.ln.Addr().String())
 		}
 	}})
 	fz = newFreezer(t, e.ln.Addr().String())

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -39,8 +40,23 @@ type ServerConfig struct {
 	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// MaxConcurrentStreams per connection, advertised in SETTINGS; 1000 when zero.
 	MaxConcurrentStreams uint32
+	// OnStream, when set, is told how every CONNECT ended (refused ones included): the agent's
+	// access log and metrics.
+	OnStream func(req *Request, res StreamResult)
 	// Logger; discarded when nil.
 	Logger *slog.Logger
+}
+
+// StreamResult is how one CONNECT stream ended.
+type StreamResult struct {
+	// Reason is why it was refused; ReasonNone when it was served.
+	Reason Reason
+	// Err is the refusal's or the relay's error, if any.
+	Err error
+	// BytesIn were relayed from the client to the destination, BytesOut back.
+	BytesIn, BytesOut int64
+	// Duration is how long the stream lived.
+	Duration time.Duration
 }
 
 // Server is an HBONE server. One Server serves any number of listeners, each with its identity.
@@ -200,16 +216,26 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 }
 
 func (s *Server) serveStream(ctx context.Context, st *Stream, peer spiffeid.ID, peerCert *x509.Certificate, local spiffeid.ID, log *slog.Logger) {
+	start := time.Now()
 	req, reason, err := parseConnect(st.req.Fields, st.req.Truncated)
 	req.Peer, req.PeerCert, req.Local = peer, peerCert, local
+	if ap, err := netip.ParseAddrPort(st.c.nc.RemoteAddr().String()); err == nil {
+		req.Client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	refused := func(r Reason, err error) {
+		s.refuseStream(st, r, err, log)
+		if s.cfg.OnStream != nil {
+			s.cfg.OnStream(&req, StreamResult{Reason: r, Err: err, Duration: time.Since(start)})
+		}
+	}
 	if err != nil {
-		s.refuseStream(st, reason, err, log)
+		refused(reason, err)
 		return
 	}
 	log = log.With("stream", st.id, "dst", req.Authority.String())
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(ctx, &req); err != nil {
-			s.refuseStream(st, ReasonDenied, err, log)
+			refused(ReasonDenied, err)
 			return
 		}
 	}
@@ -217,7 +243,7 @@ func (s *Server) serveStream(ctx context.Context, st *Stream, peer spiffeid.ID, 
 	up, err := s.cfg.DialUpstream(dctx, &req)
 	cancel()
 	if err != nil {
-		s.refuseStream(st, ReasonUpstreamDial, err, log)
+		refused(ReasonUpstreamDial, err)
 		return
 	}
 	if err := st.respond(200, false); err != nil {
@@ -225,9 +251,11 @@ func (s *Server) serveStream(ctx context.Context, st *Stream, peer spiffeid.ID, 
 		st.Close()
 		return
 	}
-	start := time.Now()
 	in, out, err := Relay(st, up)
 	log.Debug("HBONE stream done", "bytes_in", in, "bytes_out", out, "duration", time.Since(start), "err", err)
+	if s.cfg.OnStream != nil {
+		s.cfg.OnStream(&req, StreamResult{Err: err, BytesIn: in, BytesOut: out, Duration: time.Since(start)})
+	}
 }
 
 // refuseStream answers a CONNECT with the reason's status and ends the stream; not one byte of

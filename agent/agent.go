@@ -1,0 +1,226 @@
+// Package agent is amesh's node agent: the one place that joins the state view (workload),
+// identities (identity), eBPF redirection (redirect), authorization (policy) and the HBONE
+// tunnel (tunnel). Per node it enrolls the node's pods that are in the mesh, opens their
+// listeners inside their network namespaces (:15001 outbound, :15008 HBONE, :15006 plaintext),
+// and carries every captured connection over mutual TLS with SPIFFE identities.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/redirect"
+	"github.com/amesh-dev/amesh/tunnel"
+	"github.com/amesh-dev/amesh/workload"
+)
+
+// Config configures an Agent. Node and StatePath are required.
+type Config struct {
+	// Node is the name of this node in the state view; only its workloads are enrolled.
+	Node string
+	// StatePath is the YAML state file (local mode), polled for changes.
+	StatePath string
+	// StatePoll is how often the state file is polled; workload.DefaultInterval when zero.
+	StatePoll time.Duration
+	// CADir holds the built-in CA (ca.crt, ca.key); a new CA is written there if it is empty.
+	CADir string
+	// SVIDTTL is the lifetime of issued SVIDs; identity.DefaultSVIDTTL when zero.
+	SVIDTTL time.Duration
+	// PinDir is the agent's bpffs directory; /sys/fs/bpf/amesh/<node> when empty.
+	PinDir string
+	// DrainTimeout bounds the graceful drain on shutdown; 5s when zero.
+	DrainTimeout time.Duration
+	// Logger for operational logs; AccessLog for one line per connection (Logger when nil).
+	Logger, AccessLog *slog.Logger
+}
+
+// Agent is one node's agent. Create it with New, run it with Run.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	access *slog.Logger
+
+	files *workload.FileSource
+	store *workload.Store
+	src   *identity.Cache
+	red   *redirect.Redirector
+	srv   *tunnel.Server
+	cli   *tunnel.Client
+
+	mu   sync.Mutex
+	pods map[string]*pod // by workload UID
+	byIP map[netip.Addr]*pod
+
+	lbCounter atomic.Uint64
+	conns     sync.WaitGroup
+}
+
+// New loads the state file, the CA and the eBPF programs (re-adopting pinned ones). Any failure,
+// a missing kernel feature among them, is an error that names it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Node == "" || cfg.StatePath == "" {
+		return nil, errors.New("agent: node name and state file are required")
+	}
+	if cfg.PinDir == "" {
+		cfg.PinDir = filepath.Join("/sys/fs/bpf/amesh", cfg.Node)
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("node", cfg.Node)
+	access := cfg.AccessLog
+	if access == nil {
+		access = log
+	}
+	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}}
+
+	a.files = &workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}
+	st, err := a.files.Load()
+	if err != nil {
+		return nil, fmt.Errorf("agent: state: %w", err)
+	}
+	if _, ok := st.Node(cfg.Node); !ok {
+		return nil, fmt.Errorf("agent: node %q is not in %s", cfg.Node, cfg.StatePath)
+	}
+	a.store = workload.NewStore(st)
+
+	ca, err := loadOrCreateCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL)
+	if err != nil {
+		return nil, err
+	}
+	a.src = identity.NewCache(ca, log)
+
+	a.red, err = redirect.Open(redirect.Config{PinDir: cfg.PinDir, Logger: log})
+	if err != nil {
+		a.src.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
+		Source:       a.src,
+		Authorize:    a.authorizeHBONE,
+		DialUpstream: a.dialApp,
+		OnStream:     a.logInbound,
+		Logger:       log,
+	})
+	if err != nil {
+		a.red.Close()
+		a.src.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a.cli, err = tunnel.NewClient(tunnel.ClientConfig{Source: a.src, Dial: a.dialHBONE, Logger: log})
+	if err != nil {
+		a.red.Close()
+		a.src.Close()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return a, nil
+}
+
+func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*identity.CA, error) {
+	if dir == "" {
+		return nil, errors.New("agent: no CA directory (--ca-dir)")
+	}
+	cfg := identity.CAConfig{SVIDTTL: ttl}
+	ca, err := identity.LoadCA(td, dir, cfg)
+	if err == nil {
+		return ca, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	ca, err = identity.NewCA(td, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := ca.WriteFiles(dir); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return ca, nil
+}
+
+// Run enrolls this node's pods and serves them until ctx is done, following state changes;
+// then it stops accepting, drains open connections for DrainTimeout and returns. Pinned
+// redirection stays: enrolled pods fail closed until the agent is back.
+func (a *Agent) Run(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	filesDone := make(chan struct{})
+	go func() {
+		defer close(filesDone)
+		a.files.Run(runCtx, a.store)
+	}()
+	updates, stop := a.store.Subscribe()
+	defer stop()
+	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", a.cfg.StatePath)
+	for {
+		select {
+		case <-ctx.Done():
+			a.shutdown()
+			cancel()
+			<-filesDone
+			return nil
+		case st, ok := <-updates:
+			if !ok {
+				continue
+			}
+			a.reconcile(runCtx, st)
+		}
+	}
+}
+
+func (a *Agent) shutdown() {
+	a.log.Info("agent stopping: draining connections", "timeout", a.cfg.DrainTimeout)
+	a.mu.Lock()
+	for _, p := range a.pods {
+		p.stop()
+	}
+	a.mu.Unlock()
+	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
+	defer cancel()
+	a.srv.Shutdown(dctx)
+	done := make(chan struct{})
+	go func() { a.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-dctx.Done():
+	}
+	a.cli.Close()
+	a.red.Close()
+	a.src.Close()
+	a.log.Info("agent stopped")
+}
+
+// Uninstall removes every pin and attachment of the agent whose pins are in pinDir.
+func Uninstall(pinDir string) error {
+	r, err := redirect.Open(redirect.Config{PinDir: pinDir})
+	if err != nil {
+		return fmt.Errorf("agent: uninstall: %w", err)
+	}
+	return r.Uninstall()
+}
+
+// Pods returns the UIDs of the pods the agent serves now.
+func (a *Agent) Pods() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.pods))
+	for uid := range a.pods {
+		out = append(out, uid)
+	}
+	return out
+}

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/amesh-dev/amesh/redirect"
+	"github.com/amesh-dev/amesh/workload"
+)
+
+// pod is one enrolled workload of this node and the listeners the agent holds in its netns.
+type pod struct {
+	w      *workload.Workload
+	id     spiffeid.ID
+	cookie uint64
+	lns    []*net.TCPListener
+	cancel context.CancelFunc
+}
+
+func (p *pod) stop() {
+	p.cancel()
+	for _, l := range p.lns {
+		l.Close()
+	}
+}
+
+// ip is the pod's IPv4 address (or its first), the source of its HBONE connections.
+func (p *pod) ip() netip.Addr {
+	for _, ip := range p.w.IPs {
+		if ip.Is4() {
+			return ip
+		}
+	}
+	return p.w.IPs[0]
+}
+
+type podKey struct{}
+
+func podFrom(ctx context.Context) *pod {
+	p, _ := ctx.Value(podKey{}).(*pod)
+	return p
+}
+
+// reconcile makes the enrolled pods match the state view: enroll what is new or changed,
+// unenroll what left, and drop pinned enrollments nothing in the state accounts for (drift
+// left by an earlier run).
+func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
+	want := map[string]*workload.Workload{}
+	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
+		if w.Enrolled() && w.Netns != "" && len(w.IPs) > 0 {
+			want[w.UID] = w
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for uid, p := range a.pods {
+		if w, ok := want[uid]; !ok || w.Netns != p.w.Netns || !slices.Equal(w.IPs, p.w.IPs) {
+			a.unenrollLocked(uid, p)
+		} else {
+			p.w = w // labels, inbound mode and the like apply to new connections at once
+		}
+	}
+	for uid, w := range want {
+		if _, ok := a.pods[uid]; ok {
+			continue
+		}
+		start := time.Now()
+		p, err := a.enrollLocked(ctx, st, w)
+		if err != nil {
+			a.log.Error("enroll failed: the pod's traffic is refused until it succeeds", "pod", uid, "netns", w.Netns, "err", err)
+			continue
+		}
+		a.log.Info("pod enrolled", "pod", uid, "id", p.id.String(), "ips", w.IPs, "netns_cookie", p.cookie, "took", time.Since(start))
+	}
+	keep := map[uint64]bool{}
+	for _, p := range a.pods {
+		keep[p.cookie] = true
+	}
+	for _, pinned := range a.red.Pods() {
+		if !keep[pinned.Cookie] {
+			a.log.Info("removing stale enrollment", "netns_cookie", pinned.Cookie, "ips", pinned.IPs)
+			if err := a.red.Unenroll(pinned.Cookie); err != nil {
+				a.log.Warn("remove stale enrollment", "err", err)
+			}
+		}
+	}
+}
+
+// enrollLocked puts a workload in the mesh in the order DESIGN §6 gives: listeners in its netns
+// first, its certificate warmed, then inbound steering and outbound capture, so no byte of the
+// app leaves before the mesh is in place (and any gap refuses rather than leaks).
+func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workload.Workload) (p *pod, err error) {
+	id, err := w.ID(st.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	p = &pod{w: w, id: id, cancel: cancel}
+	defer func() {
+		if err != nil {
+			p.stop()
+		}
+	}()
+	listen := func(addr string) (*net.TCPListener, error) {
+		l, err := redirect.ListenTCP(w.Netns, addr)
+		if err == nil {
+			p.lns = append(p.lns, l)
+		}
+		return l, err
+	}
+	out4, err := listen(fmt.Sprintf("127.0.0.1:%d", redirect.OutboundPort))
+	if err != nil {
+		return nil, err
+	}
+	out6, err6 := listen(fmt.Sprintf("[::1]:%d", redirect.OutboundPort))
+	if err6 != nil {
+		a.log.Warn("no IPv6 loopback in the pod: IPv6 connections will be refused", "pod", w.UID, "err", err6)
+	}
+	hbone, err := listen(fmt.Sprintf("127.0.0.1:%d", redirect.HBONEPort))
+	if err != nil {
+		return nil, err
+	}
+	plain, err := listen(fmt.Sprintf("127.0.0.1:%d", redirect.PlaintextPort))
+	if err != nil {
+		return nil, err
+	}
+	if err := redirect.SetupTransparentRouting(w.Netns); err != nil {
+		return nil, err
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	err = a.src.Warm(wctx, id)
+	wcancel()
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range w.IPs {
+		if err := a.red.RegisterListener(ip, redirect.KindHBONE, hbone); err != nil {
+			return nil, err
+		}
+		if err := a.red.RegisterListener(ip, redirect.KindPlaintext, plain); err != nil {
+			return nil, err
+		}
+	}
+	rp, err := a.red.Enroll(w.Netns, w.IPs)
+	if err != nil {
+		return nil, err
+	}
+	p.cookie = rp.Cookie
+	pctx = context.WithValue(pctx, podKey{}, p)
+	go a.serveOutbound(pctx, p, out4)
+	if err6 == nil {
+		go a.serveOutbound(pctx, p, out6)
+	}
+	go func() {
+		if err := a.srv.Serve(pctx, hbone, id); err != nil && !errors.Is(err, net.ErrClosed) {
+			a.log.Warn("HBONE listener stopped", "pod", w.UID, "err", err)
+		}
+	}()
+	go a.servePlaintext(pctx, p, plain)
+	a.pods[w.UID] = p
+	for _, ip := range w.IPs {
+		a.byIP[ip] = p
+	}
+	return p, nil
+}
+
+func (a *Agent) unenrollLocked(uid string, p *pod) {
+	if err := a.red.Unenroll(p.cookie); err != nil {
+		a.log.Warn("unenroll", "pod", uid, "err", err)
+	}
+	p.stop()
+	delete(a.pods, uid)
+	for _, ip := range p.w.IPs {
+		if a.byIP[ip] == p {
+			delete(a.byIP, ip)
+		}
+	}
+	shared := false
+	for _, other := range a.pods {
+		shared = shared || other.id == p.id
+	}
+	if !shared {
+		a.src.Forget(p.id) // the agent holds keys only for workloads on its node
+	}
+	a.log.Info("pod unenrolled", "pod", uid)
+}
+
+// podByIP finds a local enrolled pod by one of its IPs.
+func (a *Agent) podByIP(ip netip.Addr) *pod {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.byIP[ip.Unmap()]
+}

@@ -1,0 +1,283 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/amesh-dev/amesh/policy"
+	"github.com/amesh-dev/amesh/redirect"
+	"github.com/amesh-dev/amesh/tunnel"
+	"github.com/amesh-dev/amesh/workload"
+)
+
+// dialTimeout bounds an outbound tunnel or passthrough dial.
+const dialTimeout = 10 * time.Second
+
+// route is where an outbound connection goes: a decision of the state view alone (no I/O), so
+// it is table-tested.
+type route struct {
+	// dst is the workload it reaches, nil when it leaves the mesh.
+	dst *workload.Workload
+	// addr is the address to reach: an endpoint's for a service VIP, else the original.
+	addr netip.AddrPort
+	// refuse, when set, is why the connection is refused instead.
+	refuse string
+}
+
+// resolve picks the destination of a connection from src to orig: a service VIP is
+// load-balanced over its endpoints (round robin by n), a workload IP is itself, anything else
+// passes through unmeshed.
+func resolve(st *workload.State, orig netip.AddrPort, n uint64) route {
+	if svc, port, ok := st.ServiceByVIP(orig); svc != nil {
+		if !ok {
+			return route{refuse: fmt.Sprintf("service %s has no port %d", svc.Key(), orig.Port())}
+		}
+		ep, addr, ok := workload.PickEndpoint(st.Endpoints(svc), orig.Addr(), port, n)
+		if !ok {
+			return route{refuse: fmt.Sprintf("service %s has no endpoint", svc.Key())}
+		}
+		return route{dst: ep, addr: addr}
+	}
+	return route{dst: st.WorkloadByIP(orig.Addr()), addr: orig}
+}
+
+// serveOutbound accepts the pod's captured connections on :15001.
+func (a *Agent) serveOutbound(ctx context.Context, p *pod, ln *net.TCPListener) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		a.conns.Add(1)
+		go func() {
+			defer a.conns.Done()
+			a.handleOutbound(ctx, p, c)
+		}()
+	}
+}
+
+func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
+	start := time.Now()
+	client := netip.MustParseAddrPort(c.RemoteAddr().String())
+	entry := accessEntry{direction: "outbound", src: p.ip(), srcID: p.id.String()}
+	orig, err := a.red.OriginalDst(p.cookie, client)
+	if err != nil {
+		a.reset(c)
+		entry.done(a.access, start, "error", err.Error())
+		return
+	}
+	entry.dst = orig
+	st := a.store.Load()
+	rt := resolve(st, orig, a.lbCounter.Add(1))
+	if rt.refuse != "" {
+		a.reset(c)
+		entry.done(a.access, start, "refused", rt.refuse)
+		return
+	}
+	entry.upstream = rt.addr
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	var up net.Conn
+	if rt.dst != nil && rt.dst.Enrolled() {
+		dstID, err := rt.dst.ID(st.TrustDomain())
+		if err != nil {
+			a.reset(c)
+			entry.done(a.access, start, "error", err.Error())
+			return
+		}
+		entry.dstID = dstID.String()
+		entry.path = "hbone"
+		up, err = a.cli.Dial(dctx, tunnel.Target{
+			Source:    p.id,
+			SourceIP:  p.ip(),
+			Dest:      dstID,
+			Addr:      netip.AddrPortFrom(rt.addr.Addr(), tunnel.HBONEPort),
+			Authority: rt.addr,
+		})
+		if err != nil {
+			a.reset(c)
+			entry.done(a.access, start, resultOf(err), err.Error())
+			return
+		}
+	} else {
+		// Not in the mesh (outside the cluster, or a pod with dataplane-mode none): as Istio
+		// ambient does, pass it through, from the pod's netns, marked so it is not captured again.
+		entry.path = "passthrough"
+		up, err = redirect.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String())
+		if err != nil {
+			a.reset(c)
+			entry.done(a.access, start, "error", err.Error())
+			return
+		}
+	}
+	entry.sent, entry.received, err = tunnel.Relay(c, up)
+	entry.done(a.access, start, relayResult(err), errString(err))
+}
+
+// servePlaintext accepts TCP for the pod that did not come over HBONE (:15006): served only
+// when the pod is PERMISSIVE, and then still subject to policy as an unauthenticated source.
+func (a *Agent) servePlaintext(ctx context.Context, p *pod, ln *net.TCPListener) {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		a.conns.Add(1)
+		go func() {
+			defer a.conns.Done()
+			a.handlePlaintext(ctx, p, c)
+		}()
+	}
+}
+
+func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
+	start := time.Now()
+	client := netip.MustParseAddrPort(c.RemoteAddr().String())
+	dst := netip.MustParseAddrPort(c.LocalAddr().String())
+	entry := accessEntry{direction: "inbound_plaintext", src: client.Addr(), dst: dst, dstID: p.id.String(), path: "plaintext"}
+	w := p.w
+	if !w.AcceptsPlaintext() {
+		a.reset(c)
+		entry.done(a.access, start, "refused", "plaintext to a STRICT workload: only mTLS (HBONE) is accepted")
+		return
+	}
+	d := a.store.Load().Decide(policy.Request{DstNamespace: w.Namespace, DstLabels: w.Labels, DstPort: dst.Port()})
+	if !d.Allowed {
+		a.reset(c)
+		entry.done(a.access, start, "denied", d.Reason)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	up, err := a.red.DialTransparent(dctx, w.Netns, client.Addr(), dst)
+	if err != nil {
+		a.reset(c)
+		entry.done(a.access, start, "error", err.Error())
+		return
+	}
+	entry.sent, entry.received, err = tunnel.Relay(c, up)
+	entry.done(a.access, start, relayResult(err), errString(err))
+}
+
+// authorizeHBONE admits a CONNECT that arrived on the HBONE listener of the pod in ctx: it must
+// be addressed to that pod (no hopping through one pod's listener to another address) and
+// allowed by the pod's policies.
+func (a *Agent) authorizeHBONE(ctx context.Context, req *tunnel.Request) error {
+	p := podFrom(ctx)
+	if p == nil {
+		return errors.New("no pod for this listener")
+	}
+	if a.podByIP(req.Authority.Addr()) != p {
+		return fmt.Errorf("CONNECT to %s arrived at the listener of %s (%v)", req.Authority, p.w.UID, p.w.IPs)
+	}
+	d := a.store.Load().Decide(policy.Request{
+		SrcPrincipal: req.Peer.String(),
+		DstNamespace: p.w.Namespace,
+		DstLabels:    p.w.Labels,
+		DstPort:      req.Authority.Port(),
+	})
+	if !d.Allowed {
+		return errors.New(d.Reason)
+	}
+	return nil
+}
+
+// dialApp connects to the app inside the destination pod from the client pod's own IP, so the
+// app sees the real client address.
+func (a *Agent) dialApp(ctx context.Context, req *tunnel.Request) (net.Conn, error) {
+	p := podFrom(ctx)
+	if p == nil {
+		return nil, errors.New("no pod for this listener")
+	}
+	return a.red.DialTransparent(ctx, p.w.Netns, req.Client.Addr(), req.Authority)
+}
+
+// dialHBONE opens an HBONE connection from inside the source pod's netns, so the pod's IP is
+// the source on the wire (NetworkPolicies keep working) and the agent's mark keeps it uncaptured.
+func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+	p := a.podByIP(src)
+	if p == nil {
+		return nil, fmt.Errorf("no enrolled pod with IP %s on this node", src)
+	}
+	return redirect.DialContext(ctx, p.w.Netns, "tcp", addr.String())
+}
+
+// logInbound writes the access line of an HBONE stream this node served or refused.
+func (a *Agent) logInbound(req *tunnel.Request, res tunnel.StreamResult) {
+	e := accessEntry{
+		direction: "inbound", src: req.Client.Addr(), dst: req.Authority, srcID: req.Peer.String(),
+		dstID: req.Local.String(), path: "hbone", sent: res.BytesIn, received: res.BytesOut,
+	}
+	result, reason := relayResult(res.Err), errString(res.Err)
+	if res.Reason != tunnel.ReasonNone {
+		result = "refused"
+		if res.Reason == tunnel.ReasonDenied {
+			result = "denied"
+		}
+		reason = res.Reason.String() + ": " + errString(res.Err)
+	}
+	e.log(a.access, res.Duration, result, reason)
+}
+
+// reset closes c with a RST: a refused connection must look refused to the app, not served.
+func (a *Agent) reset(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+// accessEntry is one access-log line.
+type accessEntry struct {
+	direction, path string
+	src             netip.Addr
+	dst, upstream   netip.AddrPort
+	srcID, dstID    string
+	sent, received  int64
+}
+
+func (e accessEntry) done(l *slog.Logger, start time.Time, result, reason string) {
+	e.log(l, time.Since(start), result, reason)
+}
+
+func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string) {
+	attrs := []any{
+		"direction", e.direction, "path", e.path, "src_addr", e.src.String(), "dst_addr", e.dst.String(),
+		"src_id", e.srcID, "dst_id", e.dstID, "bytes_sent", e.sent, "bytes_received", e.received,
+		"duration_ms", float64(d.Microseconds()) / 1000, "result", result,
+	}
+	if e.upstream.IsValid() && e.upstream != e.dst {
+		attrs = append(attrs, "upstream_addr", e.upstream.String())
+	}
+	if reason != "" {
+		attrs = append(attrs, "reason", reason)
+	}
+	l.Info("access", attrs...)
+}
+
+func resultOf(err error) string {
+	switch tunnel.ReasonOf(err) {
+	case tunnel.ReasonDenied:
+		return "denied"
+	case tunnel.ReasonNone:
+		return "error"
+	}
+	return "refused"
+}
+
+func relayResult(err error) string {
+	if err != nil {
+		return "reset"
+	}
+	return "ok"
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

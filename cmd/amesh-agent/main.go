@@ -1,0 +1,106 @@
+// Command amesh-agent is amesh's node agent: it captures the TCP of this node's enrolled pods
+// with eBPF, inside each pod's network namespace, and carries it over HBONE (HTTP/2 CONNECT in
+// mutual TLS 1.3) with the pods' SPIFFE identities.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/amesh-dev/amesh/agent"
+	"github.com/amesh-dev/amesh/identity"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func run() int {
+	fs := flag.NewFlagSet("amesh-agent", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `amesh-agent: the amesh node agent.
+
+It enrolls the pods of --node that the state file puts in the mesh (dataplane mode ambient):
+their outbound TCP is captured by eBPF to the agent's :15001 inside the pod's netns, inbound TCP
+is steered to :15008 (HBONE) or :15006 (plaintext, only for PERMISSIVE pods), and pod-to-pod
+traffic crosses nodes as HBONE (HTTP/2 CONNECT over mutual TLS 1.3, port 15008) with SPIFFE
+identities spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> from the built-in CA.
+Redirection is pinned in bpffs: with the agent down, enrolled pods' connections are refused,
+never sent in plaintext; a restarted agent re-adopts them.
+
+Usage: amesh-agent --node NAME --state FILE [flags]
+       amesh-agent --uninstall [--node NAME | --pin-dir DIR]
+
+Flags (environment variable in brackets):
+`)
+		fs.PrintDefaults()
+	}
+	node := fs.String("node", env("AMESH_NODE", ""), "name of this node in the state file [AMESH_NODE]")
+	state := fs.String("state", env("AMESH_STATE", ""), "YAML state file (local mode), re-read when it changes [AMESH_STATE]")
+	caDir := fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key); created when empty [AMESH_CA_DIR]")
+	pinDir := fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
+	ttl := fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
+	drain := fs.Duration("drain-timeout", 5*time.Second, "how long SIGTERM waits for open connections")
+	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
+	uninstall := fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "amesh-agent: --log-level %q: %v\n", *level, err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *pinDir == "" && *node != "" {
+		*pinDir = filepath.Join("/sys/fs/bpf/amesh", *node)
+	}
+	if *uninstall {
+		if *pinDir == "" {
+			fmt.Fprintln(os.Stderr, "amesh-agent: --uninstall needs --node or --pin-dir")
+			return 2
+		}
+		if err := agent.Uninstall(*pinDir); err != nil {
+			log.Error("uninstall failed", "err", err)
+			return 1
+		}
+		log.Info("uninstalled", "pin_dir", *pinDir)
+		return 0
+	}
+	if *node == "" || *state == "" {
+		fmt.Fprintln(os.Stderr, "amesh-agent: --node and --state are required (see --help)")
+		return 2
+	}
+	a, err := agent.New(agent.Config{
+		Node: *node, StatePath: *state, CADir: *caDir, PinDir: *pinDir, SVIDTTL: *ttl,
+		DrainTimeout: *drain, Logger: log,
+	})
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent failed", "err", err)
+		return 1
+	}
+	return 0
+}
