@@ -143,12 +143,28 @@ func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*id
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	// No CA yet: make one beside dir and rename it into place, so that agents starting together
+	// agree on one root (the loser of the rename loads the winner's).
 	ca, err = identity.NewCA(td, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if err := ca.WriteFiles(dir); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return nil, fmt.Errorf("agent: CA directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".ca-")
+	if err != nil {
+		return nil, fmt.Errorf("agent: CA directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := ca.WriteFiles(tmp); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if loaded, lerr := identity.LoadCA(td, dir, cfg); lerr == nil {
+			return loaded, nil
+		}
+		return nil, fmt.Errorf("agent: install CA in %s: %w", dir, err)
 	}
 	return ca, nil
 }

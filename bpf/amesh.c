@@ -101,7 +101,7 @@ static __always_inline struct enrolled_pod *enrolled_tcp(struct bpf_sock_addr *c
 	if (!pod)
 		return 0;
 	struct bpf_sock *sk = ctx->sk;
-	if (sk && sk->mark == AMESH_MARK) {
+	if (sk && (sk->mark == AMESH_MARK || sk->mark == AMESH_TRANSPARENT_MARK)) {
 		count(STAT_CONNECT_SKIPPED_MARK);
 		return 0;
 	}
@@ -235,17 +235,23 @@ int amesh_sk_lookup(struct bpf_sk_lookup *ctx)
 		return SK_PASS;
 	/* Traffic on lo is the pod talking to itself or the agent's own connection to the app
 	 * (made from the client's IP, IP_TRANSPARENT): never steal it. */
-	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX) {
+		count(STAT_LOOKUP_PASSED_LOCAL);
 		return SK_PASS;
+	}
 	struct listener_key key = {};
 	struct pass_key pk = {};
 	if (ctx->family == AF_INET) {
-		if (is_loopback4(ctx->local_ip4) || is_loopback4(ctx->remote_ip4))
+		if (is_loopback4(ctx->local_ip4) || is_loopback4(ctx->remote_ip4)) {
+			count(STAT_LOOKUP_PASSED_LOCAL);
 			return SK_PASS;
+		}
 		/* From the pod's own address: the pod talking to itself (a packet from outside with
 		 * a local source address is dropped as martian before it gets here). */
-		if (ctx->local_ip4 == ctx->remote_ip4)
+		if (ctx->local_ip4 == ctx->remote_ip4) {
+			count(STAT_LOOKUP_PASSED_LOCAL);
 			return SK_PASS;
+		}
 		__u32 ip = ctx->local_ip4, rip = ctx->remote_ip4;
 		key.ip[10] = 0xff;
 		key.ip[11] = 0xff;
@@ -257,8 +263,10 @@ int amesh_sk_lookup(struct bpf_sk_lookup *ctx)
 	} else {
 		__u32 w0 = READ32(ctx->local_ip6[0]), w1 = READ32(ctx->local_ip6[1]), w2 = READ32(ctx->local_ip6[2]), w3 = READ32(ctx->local_ip6[3]);
 		__u32 r0 = READ32(ctx->remote_ip6[0]), r1 = READ32(ctx->remote_ip6[1]), r2 = READ32(ctx->remote_ip6[2]), r3 = READ32(ctx->remote_ip6[3]);
-		if (w0 == r0 && w1 == r1 && w2 == r2 && w3 == r3)
+		if (w0 == r0 && w1 == r1 && w2 == r2 && w3 == r3) {
+			count(STAT_LOOKUP_PASSED_LOCAL);
 			return SK_PASS;
+		}
 		__builtin_memcpy(&key.ip[0], &w0, 4);
 		__builtin_memcpy(&key.ip[4], &w1, 4);
 		__builtin_memcpy(&key.ip[8], &w2, 4);

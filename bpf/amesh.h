@@ -4,8 +4,10 @@
 
 #include <linux/types.h>
 
-/* The agent marks its own sockets (SO_MARK) so the capture skips them. */
+/* The agent marks its own sockets (SO_MARK) so the capture skips them; its connections to apps
+ * from a client's IP carry the transparent mark, which the app's replies inherit. */
 #define AMESH_MARK 0x539
+#define AMESH_TRANSPARENT_MARK 0x53a
 
 #define AMESH_OUTBOUND_PORT 15001
 #define AMESH_INBOUND_PORT 15006
@@ -74,6 +76,7 @@ enum stat {
 	STAT_LOOKUP_DROPPED_ASSIGN,
 	STAT_LOOKUP_PASSTHROUGH,
 	STAT_GETPEERNAME_RESTORED,
+	STAT_LOOKUP_PASSED_LOCAL,
 	STAT_MAX,
 };
 

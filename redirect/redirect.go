@@ -20,6 +20,10 @@ import (
 // Mark is the SO_MARK the agent sets on its own sockets; the capture skips marked sockets.
 const Mark = 0x539
 
+// TransparentMark marks the agent's connections to apps made from a client's IP; the app's
+// replies inherit it and are routed back to the agent (see SetupTransparentRouting).
+const TransparentMark = 0x53a
+
 // Ports of the agent's per-pod listeners.
 const (
 	OutboundPort  = 15001
@@ -73,4 +77,5 @@ var statNames = []string{
 	"lookup_dropped_assign",
 	"lookup_passthrough",
 	"getpeername_restored",
+	"lookup_passed_local",
 }

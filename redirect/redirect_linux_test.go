@@ -109,6 +109,19 @@ func dialIn(t *testing.T, ns, addr string, mark bool) (net.Conn, error) {
 	return c, err
 }
 
+// appListen opens a listener as an app would: unmarked (ListenTCP is for the agent's own).
+func appListen(ns, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := InNetns(ns, func() error {
+		var lc net.ListenConfig
+		lc.SetMultipathTCP(false)
+		var err error
+		l, err = lc.Listen(context.Background(), "tcp", addr)
+		return err
+	})
+	return l, err
+}
+
 func stat(t *testing.T, r *Redirector, name string) uint64 {
 	t.Helper()
 	s, err := r.Stats()
@@ -331,7 +344,7 @@ func TestRedirect(t *testing.T) {
 		if err := SetupTransparentRouting(p.pod); err != nil {
 			t.Fatalf("second SetupTransparentRouting (must be idempotent): %v", err)
 		}
-		app, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 8081).String())
+		app, err := appListen(p.pod, netip.AddrPortFrom(p.podIP, 8081).String())
 		if err != nil {
 			t.Fatal(err)
 		}

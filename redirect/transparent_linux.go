@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -17,11 +18,21 @@ import (
 const transparentTable = 100
 
 // SetupTransparentRouting installs, in the pod netns at path, the policy routing that lets the
-// agent connect to the app from the client's own IP (DESIGN §2, no iptables): the agent's
-// marked sockets route normally (pref 90), other TCP leaving the pod goes to table 100 (pref
-// 100), where everything is local. Idempotent.
+// agent connect to the app from the client's own IP (DESIGN §2, no iptables). The agent's
+// transparent sockets carry TransparentMark; with tcp_fwmark_accept the app's accepted socket
+// inherits it from the SYN, and a rule sends packets with that mark to table 100, where every
+// destination is local: the app's replies come back to the agent instead of leaving for the
+// client's IP. Everything else routes as before.
+//
+// This departs from the first recipe (`ipproto tcp lookup 100`): that rule also matched the
+// reverse-path check of every TCP packet arriving from outside, whose source then looked local,
+// so inbound HBONE to the pod was dropped as martian. Keying on a mark only the agent's own
+// connections carry leaves other traffic, kubelet probes included, untouched. Idempotent.
 func SetupTransparentRouting(path string) error {
 	return InNetns(path, func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fwmark_accept", []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("set tcp_fwmark_accept: %w", err)
+		}
 		h, err := netlink.NewHandle()
 		if err != nil {
 			return fmt.Errorf("netlink: %w", err)
@@ -38,16 +49,12 @@ func SetupTransparentRouting(path string) error {
 			{netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}},
 			{netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 		} {
-			marked := netlink.NewRule()
-			marked.Family, marked.Priority, marked.Mark, marked.Table = fam.family, 90, Mark, unix.RT_TABLE_MAIN
+			rule := netlink.NewRule()
+			rule.Family, rule.Priority, rule.Mark, rule.Table = fam.family, 100, TransparentMark, transparentTable
 			mask := uint32(0xffffffff)
-			marked.Mask = &mask
-			tcp := netlink.NewRule()
-			tcp.Family, tcp.Priority, tcp.IPProto, tcp.Table = fam.family, 100, unix.IPPROTO_TCP, transparentTable
-			for _, rule := range []*netlink.Rule{marked, tcp} {
-				if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-					return fmt.Errorf("add rule pref %d: %w", rule.Priority, err)
-				}
+			rule.Mask = &mask
+			if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add rule fwmark %#x lookup %d: %w", TransparentMark, transparentTable, err)
 			}
 			route := &netlink.Route{LinkIndex: lo.Attrs().Index, Dst: fam.all, Table: transparentTable, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Family: fam.family}
 			if err := h.RouteReplace(route); err != nil {
@@ -59,7 +66,7 @@ func SetupTransparentRouting(path string) error {
 }
 
 // DialTransparent connects, inside the pod netns at path, from the client's address src (any
-// port) to the app at dst, marked so the capture and the policy rules leave it alone, and lets
+// port) to the app at dst, with TransparentMark so the app's replies come back to it, and lets
 // exactly that connection past the pod's sk_lookup. The app sees src as its peer, as with Istio
 // ambient. SetupTransparentRouting must have run in that netns.
 func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
@@ -75,7 +82,7 @@ func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip
 				if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
 					return fmt.Errorf("IP_TRANSPARENT: %w", err)
 				}
-				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, Mark); err != nil {
+				if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, TransparentMark); err != nil {
 					return fmt.Errorf("SO_MARK: %w", err)
 				}
 				var sa unix.Sockaddr

@@ -1,0 +1,514 @@
+// Package e2e runs amesh end to end in the netns lab: real agents (the amesh-agent binary, one
+// per node namespace), real curl between pods, eBPF capture, HBONE across the lab's underlay.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/test/lab"
+)
+
+const policies = `
+  - name: api-allow-web
+    namespace: shop
+    selector: {app: api}
+    action: ALLOW
+    rules:
+      - from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}]
+`
+
+// cluster is a running lab: the lab itself, one agent per node, an HTTP app in every pod.
+type cluster struct {
+	t      *testing.T
+	lab    *lab.Lab
+	bin    string
+	state  string
+	agents map[string]*lab.Proc
+	logs   map[string]string
+	apps   []*http.Server
+	closed bool
+}
+
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "amesh-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "amesh-agent")
+	if out, err := exec.Command("go", "build", "-o", agentBin, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build amesh-agent: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func newCluster(t *testing.T) *cluster {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
+		{Name: "node1", Pods: []lab.PodSpec{
+			{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
+			{Name: "api1", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
+			{Name: "plain", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
+		}},
+		{Name: "node2", Pods: []lab.PodSpec{
+			{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
+			{Name: "other", Namespace: "shop", ServiceAccount: "other", Labels: map[string]string{"app": "other"}},
+			{Name: "perm", Namespace: "shop", ServiceAccount: "perm", InboundMode: "permissive", Labels: map[string]string{"app": "perm"}},
+			{Name: "legacy", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "legacy"}},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, lab: l, bin: agentBin, state: filepath.Join(l.Dir, "state.yaml"), agents: map[string]*lab.Proc{}, logs: map[string]string{}}
+	t.Cleanup(c.close)
+	c.writeState(nil)
+	for _, p := range l.Pods() {
+		c.serveApp(p)
+	}
+	for _, n := range l.Nodes {
+		c.startAgent(n.Name)
+	}
+	c.waitReady()
+	return c
+}
+
+// close stops the agents, uninstalls their eBPF state and tears the lab down. Idempotent.
+func (c *cluster) close() {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	for _, srv := range c.apps {
+		srv.Close()
+	}
+	for _, n := range c.lab.Nodes {
+		c.stopAgent(n.Name)
+		if out, err := exec.Command(c.bin, "--uninstall", "--pin-dir", c.pinDir(n.Name)).CombinedOutput(); err != nil {
+			c.t.Errorf("uninstall %s: %v\n%s", n.Name, err, out)
+		}
+	}
+	if c.t.Failed() {
+		for n, p := range c.logs {
+			b, _ := os.ReadFile(p)
+			c.t.Logf("agent %s log:\n%s", n, tail(b, 60))
+		}
+	}
+	if err := c.lab.Close(); err != nil {
+		c.t.Errorf("lab close: %v", err)
+	}
+}
+
+func tail(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// writeState writes the lab's state with the test policies; modes overrides pods' modes.
+func (c *cluster) writeState(modes map[string]string) {
+	for name, mode := range modes {
+		c.lab.Pod(name).Spec.Mode = mode
+	}
+	if err := c.lab.WriteState(c.state, "", policies); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *cluster) pinDir(node string) string { return c.lab.Node(node).PinDir }
+
+func (c *cluster) startAgent(node string) {
+	n := c.lab.Node(node)
+	logPath := filepath.Join(c.lab.Dir, node+"-agent.log")
+	c.logs[node] = logPath
+	p, err := c.lab.Start(context.Background(), n.Netns, logPath, c.bin,
+		"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
+		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.agents[node] = p
+}
+
+func (c *cluster) stopAgent(node string) {
+	if p := c.agents[node]; p != nil {
+		p.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			p.Kill()
+		}
+		delete(c.agents, node)
+	}
+}
+
+// serveApp runs an HTTP app on :8080 in the pod that tells who called it.
+func (c *cluster) serveApp(p *lab.Pod) {
+	ln, err := p.Listen(":8080")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from %s; client %s\n", p.Name, r.RemoteAddr)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	c.apps = append(c.apps, srv)
+}
+
+// curl runs the real curl inside a pod and returns its output and error.
+func (c *cluster) curl(from, url string, extra ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	args := append([]string{"-sS", "--max-time", "3", url}, extra...)
+	out, err := c.lab.Command(ctx, c.lab.Pod(from).Netns, "curl", args...).CombinedOutput()
+	return string(out), err
+}
+
+func (c *cluster) url(pod string) string {
+	return fmt.Sprintf("http://%s:8080/", c.lab.Pod(pod).IP)
+}
+
+// waitReady waits until every agent has logged the enrollment of each of its node's mesh pods.
+func (c *cluster) waitReady() {
+	waitFor(c.t, "every agent to enroll its pods", 20*time.Second, func() bool {
+		for _, n := range c.lab.Nodes {
+			want := 0
+			for _, p := range n.Pods {
+				if p.Spec.Mode != "none" {
+					want++
+				}
+			}
+			if c.enrolled(n.Name) < want {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// enrolled counts the distinct pods a node's agent has logged as enrolled since it started last.
+func (c *cluster) enrolled(node string) int {
+	pods := map[string]bool{}
+	for _, m := range c.logLines(node) {
+		switch m["msg"] {
+		case "agent started":
+			clear(pods)
+		case "pod enrolled":
+			pods[fmt.Sprint(m["pod"])] = true
+		}
+	}
+	return len(pods)
+}
+
+// accessLines returns the access-log lines of a node's agent.
+func (c *cluster) accessLines(node string) []map[string]any {
+	var out []map[string]any
+	for _, m := range c.logLines(node) {
+		if m["msg"] == "access" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// logLines returns a node agent's JSON log lines.
+func (c *cluster) logLines(node string) []map[string]any {
+	f, err := os.Open(c.logs[node])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		var m map[string]any
+		if json.Unmarshal(s.Bytes(), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (c *cluster) hasAccess(node string, want map[string]string) bool {
+	for _, m := range c.accessLines(node) {
+		ok := true
+		for k, v := range want {
+			if fmt.Sprint(m[k]) != v {
+				ok = false
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestMesh(t *testing.T) {
+	c := newCluster(t)
+	web, api1, api2 := c.lab.Pod("web"), c.lab.Pod("api1"), c.lab.Pod("api2")
+
+	t.Run("cross-node and same-node curl, the app sees the client pod's IP", func(t *testing.T) {
+		for _, dst := range []string{"api2", "api1"} {
+			out, err := c.curl("web", c.url(dst))
+			if err != nil {
+				t.Fatalf("web -> %s: %v: %s", dst, err, out)
+			}
+			if !strings.Contains(out, "hello from "+dst) || !strings.Contains(out, "client "+web.IP.String()+":") {
+				t.Errorf("web -> %s answered %q, want the app to see client %s", dst, out, web.IP)
+			}
+		}
+	})
+
+	t.Run("the destination sees web's SPIFFE identity", func(t *testing.T) {
+		for node, dst := range map[string]string{"node2": api2.IP.String(), "node1": api1.IP.String()} {
+			want := map[string]string{"direction": "inbound", "result": "ok",
+				"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
+				"dst_addr": dst + ":8080"}
+			waitFor(t, node+" access log of web -> api", 3*time.Second, func() bool { return c.hasAccess(node, want) })
+		}
+	})
+
+	t.Run("an ALLOW policy naming another principal denies", func(t *testing.T) {
+		out, err := c.curl("other", c.url("api2"))
+		if err == nil {
+			t.Fatalf("other -> api2 succeeded (%q); the policy allows only web", out)
+		}
+		waitFor(t, "the denial in node2's access log", 3*time.Second, func() bool {
+			return c.hasAccess("node2", map[string]string{"direction": "inbound", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/other"})
+		})
+		// other -> perm has no policy: allowed.
+		if out, err := c.curl("other", c.url("perm")); err != nil || !strings.Contains(out, "hello from perm") {
+			t.Errorf("other -> perm (no policy) = %q, %v", out, err)
+		}
+	})
+
+	t.Run("an unenrolled pod reaches a PERMISSIVE pod, not a STRICT one", func(t *testing.T) {
+		if out, err := c.curl("legacy", c.url("perm")); err != nil || !strings.Contains(out, "hello from perm") {
+			t.Errorf("legacy -> perm (permissive) = %q, %v", out, err)
+		}
+		if out, err := c.curl("legacy", c.url("api2")); err == nil {
+			t.Errorf("legacy -> api2 (strict) succeeded in plaintext: %q", out)
+		}
+		waitFor(t, "the plaintext refusal in node2's access log", 3*time.Second, func() bool {
+			return c.hasAccess("node2", map[string]string{"direction": "inbound_plaintext", "result": "refused"})
+		})
+	})
+
+	t.Run("on the underlay, enrolled traffic is only TLS to 15008", func(t *testing.T) {
+		cap, err := c.lab.Capture()
+		if err != nil {
+			t.Fatal(err)
+		}
+		marker := "amesh-marker-" + c.lab.Prefix
+		for range 3 {
+			if out, err := c.curl("web", c.url("api2"), "-H", "X-Marker: "+marker, "-d", marker); err != nil {
+				t.Fatalf("web -> api2: %v: %s", err, out)
+			}
+		}
+		pkts := cap.Stop()
+		if lab.ContainsPayload(pkts, []byte(marker)) {
+			t.Fatal("the marker crossed the underlay in plaintext")
+		}
+		hbone := 0
+		for _, p := range pkts {
+			if len(p.Payload) == 0 {
+				continue
+			}
+			if p.Dst.Port() == 15008 || p.Src.Port() == 15008 {
+				hbone++
+				continue
+			}
+			t.Errorf("payload on the underlay outside HBONE: %v -> %v (%d bytes)", p.Src, p.Dst, len(p.Payload))
+		}
+		if hbone == 0 {
+			t.Error("no HBONE segment seen: did the traffic cross the underlay at all?")
+		}
+		// A control: an unmeshed pod's plaintext is visible to the same capture.
+		cap, err = c.lab.Capture()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.curl("legacy", c.url("plain"), "-d", marker); err != nil {
+			t.Fatalf("legacy -> plain (both unmeshed, across nodes): %v %s", err, out)
+		}
+		if !lab.ContainsPayload(cap.Stop(), []byte(marker)) {
+			t.Error("the capture did not see an unmeshed pod's plaintext marker: the capture is blind")
+		}
+	})
+}
+
+// TestAgentKilled: SIGKILL the source node's agent during traffic; new connections from its
+// pods are refused and no plaintext leaks; a restarted agent carries traffic again within 1s.
+func TestAgentKilled(t *testing.T) {
+	c := newCluster(t)
+	cap, err := c.lab.Capture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := "amesh-killed-" + c.lab.Prefix
+	// Traffic in flight while the agent dies.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c.curl("web", c.url("api2"), "-d", marker, "--max-time", "1")
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	c.agents["node1"].Kill()
+	c.agents["node1"].Wait()
+	delete(c.agents, "node1")
+	time.Sleep(300 * time.Millisecond)
+	out, err := c.curl("web", c.url("api2"), "-d", marker)
+	if err == nil {
+		t.Errorf("with node1's agent dead, web -> api2 succeeded: %q", out)
+	} else if !strings.Contains(out, "Connection refused") && !strings.Contains(out, "Couldn't connect") {
+		t.Errorf("with the agent dead, curl said %q, want connection refused", out)
+	}
+	close(stop)
+	<-done
+	if lab.ContainsPayload(cap.Stop(), []byte(marker)) {
+		t.Fatal("the marker crossed the underlay in plaintext while the agent was dead")
+	}
+
+	restart := time.Now()
+	c.startAgent("node1")
+	for {
+		if out, err := c.curl("web", c.url("api2"), "--max-time", "1"); err == nil && strings.Contains(out, "hello from api2") {
+			break
+		}
+		if time.Since(restart) > 10*time.Second {
+			t.Fatal("traffic did not recover within 10s of the restart")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The bound that matters to users: from the agent being up to traffic flowing.
+	t.Logf("traffic recovered %v after the restart", time.Since(restart).Round(time.Millisecond))
+}
+
+// TestEnrollByEditingState: taking web out of the mesh in the state file stops its capture (its
+// traffic is then plaintext, which STRICT api2 refuses and PERMISSIVE perm serves); putting it
+// back restarts it; the pod itself is never restarted.
+func TestEnrollByEditingState(t *testing.T) {
+	c := newCluster(t)
+	c.writeState(map[string]string{"web": "none"})
+	waitFor(t, "web's capture to stop", 5*time.Second, func() bool {
+		_, err := c.curl("web", c.url("api2"), "--max-time", "1")
+		return err != nil
+	})
+	cap, err := c.lab.Capture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := "amesh-unenrolled-" + c.lab.Prefix
+	if out, err := c.curl("web", c.url("perm"), "-d", marker); err != nil {
+		t.Fatalf("unenrolled web -> permissive perm: %v %s", err, out)
+	}
+	if !lab.ContainsPayload(cap.Stop(), []byte(marker)) {
+		t.Error("an unenrolled pod's traffic was not plaintext on the underlay: still captured?")
+	}
+	c.writeState(map[string]string{"web": "ambient"})
+	waitFor(t, "web's capture to start again", 5*time.Second, func() bool {
+		out, err := c.curl("web", c.url("api2"), "--max-time", "1")
+		return err == nil && strings.Contains(out, "hello from api2")
+	})
+}
+
+// bpfLinks returns the IDs of every bpf_link on the machine.
+func bpfLinks(t *testing.T) map[float64]bool {
+	out, err := exec.Command("bpftool", "link", "show", "-j").Output()
+	if err != nil {
+		t.Fatalf("bpftool link show: %v", err)
+	}
+	var links []map[string]any
+	if err := json.Unmarshal(bytes.TrimSpace(out), &links); err != nil && len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("bpftool output: %v", err)
+	}
+	ids := map[float64]bool{}
+	for _, l := range links {
+		if id, ok := l["id"].(float64); ok {
+			ids[id] = true
+		}
+	}
+	return ids
+}
+
+// TestTeardownLeavesNothing: after a run, no namespace, pin, bpf link or agent process of it
+// remains.
+func TestTeardownLeavesNothing(t *testing.T) {
+	testenv.RequireRoot(t)
+	before := bpfLinks(t)
+	c := newCluster(t)
+	if out, err := c.curl("web", c.url("api2")); err != nil {
+		t.Fatalf("web -> api2: %v %s", err, out)
+	}
+	pids := []int{}
+	for _, p := range c.agents {
+		pids = append(pids, p.Cmd.Process.Pid)
+	}
+	prefix, pins := c.lab.Prefix, []string{c.pinDir("node1"), c.pinDir("node2")}
+	c.close()
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), prefix) {
+		t.Errorf("namespaces of the run remain:\n%s", out)
+	}
+	for _, p := range pins {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("pin directory %s remains (%v)", p, err)
+		}
+	}
+	for id := range bpfLinks(t) {
+		if !before[id] {
+			t.Errorf("bpf link %v created by the run remains", id)
+		}
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("agent process %d still runs", pid)
+		}
+	}
+	_ = net.Dial
+}
