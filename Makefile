@@ -77,9 +77,10 @@ $(GHOSTUNNEL):
 	cp $(RECIPES)/peers/ghostunnel/go.mod $(RECIPES)/peers/ghostunnel/go.sum $(RECIPES)/peers/ghostunnel/tools.go $(CACHE)/src/ghostunnel/
 	cd $(CACHE)/src/ghostunnel && GONOSUMDB=github.com/landlock-lsm/go-landlock $(GO) build -o $(GHOSTUNNEL) github.com/ghostunnel/ghostunnel
 
-## demo: a CA, an HBONE server and client on loopback, with identities, a denial and latency
-demo: build
-	$(GO) run ./cmd/amesh-demo
+## demo: a 2-node netns lab with one agent per node: curl across and within nodes with the
+## SPIFFE identities used, a policy denial, a STRICT refusal, latency direct vs mesh (root)
+demo: deps
+	$(GO) run ./test/demo
 
 clean: clean-lab
 	$(GO) clean -testcache
