@@ -64,9 +64,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerFrames$$' -fuzztime $(FUZZTIME) ./tunnel/
 
-## bench: tunnel throughput and latency: direct TCP, TLS 1.3 pair, HBONE, HBONE behind a relay, ghostunnel
-bench: peers
+## bench: tunnel (direct TCP, TLS 1.3 pair, HBONE, HBONE behind a relay, ghostunnel) and the
+## netns lab (direct pod->pod, amesh same-node and cross-node; enrolment; agent RSS), one run each
+bench: deps peers
 	AMESH_GHOSTUNNEL=$(GHOSTUNNEL) $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem -count 1 ./tunnel/
+	$(GO) test -run '^$$' -bench BenchmarkLab -benchtime 1x -count 1 ./test/e2e/
 
 ## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once
 peers: $(GHOSTUNNEL)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -41,13 +42,14 @@ const policies = `
 
 // cluster is a running lab: the lab itself, one agent per node, an HTTP app in every pod.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	lab    *lab.Lab
 	bin    string
 	state  string
 	agents map[string]*lab.Proc
 	logs   map[string]string
 	apps   []*http.Server
+	echoes []net.Listener
 	closed bool
 }
 
@@ -69,22 +71,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newCluster(t *testing.T) *cluster {
+// e2eNodes is the cluster the tests run on.
+var e2eNodes = []lab.NodeSpec{
+	{Name: "node1", Pods: []lab.PodSpec{
+		{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
+		{Name: "api1", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
+		{Name: "plain", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
+	}},
+	{Name: "node2", Pods: []lab.PodSpec{
+		{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
+		{Name: "other", Namespace: "shop", ServiceAccount: "other", Labels: map[string]string{"app": "other"}},
+		{Name: "perm", Namespace: "shop", ServiceAccount: "perm", InboundMode: "permissive", Labels: map[string]string{"app": "perm"}},
+		{Name: "legacy", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "legacy"}},
+	}},
+}
+
+func newCluster(t testing.TB) *cluster { return newClusterOf(t, e2eNodes) }
+
+// newClusterOf builds a lab of nodes, writes its state, serves an HTTP app (:8080) and an echo
+// (:9000) in every pod, starts one agent per node and waits until they enrolled their pods.
+func newClusterOf(t testing.TB, nodes []lab.NodeSpec) *cluster {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
-	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
-		{Name: "node1", Pods: []lab.PodSpec{
-			{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
-			{Name: "api1", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
-			{Name: "plain", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
-		}},
-		{Name: "node2", Pods: []lab.PodSpec{
-			{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
-			{Name: "other", Namespace: "shop", ServiceAccount: "other", Labels: map[string]string{"app": "other"}},
-			{Name: "perm", Namespace: "shop", ServiceAccount: "perm", InboundMode: "permissive", Labels: map[string]string{"app": "perm"}},
-			{Name: "legacy", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "legacy"}},
-		}},
-	}})
+	l, err := lab.New(ctx, lab.Config{Nodes: nodes})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +118,9 @@ func (c *cluster) close() {
 	c.closed = true
 	for _, srv := range c.apps {
 		srv.Close()
+	}
+	for _, l := range c.echoes {
+		l.Close()
 	}
 	for _, n := range c.lab.Nodes {
 		c.stopAgent(n.Name)
@@ -174,8 +186,22 @@ func (c *cluster) stopAgent(node string) {
 	}
 }
 
-// serveApp runs an HTTP app on :8080 in the pod that tells who called it.
+// serveApp runs an HTTP app on :8080 in the pod that tells who called it, and an echo on :9000.
 func (c *cluster) serveApp(p *lab.Pod) {
+	el, err := p.Listen(":9000")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	go func() {
+		for {
+			conn, err := el.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(conn, conn); conn.Close() }()
+		}
+	}()
+	c.echoes = append(c.echoes, el)
 	ln, err := p.Listen(":8080")
 	if err != nil {
 		c.t.Fatal(err)
@@ -277,7 +303,7 @@ func (c *cluster) hasAccess(node string, want map[string]string) bool {
 	return false
 }
 
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
@@ -547,5 +573,4 @@ func TestTeardownLeavesNothing(t *testing.T) {
 			t.Errorf("agent process %d still runs", pid)
 		}
 	}
-	_ = net.Dial
 }

@@ -1,0 +1,194 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/amesh-dev/amesh/test/lab"
+)
+
+// The lab benchmark measures, in one run, on the e2e cluster: 1 KiB request/response latency at
+// a fixed rate and one-stream throughput (real iperf3) for direct pod→pod (both pods out of the
+// mesh), amesh within a node and amesh across nodes (HBONE); pod enrollment time; and the idle
+// agent's RSS. Run it with `make bench` (-benchtime 1x: every measurement is bounded by time
+// and count, not by b.N). Compare ratios within one run.
+
+const (
+	rrRate     = 1000 // requests per second, as Istio's published numbers
+	rrDuration = 2 * time.Second
+	iperfTime  = 2 // seconds
+)
+
+type scenario struct{ name, from, to string }
+
+var scenarios = []scenario{
+	{"direct", "plain", "legacy"}, // both out of the mesh, node1 -> node2
+	{"same-node", "web", "api1"},  // amesh, node1 -> node1
+	{"cross-node", "web", "api2"}, // amesh HBONE, node1 -> node2
+}
+
+func BenchmarkLab(b *testing.B) {
+	c := newCluster(b)
+	p50s := map[string]float64{}
+	b.Run("rr", func(b *testing.B) {
+		for _, s := range scenarios {
+			b.Run(s.name, func(b *testing.B) {
+				p50, p99, err := fixedRateRR(c.lab.Pod(s.from), c.lab.Pod(s.to), rrRate, rrDuration)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p50s[s.name] = us(p50)
+				b.ReportMetric(us(p50), "p50-µs")
+				b.ReportMetric(us(p99), "p99-µs")
+				if s.name != "direct" {
+					b.ReportMetric(us(p50)/p50s["direct"], "p50-x-direct")
+				}
+			})
+		}
+	})
+	gbps := map[string]float64{}
+	b.Run("throughput", func(b *testing.B) {
+		for _, s := range scenarios {
+			b.Run(s.name, func(b *testing.B) {
+				v, err := iperf(c, s.from, s.to)
+				if err != nil {
+					b.Fatal(err)
+				}
+				gbps[s.name] = v
+				b.ReportMetric(v, "Gbit/s")
+				if s.name != "direct" {
+					b.ReportMetric(v/gbps["direct"], "x-direct")
+				}
+			})
+		}
+	})
+	b.Run("agent-rss", func(b *testing.B) {
+		time.Sleep(time.Second)
+		for _, node := range []string{"node1", "node2"} {
+			rss, err := rssMB(c.agents[node].Cmd.Process.Pid)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(rss, node+"-MB")
+		}
+	})
+	c.close()
+
+	b.Run("enroll", func(b *testing.B) {
+		// 30 pods on one node, enrolled by one agent at start: the p99 of its per-pod enrolment.
+		pods := make([]lab.PodSpec, 30)
+		for i := range pods {
+			pods[i] = lab.PodSpec{Name: fmt.Sprintf("p%d", i), Namespace: "bench", ServiceAccount: fmt.Sprintf("sa%d", i%5)}
+		}
+		ec := newClusterOf(b, []lab.NodeSpec{{Name: "node1", Pods: pods}})
+		var took []float64
+		for _, m := range ec.logLines("node1") {
+			if m["msg"] == "pod enrolled" {
+				took = append(took, toMS(m["took"]))
+			}
+		}
+		if len(took) != len(pods) {
+			b.Fatalf("%d enrolments logged for %d pods", len(took), len(pods))
+		}
+		slices.Sort(took)
+		b.ReportMetric(took[len(took)/2], "p50-ms")
+		b.ReportMetric(took[len(took)*99/100], "p99-ms")
+	})
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func toMS(v any) float64 {
+	f, _ := v.(float64)
+	return f / 1e6
+}
+
+// fixedRateRR sends 1 KiB requests to the echo port of to at rate per second for d, on one
+// connection, and returns the p50 and p99 of the round trips. Bounded by d and rate·d requests.
+func fixedRateRR(from, to *lab.Pod, rate int, d time.Duration) (p50, p99 time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d+5*time.Second)
+	defer cancel()
+	conn, err := from.Dial(ctx, net.JoinHostPort(to.IP.String(), "9000"))
+	if err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(d + 5*time.Second))
+	msg, buf := make([]byte, 1024), make([]byte, 1024)
+	n := rate * int(d/time.Second)
+	lat := make([]time.Duration, 0, n)
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for range n {
+		<-tick.C
+		start := time.Now()
+		if _, err := conn.Write(msg); err != nil {
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			return 0, 0, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+// iperf runs a real iperf3 server in pod to and client in pod from for iperfTime seconds, one
+// stream, and returns the receiver's Gbit/s.
+func iperf(c *cluster, from, to string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := c.lab.Start(ctx, c.lab.Pod(to).Netns, filepath.Join(c.lab.Dir, "iperf-"+to+".log"), "iperf3", "-s", "-1", "-p", "5201")
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Kill()
+	var out []byte
+	for range 50 { // the server needs a moment to listen
+		out, err = c.lab.Command(ctx, c.lab.Pod(from).Netns, "iperf3", "-c", c.lab.Pod(to).IP.String(), "-p", "5201",
+			"-t", strconv.Itoa(iperfTime), "-J").Output()
+		if err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 %s -> %s: %v %s", from, to, err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %w", err)
+	}
+	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func rssMB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for %d", pid)
+}
