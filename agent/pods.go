@@ -154,16 +154,16 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 	}
 	p.cookie = rp.Cookie
 	pctx = context.WithValue(pctx, podKey{}, p)
-	go a.serveOutbound(pctx, p, out4)
+	go a.serve(pctx, p, out4, a.handleOutbound)
 	if err6 == nil {
-		go a.serveOutbound(pctx, p, out6)
+		go a.serve(pctx, p, out6, a.handleOutbound)
 	}
 	go func() {
 		if err := a.srv.Serve(pctx, hbone, id); err != nil && !errors.Is(err, net.ErrClosed) {
 			a.log.Warn("HBONE listener stopped", "pod", w.UID, "err", err)
 		}
 	}()
-	go a.servePlaintext(pctx, p, plain)
+	go a.serve(pctx, p, plain, a.handlePlaintext)
 	a.pods[w.UID] = p
 	for _, ip := range w.IPs {
 		a.byIP[ip] = p

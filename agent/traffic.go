@@ -46,8 +46,9 @@ func resolve(st *workload.State, orig netip.AddrPort, n uint64) route {
 	return route{dst: st.WorkloadByIP(orig.Addr()), addr: orig}
 }
 
-// serveOutbound accepts the pod's captured connections on :15001.
-func (a *Agent) serveOutbound(ctx context.Context, p *pod, ln *net.TCPListener) {
+// serve accepts on one of a pod's listeners until it closes, handling each connection on its
+// own goroutine, counted for the drain on shutdown.
+func (a *Agent) serve(ctx context.Context, p *pod, ln *net.TCPListener, handle func(context.Context, *pod, *net.TCPConn)) {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -56,11 +57,12 @@ func (a *Agent) serveOutbound(ctx context.Context, p *pod, ln *net.TCPListener) 
 		a.conns.Add(1)
 		go func() {
 			defer a.conns.Done()
-			a.handleOutbound(ctx, p, c)
+			handle(ctx, p, c)
 		}()
 	}
 }
 
+// handleOutbound carries one captured connection of the pod (:15001) to its destination.
 func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	start := time.Now()
 	client := netip.MustParseAddrPort(c.RemoteAddr().String())
@@ -119,22 +121,8 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	entry.done(a.access, start, relayResult(err), errString(err))
 }
 
-// servePlaintext accepts TCP for the pod that did not come over HBONE (:15006): served only
-// when the pod is PERMISSIVE, and then still subject to policy as an unauthenticated source.
-func (a *Agent) servePlaintext(ctx context.Context, p *pod, ln *net.TCPListener) {
-	for {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			return
-		}
-		a.conns.Add(1)
-		go func() {
-			defer a.conns.Done()
-			a.handlePlaintext(ctx, p, c)
-		}()
-	}
-}
-
+// handlePlaintext serves TCP for the pod that did not come over HBONE (:15006): only when the
+// pod is PERMISSIVE, and then still subject to policy as an unauthenticated source.
 func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
 	start := time.Now()
 	client := netip.MustParseAddrPort(c.RemoteAddr().String())

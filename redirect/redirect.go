@@ -58,6 +58,7 @@ const (
 	KindPlaintext Kind = 1 // :15006, anything else (served only where the pod is PERMISSIVE)
 )
 
+// String names the kind in logs.
 func (k Kind) String() string {
 	if k == KindHBONE {
 		return "hbone"

@@ -3,6 +3,7 @@
 package redirect
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -36,3 +37,29 @@ func (*Redirector) OriginalDst(uint64, netip.AddrPort) (netip.AddrPort, error) {
 
 // Close does nothing off Linux.
 func (*Redirector) Close() error { return nil }
+
+// Pods returns nothing off Linux.
+func (*Redirector) Pods() []Pod { return nil }
+
+// Uninstall fails off Linux.
+func (*Redirector) Uninstall() error { return errNotLinux }
+
+// DialTransparent fails off Linux.
+func (*Redirector) DialTransparent(context.Context, string, netip.Addr, netip.AddrPort) (net.Conn, error) {
+	return nil, errNotLinux
+}
+
+// InNetns fails off Linux.
+func InNetns(string, func() error) error { return errNotLinux }
+
+// ListenTCP fails off Linux.
+func ListenTCP(string, string) (*net.TCPListener, error) { return nil, errNotLinux }
+
+// DialContext fails off Linux.
+func DialContext(context.Context, string, string, string) (net.Conn, error) { return nil, errNotLinux }
+
+// SetupTransparentRouting fails off Linux.
+func SetupTransparentRouting(string) error { return errNotLinux }
+
+// NetnsCookie fails off Linux.
+func NetnsCookie(string) (uint64, error) { return 0, errNotLinux }

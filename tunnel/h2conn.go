@@ -50,6 +50,7 @@ type ResetError struct {
 	Remote bool
 }
 
+// Error says who reset the stream and with which code.
 func (e *ResetError) Error() string {
 	who := "locally"
 	if e.Remote {

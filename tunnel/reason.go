@@ -100,6 +100,7 @@ type RefusedError struct {
 	Err    error
 }
 
+// Error gives the reason, the status when there was one, and the cause.
 func (e *RefusedError) Error() string {
 	if e.Status != 0 {
 		return fmt.Sprintf("tunnel: refused (%s, HTTP %d): %v", e.Reason, e.Status, e.Err)
@@ -107,6 +108,7 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("tunnel: refused (%s): %v", e.Reason, e.Err)
 }
 
+// Unwrap returns the cause.
 func (e *RefusedError) Unwrap() error { return e.Err }
 
 // ReasonOf returns the Reason carried by err, or ReasonNone.

@@ -6,9 +6,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -276,21 +274,8 @@ func waitEnrolled(ctx context.Context, logs map[string]string, want map[string]i
 }
 
 func logLines(path string) []map[string]any {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []map[string]any
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 1<<20), 1<<20)
-	for s.Scan() {
-		var m map[string]any
-		if json.Unmarshal(s.Bytes(), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
+	lines, _ := lab.ReadJSONLines(path)
+	return lines
 }
 
 // toMS converts a slog duration (nanoseconds as a number) to milliseconds.

@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -271,21 +270,11 @@ func (c *cluster) accessLines(node string) []map[string]any {
 
 // logLines returns a node agent's JSON log lines.
 func (c *cluster) logLines(node string) []map[string]any {
-	f, err := os.Open(c.logs[node])
+	lines, err := lab.ReadJSONLines(c.logs[node])
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	defer f.Close()
-	var out []map[string]any
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 1<<20), 1<<20)
-	for s.Scan() {
-		var m map[string]any
-		if json.Unmarshal(s.Bytes(), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
+	return lines
 }
 
 func (c *cluster) hasAccess(node string, want map[string]string) bool {
@@ -572,5 +561,34 @@ func TestTeardownLeavesNothing(t *testing.T) {
 		if err := syscall.Kill(pid, 0); err == nil {
 			t.Errorf("agent process %d still runs", pid)
 		}
+	}
+}
+
+// TestRestartRepairsDrift: a pod taken out of the mesh while its node's agent was down keeps
+// its pinned capture (fail closed) until the agent is back, which then removes it: the pinned
+// state is reconciled against the state view, not trusted.
+func TestRestartRepairsDrift(t *testing.T) {
+	c := newCluster(t)
+	c.agents["node1"].Kill()
+	c.agents["node1"].Wait()
+	delete(c.agents, "node1")
+	c.writeState(map[string]string{"web": "none"})
+	if _, err := c.curl("web", c.url("perm"), "--max-time", "1"); err == nil {
+		t.Fatal("with its agent dead, web's pinned capture let a connection through")
+	}
+	c.startAgent("node1")
+	waitFor(t, "the agent to drop web's stale enrollment", 10*time.Second, func() bool {
+		for _, m := range c.logLines("node1") {
+			if m["msg"] == "removing stale enrollment" {
+				return true
+			}
+		}
+		return false
+	})
+	if out, err := c.curl("web", c.url("perm")); err != nil || !strings.Contains(out, "hello from perm") {
+		t.Errorf("unenrolled web -> permissive perm = %q, %v", out, err)
+	}
+	if out, err := c.curl("web", c.url("api2")); err == nil {
+		t.Errorf("unenrolled web reached STRICT api2: %q (still captured?)", out)
 	}
 }
