@@ -41,9 +41,23 @@ type Config struct {
 	PinDir string
 	// DrainTimeout bounds the graceful drain on shutdown; 5s when zero.
 	DrainTimeout time.Duration
+	// SameNode is how a connection between two pods of this node travels: SameNodeSplice
+	// (default: authorized here, where both identities are known, then spliced socket to socket
+	// in the kernel, never encrypted on a path that never leaves the node) or SameNodeHBONE (the
+	// full tunnel, the same code path as across nodes).
+	SameNode SameNodeMode
 	// Logger for operational logs; AccessLog for one line per connection (Logger when nil).
 	Logger, AccessLog *slog.Logger
 }
+
+// SameNodeMode selects the same-node path.
+type SameNodeMode string
+
+// Same-node paths.
+const (
+	SameNodeSplice SameNodeMode = "splice"
+	SameNodeHBONE  SameNodeMode = "hbone"
+)
 
 // Agent is one node's agent. Create it with New, run it with Run.
 type Agent struct {
@@ -77,6 +91,13 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Second
+	}
+	switch cfg.SameNode {
+	case "":
+		cfg.SameNode = SameNodeSplice
+	case SameNodeSplice, SameNodeHBONE:
+	default:
+		return nil, fmt.Errorf("agent: same-node mode %q: want %q or %q", cfg.SameNode, SameNodeSplice, SameNodeHBONE)
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -46,6 +46,14 @@ func resolve(st *workload.State, orig netip.AddrPort, n uint64) route {
 	return route{dst: st.WorkloadByIP(orig.Addr()), addr: orig}
 }
 
+// localPod is the destination pod when it is enrolled on this node, else nil.
+func (a *Agent) localPod(rt route) *pod {
+	if rt.dst == nil || !rt.dst.Enrolled() || rt.dst.Node != a.cfg.Node {
+		return nil
+	}
+	return a.podByIP(rt.addr.Addr())
+}
+
 // serve accepts on one of a pod's listeners until it closes, handling each connection on its
 // own goroutine, counted for the drain on shutdown.
 func (a *Agent) serve(ctx context.Context, p *pod, ln *net.TCPListener, handle func(context.Context, *pod, *net.TCPConn)) {
@@ -85,7 +93,24 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
-	if rt.dst != nil && rt.dst.Enrolled() {
+	if local := a.localPod(rt); local != nil && a.cfg.SameNode == SameNodeSplice {
+		// Both ends on this node: the agent knows both identities first-hand, so it authorizes
+		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
+		// app seeing the client's IP exactly as over HBONE.
+		entry.dstID, entry.path = local.id.String(), "splice"
+		d := st.Decide(policy.Request{SrcPrincipal: p.id.String(), DstNamespace: local.w.Namespace, DstLabels: local.w.Labels, DstPort: rt.addr.Port()})
+		if !d.Allowed {
+			a.reset(c)
+			entry.done(a.access, start, "denied", d.Reason)
+			return
+		}
+		up, err = a.red.DialTransparent(dctx, local.w.Netns, p.ip(), rt.addr)
+		if err != nil {
+			a.reset(c)
+			entry.done(a.access, start, "error", err.Error())
+			return
+		}
+	} else if rt.dst != nil && rt.dst.Enrolled() {
 		dstID, err := rt.dst.ID(st.TrustDomain())
 		if err != nil {
 			a.reset(c)

@@ -23,7 +23,8 @@ var (
 
 type closeWriter interface{ CloseWrite() error }
 
-// Relay copies a→b and b→a until both directions have ended, then closes both. An orderly end
+// Relay copies a→b and b→a until both directions have ended, then closes both. Between two
+// TCP connections the bytes move with splice(2); out of a Stream they go as received chunks. An orderly end
 // (EOF) of one direction is passed on as a half-close (CloseWrite) and the other direction keeps
 // going; an error in either aborts both (RST to a TCP peer, RST_STREAM to a stream), so a reset
 // propagates and nothing is left half-open. It returns the bytes copied each way.
@@ -55,8 +56,18 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 
 // copyHalf copies src to dst; on EOF from src it half-closes dst.
 func copyHalf(dst, src net.Conn) (int64, error) {
-	if st, ok := src.(*Stream); ok {
-		n, err := st.WriteTo(dst)
+	st, fromStream := src.(*Stream)
+	tcpDst, toTCP := dst.(*net.TCPConn)
+	tcpSrc, fromTCP := src.(*net.TCPConn)
+	if fromStream || (toTCP && fromTCP) {
+		var n int64
+		var err error
+		if fromStream {
+			n, err = st.WriteTo(dst)
+		} else {
+			// TCP to TCP: ReadFrom moves the bytes with splice(2), never through user space.
+			n, err = tcpDst.ReadFrom(tcpSrc)
+		}
 		if err == nil {
 			if cw, ok := dst.(closeWriter); ok {
 				err = cw.CloseWrite()

@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -46,6 +48,7 @@ type cluster struct {
 	bin    string
 	state  string
 	agents map[string]*lab.Proc
+	args   []string // extra agent flags
 	logs   map[string]string
 	apps   []*http.Server
 	echoes []net.Listener
@@ -76,6 +79,8 @@ var e2eNodes = []lab.NodeSpec{
 		{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
 		{Name: "api1", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
 		{Name: "plain", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
+		{Name: "nosy", Namespace: "shop", ServiceAccount: "nosy", Labels: map[string]string{"app": "nosy"}},
+		{Name: "plain2", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
 	}},
 	{Name: "node2", Pods: []lab.PodSpec{
 		{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
@@ -85,18 +90,20 @@ var e2eNodes = []lab.NodeSpec{
 	}},
 }
 
-func newCluster(t testing.TB) *cluster { return newClusterOf(t, e2eNodes) }
+func newCluster(t testing.TB, agentArgs ...string) *cluster {
+	return newClusterOf(t, e2eNodes, agentArgs...)
+}
 
 // newClusterOf builds a lab of nodes, writes its state, serves an HTTP app (:8080) and an echo
 // (:9000) in every pod, starts one agent per node and waits until they enrolled their pods.
-func newClusterOf(t testing.TB, nodes []lab.NodeSpec) *cluster {
+func newClusterOf(t testing.TB, nodes []lab.NodeSpec, agentArgs ...string) *cluster {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
 	l, err := lab.New(ctx, lab.Config{Nodes: nodes})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, lab: l, bin: agentBin, state: filepath.Join(l.Dir, "state.yaml"), agents: map[string]*lab.Proc{}, logs: map[string]string{}}
+	c := &cluster{t: t, lab: l, bin: agentBin, state: filepath.Join(l.Dir, "state.yaml"), agents: map[string]*lab.Proc{}, logs: map[string]string{}, args: agentArgs}
 	t.Cleanup(c.close)
 	c.writeState(nil)
 	for _, p := range l.Pods() {
@@ -162,9 +169,9 @@ func (c *cluster) startAgent(node string) {
 	n := c.lab.Node(node)
 	logPath := filepath.Join(c.lab.Dir, node+"-agent.log")
 	c.logs[node] = logPath
-	p, err := c.lab.Start(context.Background(), n.Netns, logPath, c.bin,
-		"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
-		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s")
+	args := append([]string{"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
+		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s"}, c.args...)
+	p, err := c.lab.Start(context.Background(), n.Netns, logPath, c.bin, args...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -341,21 +348,32 @@ func TestMesh(t *testing.T) {
 	})
 
 	t.Run("the destination sees web's SPIFFE identity", func(t *testing.T) {
-		for node, dst := range map[string]string{"node2": api2.IP.String(), "node1": api1.IP.String()} {
-			want := map[string]string{"direction": "inbound", "result": "ok",
-				"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
-				"dst_addr": dst + ":8080"}
-			waitFor(t, node+" access log of web -> api", 3*time.Second, func() bool { return c.hasAccess(node, want) })
-		}
+		want := map[string]string{"direction": "inbound", "result": "ok",
+			"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
+			"dst_addr": api2.IP.String() + ":8080"}
+		waitFor(t, "node2's access log of web -> api2", 3*time.Second, func() bool { return c.hasAccess("node2", want) })
+		// Same node: decided by node1's agent, which holds both identities.
+		want = map[string]string{"direction": "outbound", "path": "splice", "result": "ok",
+			"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
+			"dst_addr": api1.IP.String() + ":8080"}
+		waitFor(t, "node1's access log of web -> api1", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
 	})
 
 	t.Run("an ALLOW policy naming another principal denies", func(t *testing.T) {
-		out, err := c.curl("other", c.url("api2"))
+		// nosy (node1) -> api2 (node2) over HBONE: denied by node2's agent.
+		out, err := c.curl("nosy", c.url("api2"))
 		if err == nil {
-			t.Fatalf("other -> api2 succeeded (%q); the policy allows only web", out)
+			t.Fatalf("nosy -> api2 succeeded (%q); the policy allows only web", out)
 		}
 		waitFor(t, "the denial in node2's access log", 3*time.Second, func() bool {
-			return c.hasAccess("node2", map[string]string{"direction": "inbound", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/other"})
+			return c.hasAccess("node2", map[string]string{"direction": "inbound", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/nosy"})
+		})
+		// other -> api2, both on node2: denied by node2's agent before any connection is made.
+		if out, err := c.curl("other", c.url("api2")); err == nil {
+			t.Fatalf("other -> api2 succeeded (%q); the policy allows only web", out)
+		}
+		waitFor(t, "the same-node denial in node2's access log", 3*time.Second, func() bool {
+			return c.hasAccess("node2", map[string]string{"direction": "outbound", "path": "splice", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/other"})
 		})
 		// other -> perm has no policy: allowed.
 		if out, err := c.curl("other", c.url("perm")); err != nil || !strings.Contains(out, "hello from perm") {
@@ -590,5 +608,54 @@ func TestRestartRepairsDrift(t *testing.T) {
 	}
 	if out, err := c.curl("web", c.url("api2")); err == nil {
 		t.Errorf("unenrolled web reached STRICT api2: %q (still captured?)", out)
+	}
+}
+
+// TestSameNodeModes: within a node, each --same-node mode carries curl and a large transfer intact
+// both ways, applies policy, and logs the path it took.
+func TestSameNodeModes(t *testing.T) {
+	for _, mode := range []string{"splice", "hbone"} {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, "--same-node", mode)
+			web, api1 := c.lab.Pod("web"), c.lab.Pod("api1")
+			if out, err := c.curl("web", c.url("api1")); err != nil || !strings.Contains(out, "client "+web.IP.String()+":") {
+				t.Fatalf("web -> api1: %q, %v", out, err)
+			}
+			if _, err := c.curl("nosy", c.url("api1")); err == nil {
+				t.Error("nosy -> api1 succeeded; the policy allows only web")
+			}
+			n := int64(64 << 20)
+			if testing.Short() {
+				n = 8 << 20
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			conn, err := web.Dial(ctx, net.JoinHostPort(api1.IP.String(), "9000"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			sent := make(chan [32]byte, 1)
+			go func() {
+				h := sha256.New()
+				buf := make([]byte, 1<<20)
+				for left := n; left > 0; left -= int64(len(buf)) {
+					rand.Read(buf)
+					h.Write(buf)
+					if _, err := conn.Write(buf); err != nil {
+						break
+					}
+				}
+				conn.(*net.TCPConn).CloseWrite()
+				sent <- [32]byte(h.Sum(nil))
+			}()
+			h := sha256.New()
+			got, err := io.Copy(h, conn)
+			if err != nil || got != n || [32]byte(h.Sum(nil)) != <-sent {
+				t.Fatalf("echoed %d of %d bytes (err %v) or the sha256 differs", got, n, err)
+			}
+			want := map[string]string{"direction": "outbound", "path": mode, "result": "ok", "src_id": "spiffe://cluster.local/ns/shop/sa/web"}
+			waitFor(t, "the "+mode+" access line", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
+		})
 	}
 }
