@@ -153,7 +153,7 @@ func fixedRateRR(from, to *lab.Pod, rate int, d time.Duration) (p50, p99 time.Du
 func iperf(c *cluster, from, to string) (float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	srv, err := c.lab.Start(ctx, c.lab.Pod(to).Netns, filepath.Join(c.lab.Dir, "iperf-"+to+".log"), "iperf3", "-s", "-1", "-p", "5201")
+	srv, err := c.lab.Start(ctx, c.lab.Pod(to).Netns, filepath.Join(c.lab.Dir, "iperf-"+to+".log"), "iperf3", "-s", "-p", "5201")
 	if err != nil {
 		return 0, err
 	}
@@ -162,25 +162,26 @@ func iperf(c *cluster, from, to string) (float64, error) {
 	for range 50 { // the server needs a moment to listen
 		out, err = c.lab.Command(ctx, c.lab.Pod(from).Netns, "iperf3", "-c", c.lab.Pod(to).IP.String(), "-p", "5201",
 			"-t", strconv.Itoa(iperfTime), "-J").Output()
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
 		if err == nil {
-			break
+			if jerr := json.Unmarshal(out, &res); jerr != nil {
+				return 0, fmt.Errorf("iperf3 output: %w", jerr)
+			}
+			if res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
+				return res.End.SumReceived.BitsPerSecond / 1e9, nil
+			}
+			err = fmt.Errorf("no result: %s", res.Error)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %v %s", from, to, err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+	return 0, fmt.Errorf("iperf3 %s -> %s: %v %s", from, to, err, out)
 }
 
 func rssMB(pid int) (float64, error) {
