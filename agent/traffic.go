@@ -46,6 +46,19 @@ func resolve(st *workload.State, orig netip.AddrPort, n uint64) route {
 	return route{dst: st.WorkloadByIP(orig.Addr()), addr: orig}
 }
 
+// forwardedFor is the RFC 7239 node of the source pod (IPv6 quoted and bracketed).
+func forwardedFor(podIP netip.Addr) string {
+	if podIP.Is6() && !podIP.Is4In6() {
+		return `"[` + podIP.String() + `]"`
+	}
+	return podIP.String()
+}
+
+// baggage describes the source workload in W3C baggage, with the keys ztunnel uses.
+func baggage(w *workload.Workload) string {
+	return "k8s.namespace.name=" + w.Namespace + ",k8s.pod.name=" + w.Name + ",service.name=" + w.ServiceAccount
+}
+
 // localPod is the destination pod when it is enrolled on this node, else nil.
 func (a *Agent) localPod(rt route) *pod {
 	if rt.dst == nil || !rt.dst.Enrolled() || rt.dst.Node != a.cfg.Node {
@@ -125,6 +138,9 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			Dest:      dstID,
 			Addr:      netip.AddrPortFrom(rt.addr.Addr(), tunnel.HBONEPort),
 			Authority: rt.addr,
+			// As ztunnel sends them: who the source is, for the waypoint and the destination's logs.
+			Forwarded: "for=" + forwardedFor(p.ip()),
+			Baggage:   baggage(p.w),
 		})
 		if err != nil {
 			a.reset(c)

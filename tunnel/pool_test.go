@@ -215,6 +215,36 @@ func TestKeepaliveClosesDeadPeer(t *testing.T) {
 	waitFor(t, "dead connection to leave the pool", func() bool { return e.client.pool.size() == 0 })
 }
 
+// TestIstioHeaders: baggage, traceparent and forwarded reach the server's Request as sent.
+func TestIstioHeaders(t *testing.T) {
+	got := make(chan Request, 1)
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) {
+		c.Authorize = func(ctx context.Context, req *Request) error {
+			got <- *req
+			return nil
+		}
+	}})
+	tg := e.target()
+	tg.Baggage = "k8s.namespace.name=shop,k8s.pod.name=web-1"
+	tg.Traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	tg.Forwarded = "for=10.20.1.2"
+	st, err := e.client.Dial(context.Background(), tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	req := <-got
+	if req.Baggage != tg.Baggage || req.Traceparent != tg.Traceparent || req.Forwarded != tg.Forwarded {
+		t.Errorf("server saw baggage %q traceparent %q forwarded %q", req.Baggage, req.Traceparent, req.Forwarded)
+	}
+	if req.Peer != clientID || req.Local != serverID || req.Authority != e.backend.addr {
+		t.Errorf("server saw peer %s local %s authority %s", req.Peer, req.Local, req.Authority)
+	}
+	if !req.Client.Addr().IsLoopback() || req.Client.Port() == 0 {
+		t.Errorf("server saw client address %s", req.Client)
+	}
+}
+
 // TestRotation: a tunnel opened before its certificates rotate keeps working after rotation and
 // after the old certificates expire; new connections present the new certificate.
 func TestRotation(t *testing.T) {
