@@ -89,5 +89,7 @@ clean: clean-lab
 
 ## clean-lab: remove what an interrupted test or lab run left (namespaces, links, bpffs pins)
 clean-lab:
-	@for ns in $$(ip netns list 2>/dev/null | awk '{print $$1}' | grep -E '^(amt[0-9a-f]{6}|amesh-lab-)'); do 	  echo "clean-lab: netns $$ns"; $(SUDO) ip netns del $$ns; done
-	@for p in /sys/fs/bpf/amt* /sys/fs/bpf/amesh-lab-*; do 	  [ -e "$$p" ] && { echo "clean-lab: pins $$p"; $(SUDO) rm -rf "$$p"; }; done; true
+	@for ns in $$(ip netns list 2>/dev/null | awk '{print $$1}' | grep -E '^(amt[0-9a-f]{6}|amesh-lab-)'); do \
+	  echo "clean-lab: netns $$ns"; $(SUDO) ip netns del $$ns; done
+	@for p in /sys/fs/bpf/amt* /sys/fs/bpf/amesh-lab-* /tmp/amesh-lab-* /tmp/amesh-e2e-bin-* /tmp/amesh-demo-*; do \
+	  [ -e "$$p" ] && { echo "clean-lab: $$p"; $(SUDO) rm -rf "$$p"; }; done; true
