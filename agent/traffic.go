@@ -90,16 +90,14 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	entry := accessEntry{direction: "outbound", src: p.ip(), srcID: p.id.String()}
 	orig, err := a.red.OriginalDst(p.cookie, client)
 	if err != nil {
-		a.reset(c)
-		entry.done(a.access, start, "error", err.Error())
+		a.refuse(c, &entry, start, "error", err.Error())
 		return
 	}
 	entry.dst = orig
 	st := a.store.Load()
 	rt := resolve(st, orig, a.lbCounter.Add(1))
 	if rt.refuse != "" {
-		a.reset(c)
-		entry.done(a.access, start, "refused", rt.refuse)
+		a.refuse(c, &entry, start, "refused", rt.refuse)
 		return
 	}
 	entry.upstream = rt.addr
@@ -111,23 +109,20 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
 		// app seeing the client's IP exactly as over HBONE.
 		entry.dstID, entry.path = local.id.String(), "splice"
-		d := st.Decide(policy.Request{SrcPrincipal: p.id.String(), DstNamespace: local.w.Namespace, DstLabels: local.w.Labels, DstPort: rt.addr.Port()})
+		d := a.decide(st, p.id.String(), local, rt.addr.Port())
 		if !d.Allowed {
-			a.reset(c)
-			entry.done(a.access, start, "denied", d.Reason)
+			a.refuse(c, &entry, start, "denied", d.Reason)
 			return
 		}
 		up, err = a.red.DialTransparent(dctx, local.w.Netns, p.ip(), rt.addr)
 		if err != nil {
-			a.reset(c)
-			entry.done(a.access, start, "error", err.Error())
+			a.refuse(c, &entry, start, "error", err.Error())
 			return
 		}
 	} else if rt.dst != nil && rt.dst.Enrolled() {
 		dstID, err := rt.dst.ID(st.TrustDomain())
 		if err != nil {
-			a.reset(c)
-			entry.done(a.access, start, "error", err.Error())
+			a.refuse(c, &entry, start, "error", err.Error())
 			return
 		}
 		entry.dstID = dstID.String()
@@ -143,8 +138,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			Baggage:   baggage(p.w),
 		})
 		if err != nil {
-			a.reset(c)
-			entry.done(a.access, start, resultOf(err), err.Error())
+			a.refuse(c, &entry, start, resultOf(err), err.Error())
 			return
 		}
 	} else {
@@ -153,8 +147,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		entry.path = "passthrough"
 		up, err = redirect.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String())
 		if err != nil {
-			a.reset(c)
-			entry.done(a.access, start, "error", err.Error())
+			a.refuse(c, &entry, start, "error", err.Error())
 			return
 		}
 	}
@@ -171,22 +164,19 @@ func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
 	entry := accessEntry{direction: "inbound_plaintext", src: client.Addr(), dst: dst, dstID: p.id.String(), path: "plaintext"}
 	w := p.w
 	if !w.AcceptsPlaintext() {
-		a.reset(c)
-		entry.done(a.access, start, "refused", "plaintext to a STRICT workload: only mTLS (HBONE) is accepted")
+		a.refuse(c, &entry, start, "refused", "plaintext to a STRICT workload: only mTLS (HBONE) is accepted")
 		return
 	}
-	d := a.store.Load().Decide(policy.Request{DstNamespace: w.Namespace, DstLabels: w.Labels, DstPort: dst.Port()})
+	d := a.decide(a.store.Load(), "", p, dst.Port())
 	if !d.Allowed {
-		a.reset(c)
-		entry.done(a.access, start, "denied", d.Reason)
+		a.refuse(c, &entry, start, "denied", d.Reason)
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	up, err := a.red.DialTransparent(dctx, w.Netns, client.Addr(), dst)
 	if err != nil {
-		a.reset(c)
-		entry.done(a.access, start, "error", err.Error())
+		a.refuse(c, &entry, start, "error", err.Error())
 		return
 	}
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
@@ -204,12 +194,7 @@ func (a *Agent) authorizeHBONE(ctx context.Context, req *tunnel.Request) error {
 	if a.podByIP(req.Authority.Addr()) != p {
 		return fmt.Errorf("CONNECT to %s arrived at the listener of %s (%v)", req.Authority, p.w.UID, p.w.IPs)
 	}
-	d := a.store.Load().Decide(policy.Request{
-		SrcPrincipal: req.Peer.String(),
-		DstNamespace: p.w.Namespace,
-		DstLabels:    p.w.Labels,
-		DstPort:      req.Authority.Port(),
-	})
+	d := a.decide(a.store.Load(), req.Peer.String(), p, req.Authority.Port())
 	if !d.Allowed {
 		return errors.New(d.Reason)
 	}
@@ -259,6 +244,18 @@ func (a *Agent) reset(c *net.TCPConn) {
 	c.Close()
 }
 
+// refuse resets c and writes its access line with result and reason.
+func (a *Agent) refuse(c *net.TCPConn, e *accessEntry, start time.Time, result, reason string) {
+	a.reset(c)
+	e.done(a.access, start, result, reason)
+}
+
+// decide applies the policies of the destination pod to a source principal (empty for a
+// plaintext source): one decision for the HBONE, splice and plaintext paths alike.
+func (a *Agent) decide(st *workload.State, src string, dst *pod, port uint16) policy.Decision {
+	return st.Decide(policy.Request{SrcPrincipal: src, DstNamespace: dst.w.Namespace, DstLabels: dst.w.Labels, DstPort: port})
+}
+
 // accessEntry is one access-log line.
 type accessEntry struct {
 	direction, path string
@@ -268,7 +265,7 @@ type accessEntry struct {
 	sent, received  int64
 }
 
-func (e accessEntry) done(l *slog.Logger, start time.Time, result, reason string) {
+func (e *accessEntry) done(l *slog.Logger, start time.Time, result, reason string) {
 	e.log(l, time.Since(start), result, reason)
 }
 
