@@ -3,9 +3,13 @@ package tunnel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,7 +23,52 @@ import (
 	"github.com/amesh-dev/amesh/identity"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain fails the run if tests leak goroutines or sockets (every connection and listener the
+// proxy and the tests open must be closed by the end; other descriptors belong to the runtime and
+// the test framework).
+func TestMain(m *testing.M) {
+	before := openSockets()
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for openSockets() > before && time.Now().Before(deadline) {
+			runtime.GC() // let finalizers of dropped *os.File run before judging
+			time.Sleep(50 * time.Millisecond)
+		}
+		if after := openSockets(); after > before {
+			fmt.Fprintf(os.Stderr, "socket leak: %d open before the tests, %d after:\n%s", before, after, describeFDs())
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func describeFDs() string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var b strings.Builder
+	for _, e := range ents {
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fmt.Fprintf(&b, "  fd %s -> %s\n", e.Name(), target)
+	}
+	return b.String()
+}
+
+// openSockets counts this process's open sockets (0 where /proc is not there; the goroutine
+// check still runs).
+func openSockets() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	n := 0
+	for _, e := range ents {
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(target, "socket:") {
+			n++
+		}
+	}
+	return n
+}
 
 var (
 	testTD   = spiffeid.RequireTrustDomainFromString("cluster.local")
