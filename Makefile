@@ -11,7 +11,7 @@ CACHE   ?= $(HOME)/.cache/amesh
 RECIPES ?= $(CURDIR)/../shared/recipes
 GHOSTUNNEL := $(CACHE)/bin/ghostunnel
 
-.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench peers demo clean clean-lab
+.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -64,14 +64,22 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerFrames$$' -fuzztime $(FUZZTIME) ./tunnel/
 
-## bench: tunnel (direct TCP, TLS 1.3 pair, HBONE, HBONE behind a relay, ghostunnel) and the
-## netns lab (direct pod->pod, amesh same-node and cross-node; enrolment; agent RSS), one run each
+## bench: everything below in one go: the tunnel benchmark, the lab benchmark and the suite
 bench: deps peers
 	AMESH_GHOSTUNNEL=$(GHOSTUNNEL) $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem -count 1 ./tunnel/
 	$(GO) test -run '^$$' -bench BenchmarkLab -benchtime 1x -count 1 ./test/e2e/
+	$(MAKE) --no-print-directory bench-suite
 
-## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once
+## bench-suite: direct, amesh (same-node splice/hbone, cross-node) and the ghostunnel and stunnel
+## pairs side by side in the lab (fortio RR, iperf3, conn/s, agent CPU); writes bench-out/ (root)
+bench-suite: deps peers
+	$(GO) run ./test/benchsuite -ghostunnel $(GHOSTUNNEL) -out bench-out
+
+## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once, and
+## install stunnel4 (Debian)
 peers: $(GHOSTUNNEL)
+	@dpkg-query -W -f='$${Status}' stunnel4 2>/dev/null | grep -q "install ok installed" || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends stunnel4 >/dev/null; }
 
 $(GHOSTUNNEL):
 	@test -f $(RECIPES)/peers/ghostunnel/go.mod || { echo "peers: $(RECIPES)/peers/ghostunnel missing"; exit 1; }

@@ -1,0 +1,625 @@
+// Command benchsuite is the side-by-side benchmark of `make bench-suite`: in ONE run, on a
+// two-node netns lab, it measures direct pod→pod (no mesh), amesh within a node (splice and
+// hbone modes), amesh across nodes (HBONE), and the L4 mTLS peers users would otherwise deploy
+// (a ghostunnel pair and a stunnel pair between the same two unmeshed pods, with certificates from
+// the built-in CA). For each: 1 KiB request/response at a fixed 1,000 RPS and at max rate with
+// p50/p90/p99/p99.9 (fortio as a library), one- and four-stream throughput (iperf3), new
+// connections per second, and for amesh the agent's CPU per 1,000 RPS and its RSS. It writes a
+// Markdown table with ratios to direct and to the best peer, and a JSON file with everything.
+//
+// The load generator runs inside the source pod's netns: benchsuite re-executes itself there
+// (`benchsuite rr|cps ...`), since sockets belong to the netns of the thread that made them.
+// Every run is bounded in time; all traffic stays inside the lab. Needs root.
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"fortio.org/fortio/periodic"
+	"fortio.org/fortio/tcprunner"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/test/lab"
+)
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "rr":
+			os.Exit(clientRR(os.Args[2:]))
+		case "cps":
+			os.Exit(clientCPS(os.Args[2:]))
+		}
+	}
+	fs := flag.NewFlagSet("benchsuite", flag.ExitOnError)
+	out := fs.String("out", "bench-out", "directory for results.md and results.json")
+	dur := fs.Duration("duration", 3*time.Second, "length of each load run")
+	ghost := fs.String("ghostunnel", filepath.Join(os.Getenv("HOME"), ".cache/amesh/bin/ghostunnel"), "ghostunnel binary (peer); skipped when absent")
+	fs.Parse(os.Args[1:])
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "benchsuite: needs root (network namespaces and eBPF)")
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *out, *dur, *ghost); err != nil {
+		fmt.Fprintln(os.Stderr, "benchsuite:", err)
+		os.Exit(1)
+	}
+}
+
+// Result is one scenario's figures.
+type Result struct {
+	Scenario    string             `json:"scenario"`
+	Base        string             `json:"compared_with"`
+	RR1000      map[string]float64 `json:"rr_1000rps_us"` // p50, p90, p99, p99.9 in µs
+	RRMax       map[string]float64 `json:"rr_max_us"`
+	RRMaxQPS    float64            `json:"rr_max_qps"`
+	Gbps1       float64            `json:"throughput_1_stream_gbps"`
+	Gbps4       float64            `json:"throughput_4_streams_gbps"`
+	CPS         float64            `json:"new_connections_per_s"`
+	AgentCPU    float64            `json:"agent_vcpu_per_1000rps,omitempty"`
+	AgentRSSMiB float64            `json:"agent_rss_mib,omitempty"`
+}
+
+// scenario is a path to measure: the client pod, where its traffic is sent (address), the port
+// iperf3 reaches, and the agents whose CPU counts.
+type scenario struct {
+	name      string
+	from      string
+	rrAddr    string // echo endpoint as the client dials it
+	iperfAddr string // host:port of the iperf3 server as the client dials it
+	iperfPod  string // where the iperf3 server runs
+	agents    []string
+	base      string // the direct scenario of the same placement, for ratios
+}
+
+func run(ctx context.Context, outDir string, d time.Duration, ghost string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "amesh-demo-bench-") // `make clean-lab` removes leftovers
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	agentBin := filepath.Join(tmp, "amesh-agent")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", agentBin, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
+		return fmt.Errorf("build amesh-agent: %v\n%s", err, out)
+	}
+	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
+		{Name: "node1", Pods: []lab.PodSpec{
+			{Name: "web", Namespace: "shop", ServiceAccount: "web"},
+			{Name: "api1", Namespace: "shop", ServiceAccount: "api"},
+			{Name: "c1", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
+			{Name: "c1b", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
+		}},
+		{Name: "node2", Pods: []lab.PodSpec{
+			{Name: "api2", Namespace: "shop", ServiceAccount: "api"},
+			{Name: "s2", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
+		}},
+	}})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, n := range l.Nodes {
+			exec.Command(agentBin, "--uninstall", "--pin-dir", n.PinDir).Run()
+		}
+		l.Close()
+	}()
+	for _, p := range l.Pods() {
+		stopEcho, err := echo(p)
+		if err != nil {
+			return err
+		}
+		defer stopEcho()
+	}
+	state := filepath.Join(l.Dir, "state.yaml")
+	if err := l.WriteState(state, "", ""); err != nil {
+		return err
+	}
+	caDir := filepath.Join(l.Dir, "ca")
+	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(l.TrustDomain), identity.CAConfig{})
+	if err != nil {
+		return err
+	}
+	if err := ca.WriteFiles(caDir); err != nil {
+		return err
+	}
+	agents := map[string]*lab.Proc{}
+	startAgents := func(sameNode string) error {
+		for name, p := range agents {
+			p.Signal(syscall.SIGTERM)
+			<-p.Done()
+			delete(agents, name)
+		}
+		for _, n := range l.Nodes {
+			p, err := l.Start(ctx, n.Netns, filepath.Join(l.Dir, n.Name+"-agent.log"), agentBin, "--node", n.Name,
+				"--state", state, "--ca-dir", caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn")
+			if err != nil {
+				return err
+			}
+			agents[n.Name] = p
+		}
+		// Ready when web reaches api2 through the mesh.
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			c, err := l.Pod("web").Dial(ctx, net.JoinHostPort(l.Pod("api2").IP.String(), "9000"))
+			if err == nil {
+				c.Write([]byte("x"))
+				c.SetReadDeadline(time.Now().Add(time.Second))
+				_, err = c.Read(make([]byte, 1))
+				c.Close()
+				if err == nil {
+					return nil
+				}
+			}
+			if time.Now().After(deadline) {
+				return errors.New("agents did not come up")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	defer func() {
+		for _, p := range agents {
+			p.Signal(syscall.SIGTERM)
+			select {
+			case <-p.Done():
+			case <-time.After(3 * time.Second):
+				p.Kill()
+			}
+		}
+	}()
+
+	ip := func(pod string) string { return l.Pod(pod).IP.String() }
+	const sameDirect, crossDirect = "direct same-node (no mesh)", "direct cross-node (no mesh)"
+	scenarios := []scenario{
+		{name: sameDirect, from: "c1", rrAddr: ip("c1b") + ":9000", iperfAddr: ip("c1b") + ":5201", iperfPod: "c1b"},
+		{name: crossDirect, from: "c1", rrAddr: ip("s2") + ":9000", iperfAddr: ip("s2") + ":5201", iperfPod: "s2"},
+		{name: "amesh same-node (splice)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
+		{name: "amesh same-node (hbone)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
+		{name: "amesh cross-node (HBONE)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: crossDirect},
+	}
+	peers, stopPeers, err := startPeers(ctx, l, ca, ghost)
+	if err != nil {
+		return err
+	}
+	defer stopPeers()
+	scenarios = append(scenarios, peers...)
+
+	var results []Result
+	current := ""
+	for _, s := range scenarios {
+		mode := "splice"
+		if strings.Contains(s.name, "(hbone)") {
+			mode = "hbone"
+		}
+		if current == "" || (s.agents != nil && current != mode) {
+			if err := startAgents(mode); err != nil {
+				return err
+			}
+			current = mode
+		}
+		fmt.Fprintf(os.Stderr, "benchsuite: %s\n", s.name)
+		r, err := measure(ctx, l, self, s, agents, d)
+		if err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		results = append(results, r)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	js, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "duration": d.String(), "results": results}, "", "  ")
+	if err := os.WriteFile(filepath.Join(outDir, "results.json"), js, 0o644); err != nil {
+		return err
+	}
+	md := markdown(results, d)
+	if err := os.WriteFile(filepath.Join(outDir, "results.md"), []byte(md), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(md)
+	return nil
+}
+
+// measure runs every workload of one scenario.
+func measure(ctx context.Context, l *lab.Lab, self string, s scenario, agents map[string]*lab.Proc, d time.Duration) (Result, error) {
+	r := Result{Scenario: s.name, Base: s.base}
+	cpu0 := agentCPU(agents, s.agents)
+	rr, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "1000", "-duration", d.String())
+	if err != nil {
+		return r, err
+	}
+	if s.agents != nil {
+		r.AgentCPU = (agentCPU(agents, s.agents) - cpu0) / d.Seconds() * 1000 / rr["qps"]
+		for _, n := range s.agents {
+			r.AgentRSSMiB = math.Max(r.AgentRSSMiB, rssMiB(agents[n].Cmd.Process.Pid))
+		}
+	}
+	r.RR1000 = pct(rr)
+	mx, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "-1", "-duration", d.String())
+	if err != nil {
+		return r, err
+	}
+	r.RRMax, r.RRMaxQPS = pct(mx), mx["qps"]
+	cps, err := runClient(ctx, l, self, s.from, "cps", "-dest", s.rrAddr, "-duration", d.String())
+	if err != nil {
+		return r, err
+	}
+	r.CPS = cps["cps"]
+	for _, streams := range []int{1, 4} {
+		g, err := iperf(ctx, l, s, streams, d)
+		if err != nil {
+			return r, err
+		}
+		if streams == 1 {
+			r.Gbps1 = g
+		} else {
+			r.Gbps4 = g
+		}
+	}
+	return r, nil
+}
+
+func pct(m map[string]float64) map[string]float64 {
+	return map[string]float64{"p50": m["p50"], "p90": m["p90"], "p99": m["p99"], "p99.9": m["p99.9"]}
+}
+
+// runClient re-executes this binary inside the pod's netns as a load client.
+func runClient(ctx context.Context, l *lab.Lab, self, pod, mode string, args ...string) (map[string]float64, error) {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := l.Command(cctx, l.Pod(pod).Netns, self, append([]string{mode}, args...)...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s client in %s: %v %s", mode, pod, err, out)
+	}
+	var m map[string]float64
+	if err := json.Unmarshal(out, &m); err != nil {
+		return nil, fmt.Errorf("%s client output %q: %w", mode, out, err)
+	}
+	return m, nil
+}
+
+// clientRR is `benchsuite rr`: fortio's TCP echo runner at a QPS (-1: max) on one connection.
+func clientRR(args []string) int {
+	fs := flag.NewFlagSet("rr", flag.ExitOnError)
+	dest := fs.String("dest", "", "echo server host:port")
+	qps := fs.Float64("qps", 1000, "requests per second (-1 for max)")
+	d := fs.Duration("duration", 3*time.Second, "duration")
+	fs.Parse(args)
+	o := tcprunner.RunnerOptions{
+		RunnerOptions: periodic.RunnerOptions{QPS: *qps, Duration: *d, NumThreads: 1, Percentiles: []float64{50, 90, 99, 99.9}, Resolution: 1e-6, Out: io.Discard},
+		TCPOptions:    tcprunner.TCPOptions{Destination: *dest, Payload: make([]byte, 1024), ReqTimeout: 5 * time.Second},
+	}
+	res, err := tcprunner.RunTCPTest(&o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if res.RetCodes[tcprunner.TCPStatusOK] == 0 || len(res.RetCodes) > 1 {
+		fmt.Fprintf(os.Stderr, "rr: results %v\n", res.RetCodes)
+		return 1
+	}
+	out := map[string]float64{"qps": res.ActualQPS}
+	for _, p := range res.DurationHistogram.Percentiles {
+		out["p"+strconv.FormatFloat(p.Percentile, 'f', -1, 64)] = p.Value * 1e6
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+	return 0
+}
+
+// clientCPS is `benchsuite cps`: new connections per second, each a 1 KiB echo then close.
+func clientCPS(args []string) int {
+	fs := flag.NewFlagSet("cps", flag.ExitOnError)
+	dest := fs.String("dest", "", "echo server host:port")
+	d := fs.Duration("duration", 3*time.Second, "duration")
+	fs.Parse(args)
+	msg, buf := make([]byte, 1024), make([]byte, 1024)
+	n, start := 0, time.Now()
+	for time.Since(start) < *d {
+		c, err := net.DialTimeout("tcp", *dest, 5*time.Second)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Write(msg)
+		if err == nil {
+			_, err = io.ReadFull(c, buf)
+		}
+		c.Close()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		n++
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]float64{"cps": float64(n) / time.Since(start).Seconds()})
+	return 0
+}
+
+// echo runs a TCP echo on :9000 in the pod.
+func echo(p *lab.Pod) (func(), error) {
+	ln, err := p.Listen(":9000")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	return func() { ln.Close() }, nil
+}
+
+func iperf(ctx context.Context, l *lab.Lab, s scenario, streams int, d time.Duration) (float64, error) {
+	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	host, port, _ := net.SplitHostPort(s.iperfAddr)
+	srvPort := "5201"
+	srv, err := l.Start(cctx, l.Pod(s.iperfPod).Netns, "", "iperf3", "-s", "-p", srvPort)
+	if err != nil {
+		return 0, err
+	}
+	defer srv.Kill()
+	var lastErr error
+	for range 50 {
+		out, err := l.Command(cctx, l.Pod(s.from).Netns, "iperf3", "-c", host, "-p", port, "-P", strconv.Itoa(streams),
+			"-t", strconv.Itoa(int(math.Max(1, d.Seconds()))), "-J").Output()
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err == nil && json.Unmarshal(out, &res) == nil && res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
+			return res.End.SumReceived.BitsPerSecond / 1e9, nil
+		}
+		lastErr = fmt.Errorf("%v %s", err, res.Error)
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("iperf3 %s: %w", s.name, lastErr)
+}
+
+// agentCPU is the user+system CPU seconds the named agents have used.
+func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
+	total := 0.0
+	for _, n := range names {
+		p := agents[n]
+		if p == nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name, which is in parentheses and may hold spaces.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		total += (ut + st) / 100 // USER_HZ
+	}
+	return total
+}
+
+func rssMiB(pid int) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// startPeers runs the L4 mTLS peers between c1 (node1) and s2 (node2), both out of the mesh:
+// client proxy in c1 on 127.0.0.1, server proxy in s2 on its pod IP, target s2's echo/iperf3.
+func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) ([]scenario, func(), error) {
+	var procs []*lab.Proc
+	stop := func() {
+		for _, p := range procs {
+			p.Kill()
+		}
+	}
+	dir := filepath.Join(l.Dir, "peers")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, stop, err
+	}
+	s2 := l.Pod("s2").IP
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+		return p
+	}
+	issue := func(name, sa string, ips []net.IP) (string, string, string, error) {
+		id := spiffeid.RequireFromString("spiffe://" + l.TrustDomain + "/ns/plain/sa/" + sa)
+		s, err := ca.IssueWithIPs(ctx, id, ips)
+		if err != nil {
+			return "", "", "", err
+		}
+		key, err := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
+		if err != nil {
+			return "", "", "", err
+		}
+		return write(name+".crt", "CERTIFICATE", s.Certificates[0].Raw), write(name+".key", "PRIVATE KEY", key), id.String(), nil
+	}
+	caFile := write("ca.crt", "CERTIFICATE", ca.Root().Raw)
+	scrt, skey, _, err := issue("server", "server", []net.IP{s2.AsSlice()})
+	if err != nil {
+		return nil, stop, err
+	}
+	ccrt, ckey, cid, err := issue("client", "client", nil)
+	if err != nil {
+		return nil, stop, err
+	}
+	start := func(pod string, name string, args ...string) error {
+		p, err := l.Start(ctx, l.Pod(pod).Netns, "", name, args...)
+		if err == nil {
+			procs = append(procs, p)
+		}
+		return err
+	}
+	var out []scenario
+	// Ports: 7001/7002 echo, 7101/7102 iperf3 for ghostunnel; 8001/8002, 8101/8102 for stunnel.
+	if _, err := os.Stat(ghost); err == nil {
+		for _, pp := range [][3]string{{"7001", "7002", "9000"}, {"7101", "7102", "5201"}} {
+			if err := start("s2", ghost, "server", "--quiet=all", "--listen", s2.String()+":"+pp[1], "--target", "127.0.0.1:"+pp[2],
+				"--cert", scrt, "--key", skey, "--cacert", caFile, "--allow-uri", cid); err != nil {
+				return nil, stop, err
+			}
+			if err := start("c1", ghost, "client", "--quiet=all", "--listen", "127.0.0.1:"+pp[0], "--target", s2.String()+":"+pp[1],
+				"--cert", ccrt, "--key", ckey, "--cacert", caFile, "--verify-uri", "spiffe://"+l.TrustDomain+"/ns/plain/sa/server"); err != nil {
+				return nil, stop, err
+			}
+		}
+		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
+	} else {
+		fmt.Fprintf(os.Stderr, "benchsuite: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
+	}
+	if path, err := exec.LookPath("stunnel4"); err == nil {
+		conf := func(name, body string) string {
+			p := filepath.Join(dir, name)
+			os.WriteFile(p, []byte("foreground = yes\npid =\n"+body), 0o600)
+			return p
+		}
+		srv := conf("stunnel-server.conf", fmt.Sprintf(`[echo]
+accept = %[1]s:8002
+connect = 127.0.0.1:9000
+cert = %[2]s
+key = %[3]s
+CAfile = %[4]s
+verifyChain = yes
+requireCert = yes
+[iperf]
+accept = %[1]s:8102
+connect = 127.0.0.1:5201
+cert = %[2]s
+key = %[3]s
+CAfile = %[4]s
+verifyChain = yes
+requireCert = yes
+`, s2, scrt, skey, caFile))
+		cli := conf("stunnel-client.conf", fmt.Sprintf(`[echo]
+client = yes
+accept = 127.0.0.1:8001
+connect = %[1]s:8002
+cert = %[2]s
+key = %[3]s
+CAfile = %[4]s
+verifyChain = yes
+checkIP = %[1]s
+[iperf]
+client = yes
+accept = 127.0.0.1:8101
+connect = %[1]s:8102
+cert = %[2]s
+key = %[3]s
+CAfile = %[4]s
+verifyChain = yes
+checkIP = %[1]s
+`, s2, ccrt, ckey, caFile))
+		if err := start("s2", path, srv); err != nil {
+			return nil, stop, err
+		}
+		if err := start("c1", path, cli); err != nil {
+			return nil, stop, err
+		}
+		out = append(out, scenario{name: "stunnel pair", from: "c1", rrAddr: "127.0.0.1:8001", iperfAddr: "127.0.0.1:8101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
+	} else {
+		fmt.Fprintln(os.Stderr, "benchsuite: no stunnel4 (make peers installs it): scenario left out")
+	}
+	// Wait for the client proxies to listen.
+	for _, s := range out {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			c, err := l.Pod("c1").Dial(ctx, s.rrAddr)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, stop, fmt.Errorf("%s did not listen on %s", s.name, s.rrAddr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return out, stop, nil
+}
+
+// markdown renders the results with ratios to the direct case of the same placement and to the
+// best peer (the peers run across nodes).
+func markdown(rs []Result, d time.Duration) string {
+	var best *Result
+	byName := map[string]*Result{}
+	for i := range rs {
+		r := &rs[i]
+		byName[r.Scenario] = r
+		if strings.HasSuffix(r.Scenario, "pair") && (best == nil || r.RR1000["p50"] < best.RR1000["p50"]) {
+			best = r
+		}
+	}
+	ratio := func(v, base float64) string {
+		if base == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f", v/base)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v. \"× direct\" compares with two unmeshed pods in the same placement; best peer (lowest 1,000 RPS p50): %s.\n\n", time.Now().UTC().Format("2006-01-02"), d, name(best))
+	b.WriteString("| scenario | p50 µs | p90 | p99 | p99.9 | p50 × direct | p50 × best peer | max RPS | 1 stream Gbit/s | × direct | × best peer | 4 streams Gbit/s | new conn/s | agent vCPU / 1k RPS | agent RSS MiB |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rs {
+		cpu, rss := "–", "–"
+		if r.AgentRSSMiB > 0 {
+			cpu, rss = fmt.Sprintf("%.3f", r.AgentCPU), fmt.Sprintf("%.1f", r.AgentRSSMiB)
+		}
+		var dp50, bp50, dg, bg float64
+		if direct := byName[r.Base]; direct != nil {
+			dp50, dg = direct.RR1000["p50"], direct.Gbps1
+		} else if r.Base == "" {
+			dp50, dg = r.RR1000["p50"], r.Gbps1
+		}
+		if best != nil {
+			bp50, bg = best.RR1000["p50"], best.Gbps1
+		}
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.0f | %.2f | %s | %s | %.2f | %.0f | %s | %s |\n",
+			r.Scenario, r.RR1000["p50"], r.RR1000["p90"], r.RR1000["p99"], r.RR1000["p99.9"],
+			ratio(r.RR1000["p50"], dp50), ratio(r.RR1000["p50"], bp50), r.RRMaxQPS,
+			r.Gbps1, ratio(r.Gbps1, dg), ratio(r.Gbps1, bg), r.Gbps4, r.CPS, cpu, rss)
+	}
+	return b.String()
+}
+
+func name(r *Result) string {
+	if r == nil {
+		return "none"
+	}
+	return r.Scenario
+}
