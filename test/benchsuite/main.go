@@ -5,7 +5,8 @@
 // the built-in CA). For each: 1 KiB request/response at a fixed 1,000 RPS and at max rate with
 // p50/p90/p99/p99.9 (fortio as a library), one- and four-stream throughput (iperf3), new
 // connections per second, and for amesh the agent's CPU per 1,000 RPS and its RSS. It writes a
-// Markdown table with ratios to direct and to the best peer, and a JSON file with everything.
+// Markdown table with ratios to direct and to the best peer, a JSON file with everything, and a
+// PNG of latency percentiles and throughput per scenario.
 //
 // The load generator runs inside the source pod's netns: benchsuite re-executes itself there
 // (`benchsuite rr|cps ...`), since sockets belong to the netns of the thread that made them.
@@ -47,6 +48,8 @@ func main() {
 			os.Exit(clientRR(os.Args[2:]))
 		case "cps":
 			os.Exit(clientCPS(os.Args[2:]))
+		case "plot":
+			os.Exit(replot(os.Args[2:]))
 		}
 	}
 	fs := flag.NewFlagSet("benchsuite", flag.ExitOnError)
@@ -238,6 +241,9 @@ func run(ctx context.Context, outDir string, d time.Duration, ghost string) erro
 	if err := os.WriteFile(filepath.Join(outDir, "results.md"), []byte(md), 0o644); err != nil {
 		return err
 	}
+	if err := writePlot(filepath.Join(outDir, "results.png"), results); err != nil {
+		return err
+	}
 	fmt.Print(md)
 	return nil
 }
@@ -298,6 +304,29 @@ func runClient(ctx context.Context, l *lab.Lab, self, pod, mode string, args ...
 		return nil, fmt.Errorf("%s client output %q: %w", mode, out, err)
 	}
 	return m, nil
+}
+
+// replot is `benchsuite plot -in results.json -out results.png`: redraw a saved run.
+func replot(args []string) int {
+	fs := flag.NewFlagSet("plot", flag.ExitOnError)
+	in := fs.String("in", "bench-out/results.json", "results of a run")
+	out := fs.String("out", "bench-out/results.png", "PNG to write")
+	fs.Parse(args)
+	b, err := os.ReadFile(*in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var saved struct{ Results []Result }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := writePlot(*out, saved.Results); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 // clientRR is `benchsuite rr`: fortio's TCP echo runner at a QPS (-1: max) on one connection.
