@@ -43,8 +43,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// SameNode is how a connection between two pods of this node travels: SameNodeSplice
 	// (default: authorized here, where both identities are known, then spliced socket to socket
-	// in the kernel, never encrypted on a path that never leaves the node) or SameNodeHBONE (the
-	// full tunnel, the same code path as across nodes).
+	// in the kernel, never encrypted on a path that never leaves the node), SameNodeKernel (the
+	// first connection of a pod pair is spliced, later ones go pod to pod with no agent in the
+	// data path while the agent lives), or SameNodeHBONE (the full tunnel, as across nodes).
 	SameNode SameNodeMode
 	// Logger for operational logs; AccessLog for one line per connection (Logger when nil).
 	Logger, AccessLog *slog.Logger
@@ -56,6 +57,7 @@ type SameNodeMode string
 // Same-node paths.
 const (
 	SameNodeSplice SameNodeMode = "splice"
+	SameNodeKernel SameNodeMode = "kernel"
 	SameNodeHBONE  SameNodeMode = "hbone"
 )
 
@@ -95,9 +97,9 @@ func New(cfg Config) (*Agent, error) {
 	switch cfg.SameNode {
 	case "":
 		cfg.SameNode = SameNodeSplice
-	case SameNodeSplice, SameNodeHBONE:
+	case SameNodeSplice, SameNodeKernel, SameNodeHBONE:
 	default:
-		return nil, fmt.Errorf("agent: same-node mode %q: want %q or %q", cfg.SameNode, SameNodeSplice, SameNodeHBONE)
+		return nil, fmt.Errorf("agent: same-node mode %q: want %q, %q or %q", cfg.SameNode, SameNodeSplice, SameNodeKernel, SameNodeHBONE)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -203,12 +205,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	updates, stop := a.store.Subscribe()
 	defer stop()
-	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", a.cfg.StatePath)
+	kernelDone := make(chan struct{})
+	go func() {
+		defer close(kernelDone)
+		if a.cfg.SameNode == SameNodeKernel {
+			a.runKernelPath(runCtx)
+		}
+	}()
+	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", a.cfg.StatePath, "same_node", a.cfg.SameNode)
 	for {
 		select {
 		case <-ctx.Done():
-			a.shutdown()
 			cancel()
+			<-kernelDone
+			a.shutdown()
 			<-filesDone
 			return nil
 		case st, ok := <-updates:

@@ -52,6 +52,12 @@ func podFrom(ctx context.Context) *pod {
 // unenroll what left, and drop pinned enrollments nothing in the state accounts for (drift
 // left by an earlier run).
 func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
+	if a.cfg.SameNode == SameNodeKernel {
+		// Policies or workloads may have changed: decide every pair again.
+		if err := a.red.FlushKernelPaths(); err != nil {
+			a.log.Warn("flush kernel paths", "err", err)
+		}
+	}
 	want := map[string]*workload.Workload{}
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
 		if w.Enrolled() && w.Netns != "" && len(w.IPs) > 0 {

@@ -104,7 +104,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
-	if local := a.localPod(rt); local != nil && a.cfg.SameNode == SameNodeSplice {
+	if local := a.localPod(rt); local != nil && a.cfg.SameNode != SameNodeHBONE {
 		// Both ends on this node: the agent knows both identities first-hand, so it authorizes
 		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
 		// app seeing the client's IP exactly as over HBONE.
@@ -118,6 +118,13 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		if err != nil {
 			a.refuse(c, &entry, start, "error", err.Error())
 			return
+		}
+		if a.cfg.SameNode == SameNodeKernel && orig == rt.addr {
+			// Decided: the pair's next connections may skip the agent (not for a VIP, which
+			// the kernel path would not balance).
+			if err := a.red.AllowKernelPath(p.cookie, rt.addr); err != nil {
+				a.log.Warn("kernel path not cached", "err", err)
+			}
 		}
 	} else if rt.dst != nil && rt.dst.Enrolled() {
 		dstID, err := rt.dst.ID(st.TrustDomain())

@@ -31,6 +31,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Keeps struct conn_event in BTF for bpf2go -type (it only crosses the ring buffer). */
+const struct conn_event *unused_conn_event __attribute__((unused));
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u64);
@@ -70,6 +73,37 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } passthrough SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct verdict_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} local_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} heartbeat SEC(".maps");
+
+/* Short-circuited sockets, by socket cookie: the 4-tuple let past sk_lookup for them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct pass_key);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kernel_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -121,6 +155,22 @@ static __always_inline int same4(__u32 ip_be, const __u8 own[4])
 	return ip_be == o;
 }
 
+/* kernel_path says whether the agent has allowed this same-node connect and is alive. */
+static __always_inline int kernel_path(__u64 ns, __u32 dst_be, __u16 port_be)
+{
+	__u32 zero = 0;
+	__u64 *hb = bpf_map_lookup_elem(&heartbeat, &zero);
+	if (!hb || *hb == 0 || bpf_ktime_get_ns() - *hb > HEARTBEAT_TTL_NS)
+		return 0;
+	struct verdict_key k = {};
+	k.netns = ns;
+	k.dst[10] = 0xff;
+	k.dst[11] = 0xff;
+	__builtin_memcpy(&k.dst[12], &dst_be, 4);
+	k.port = port_be;
+	return bpf_map_lookup_elem(&local_verdicts, &k) != 0;
+}
+
 SEC("cgroup/connect4")
 int amesh_connect4(struct bpf_sock_addr *ctx)
 {
@@ -138,6 +188,14 @@ int amesh_connect4(struct bpf_sock_addr *ctx)
 	__builtin_memcpy(&od.ip[12], &dst, 4);
 	od.port = (__u16)ctx->user_port;
 	od.family = AF_INET;
+	if (kernel_path(bpf_get_netns_cookie(ctx), dst, (__u16)ctx->user_port)) {
+		/* Leave the destination alone; sockops lets the SYN past the peer's sk_lookup. */
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		struct pass_key pk = {};
+		bpf_map_update_elem(&kernel_socks, &cookie, &pk, BPF_ANY);
+		count(STAT_CONNECT_KERNEL_PATH);
+		return 1;
+	}
 	remember(ctx, &od);
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
 	ctx->user_port = bpf_htons(AMESH_OUTBOUND_PORT);
@@ -197,12 +255,73 @@ int amesh_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+static __always_inline void emit(struct bpf_sock_ops *ops, __u64 cookie, struct pass_key *pk, __u32 kind)
+{
+	struct conn_event ev = {};
+	ev.cookie = cookie;
+	ev.netns = bpf_get_netns_cookie(ops);
+	ev.ts_ns = bpf_ktime_get_ns();
+	ev.bytes_sent = ops->bytes_acked;
+	ev.bytes_received = ops->bytes_received;
+	__builtin_memcpy(ev.src, pk->src, 16);
+	__builtin_memcpy(ev.dst, pk->dst, 16);
+	ev.sport = pk->sport;
+	ev.dport = pk->dport;
+	ev.kind = kind;
+	bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+}
+
+/* A short-circuited socket is about to send its SYN: let exactly its 4-tuple past the
+ * destination pod's sk_lookup, and ask to hear when it closes. */
+static __always_inline void kernel_connect(struct bpf_sock_ops *ops, __u64 cookie)
+{
+	struct pass_key *pk = bpf_map_lookup_elem(&kernel_socks, &cookie);
+	if (!pk || ops->family != AF_INET)
+		return;
+	struct pass_key k = {};
+	__u32 src = ops->local_ip4, dst = ops->remote_ip4;
+	k.src[10] = k.src[11] = 0xff;
+	k.dst[10] = k.dst[11] = 0xff;
+	__builtin_memcpy(&k.src[12], &src, 4);
+	__builtin_memcpy(&k.dst[12], &dst, 4);
+	k.sport = (__u16)ops->local_port;
+	k.dport = (__u16)bpf_ntohl(ops->remote_port);
+	__u8 one = 1;
+	bpf_map_update_elem(&passthrough, &k, &one, BPF_ANY);
+	bpf_map_update_elem(&kernel_socks, &cookie, &k, BPF_ANY);
+	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void kernel_event(struct bpf_sock_ops *ops, __u64 cookie, __u32 kind)
+{
+	struct pass_key *pk = bpf_map_lookup_elem(&kernel_socks, &cookie);
+	if (!pk)
+		return;
+	struct pass_key k = *pk;
+	bpf_map_delete_elem(&passthrough, &k); /* established or gone: no SYN to let past any more */
+	emit(ops, cookie, &k, kind);
+	if (kind == EVENT_CLOSE)
+		bpf_map_delete_elem(&kernel_socks, &cookie);
+}
+
 SEC("sockops")
 int amesh_sockops(struct bpf_sock_ops *ops)
 {
-	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		return 1;
 	__u64 cookie = bpf_get_socket_cookie(ops);
+	switch (ops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		kernel_connect(ops, cookie);
+		return 1;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (ops->args[1] == BPF_TCP_CLOSE)
+			kernel_event(ops, cookie, EVENT_CLOSE);
+		return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		kernel_event(ops, cookie, EVENT_OPEN);
+		break;
+	default:
+		return 1;
+	}
 	struct orig_dst *od = bpf_map_lookup_elem(&orig_by_cookie, &cookie);
 	if (!od)
 		return 1;

@@ -59,6 +59,40 @@ struct pass_key {
 	__u32 _pad;
 };
 
+/* A cached "allowed" decision of the agent for a same-node connection: from the netns cookie of
+ * the source pod to a destination pod address (v4-mapped) and port (network byte order, as
+ * connect() has it). With a fresh agent heartbeat, such a connect() goes straight to the
+ * destination pod: the kernel short-circuit (no agent in the data path). */
+struct verdict_key {
+	__u64 netns;
+	__u8 dst[16];
+	__u16 port;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
+/* What the agent learns of a short-circuited connection, by ring buffer, for its access log. */
+struct conn_event {
+	__u64 cookie;
+	__u64 netns;
+	__u64 ts_ns;
+	__u64 bytes_sent;
+	__u64 bytes_received;
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 kind; /* EVENT_OPEN, EVENT_CLOSE */
+};
+
+enum conn_event_kind {
+	EVENT_OPEN = 1,
+	EVENT_CLOSE = 2,
+};
+
+/* The kernel path is used only while the agent's heartbeat is younger than this. */
+#define HEARTBEAT_TTL_NS (1000ULL * 1000 * 1000)
+
 enum listener_kind {
 	LISTENER_HBONE = 0,     /* :15008 */
 	LISTENER_PLAINTEXT = 1, /* :15006 */
@@ -77,6 +111,7 @@ enum stat {
 	STAT_LOOKUP_PASSTHROUGH,
 	STAT_GETPEERNAME_RESTORED,
 	STAT_LOOKUP_PASSED_LOCAL,
+	STAT_CONNECT_KERNEL_PATH,
 	STAT_MAX,
 };
 

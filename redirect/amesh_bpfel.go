@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ameshConnEvent struct {
+	_             structs.HostLayout
+	Cookie        uint64
+	Netns         uint64
+	TsNs          uint64
+	BytesSent     uint64
+	BytesReceived uint64
+	Src           [16]uint8
+	Dst           [16]uint8
+	Sport         uint16
+	Dport         uint16
+	Kind          uint32
+}
+
 type ameshEnrolledPod struct {
 	_      structs.HostLayout
 	Ip4    [4]uint8
@@ -53,12 +67,25 @@ type ameshTupleKey struct {
 	Pad2  uint32
 }
 
+type ameshVerdictKey struct {
+	_     structs.HostLayout
+	Netns uint64
+	Dst   [16]uint8
+	Port  uint16
+	Pad   uint16
+	Pad2  uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	ameshMapEnrolled           = "enrolled"
+	ameshMapEvents             = "events"
+	ameshMapHeartbeat          = "heartbeat"
+	ameshMapKernelSocks        = "kernel_socks"
 	ameshMapListeners          = "listeners"
+	ameshMapLocalVerdicts      = "local_verdicts"
 	ameshMapOrigByCookie       = "orig_by_cookie"
 	ameshMapOrigByTuple        = "orig_by_tuple"
 	ameshMapPassthrough        = "passthrough"
@@ -69,6 +96,7 @@ const (
 	ameshProgAmeshGetpeername6 = "amesh_getpeername6"
 	ameshProgAmeshSkLookup     = "amesh_sk_lookup"
 	ameshProgAmeshSockops      = "amesh_sockops"
+	ameshVarUnusedConnEvent    = "unused_conn_event"
 )
 
 // loadAmesh returns the embedded CollectionSpec for amesh.
@@ -125,18 +153,23 @@ type ameshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ameshMapSpecs struct {
-	Enrolled     *ebpf.MapSpec `ebpf:"enrolled"`
-	Listeners    *ebpf.MapSpec `ebpf:"listeners"`
-	OrigByCookie *ebpf.MapSpec `ebpf:"orig_by_cookie"`
-	OrigByTuple  *ebpf.MapSpec `ebpf:"orig_by_tuple"`
-	Passthrough  *ebpf.MapSpec `ebpf:"passthrough"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	Enrolled      *ebpf.MapSpec `ebpf:"enrolled"`
+	Events        *ebpf.MapSpec `ebpf:"events"`
+	Heartbeat     *ebpf.MapSpec `ebpf:"heartbeat"`
+	KernelSocks   *ebpf.MapSpec `ebpf:"kernel_socks"`
+	Listeners     *ebpf.MapSpec `ebpf:"listeners"`
+	LocalVerdicts *ebpf.MapSpec `ebpf:"local_verdicts"`
+	OrigByCookie  *ebpf.MapSpec `ebpf:"orig_by_cookie"`
+	OrigByTuple   *ebpf.MapSpec `ebpf:"orig_by_tuple"`
+	Passthrough   *ebpf.MapSpec `ebpf:"passthrough"`
+	Stats         *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // ameshVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ameshVariableSpecs struct {
+	UnusedConnEvent *ebpf.VariableSpec `ebpf:"unused_conn_event"`
 }
 
 // ameshObjects contains all objects after they have been loaded into the kernel.
@@ -159,18 +192,26 @@ func (o *ameshObjects) Close() error {
 //
 // It can be passed to loadAmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ameshMaps struct {
-	Enrolled     *ebpf.Map `ebpf:"enrolled"`
-	Listeners    *ebpf.Map `ebpf:"listeners"`
-	OrigByCookie *ebpf.Map `ebpf:"orig_by_cookie"`
-	OrigByTuple  *ebpf.Map `ebpf:"orig_by_tuple"`
-	Passthrough  *ebpf.Map `ebpf:"passthrough"`
-	Stats        *ebpf.Map `ebpf:"stats"`
+	Enrolled      *ebpf.Map `ebpf:"enrolled"`
+	Events        *ebpf.Map `ebpf:"events"`
+	Heartbeat     *ebpf.Map `ebpf:"heartbeat"`
+	KernelSocks   *ebpf.Map `ebpf:"kernel_socks"`
+	Listeners     *ebpf.Map `ebpf:"listeners"`
+	LocalVerdicts *ebpf.Map `ebpf:"local_verdicts"`
+	OrigByCookie  *ebpf.Map `ebpf:"orig_by_cookie"`
+	OrigByTuple   *ebpf.Map `ebpf:"orig_by_tuple"`
+	Passthrough   *ebpf.Map `ebpf:"passthrough"`
+	Stats         *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *ameshMaps) Close() error {
 	return _AmeshClose(
 		m.Enrolled,
+		m.Events,
+		m.Heartbeat,
+		m.KernelSocks,
 		m.Listeners,
+		m.LocalVerdicts,
 		m.OrigByCookie,
 		m.OrigByTuple,
 		m.Passthrough,
@@ -182,6 +223,7 @@ func (m *ameshMaps) Close() error {
 //
 // It can be passed to loadAmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ameshVariables struct {
+	UnusedConnEvent *ebpf.Variable `ebpf:"unused_conn_event"`
 }
 
 // ameshPrograms contains all programs after they have been loaded into the kernel.

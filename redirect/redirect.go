@@ -15,6 +15,7 @@ package redirect
 import (
 	"log/slog"
 	"net/netip"
+	"time"
 )
 
 // Mark is the SO_MARK the agent sets on its own sockets; the capture skips marked sockets.
@@ -41,6 +42,10 @@ type Config struct {
 	// Logger; discarded when nil.
 	Logger *slog.Logger
 }
+
+// HeartbeatTTL is how long after the agent's last Heartbeat the kernel short-circuit stays in
+// use (HEARTBEAT_TTL_NS in bpf/amesh.h).
+const HeartbeatTTL = time.Second
 
 // Pod is an enrolled pod network namespace.
 type Pod struct {
@@ -79,4 +84,5 @@ var statNames = []string{
 	"lookup_passthrough",
 	"getpeername_restored",
 	"lookup_passed_local",
+	"connect_kernel_path",
 }

@@ -368,7 +368,8 @@ func (r *Redirector) Uninstall() error {
 		}
 	}
 	r.mu.Unlock()
-	for _, m := range []*ebpf.Map{r.objs.Enrolled, r.objs.Listeners, r.objs.OrigByCookie, r.objs.OrigByTuple, r.objs.Passthrough, r.objs.Stats} {
+	for _, m := range []*ebpf.Map{r.objs.Enrolled, r.objs.Listeners, r.objs.OrigByCookie, r.objs.OrigByTuple, r.objs.Passthrough, r.objs.Stats,
+		r.objs.LocalVerdicts, r.objs.Heartbeat, r.objs.KernelSocks, r.objs.Events} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, err)
 		}
@@ -394,6 +395,7 @@ func Probe() error {
 		{"BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)", features.HaveProgramType(ebpf.SkLookup)},
 		{"BPF_MAP_TYPE_SOCKHASH", features.HaveMapType(ebpf.SockHash)},
 		{"BPF_MAP_TYPE_LRU_HASH", features.HaveMapType(ebpf.LRUHash)},
+		{"BPF_MAP_TYPE_RINGBUF (Linux 5.8+)", features.HaveMapType(ebpf.RingBuf)},
 	} {
 		if p.err != nil {
 			return fmt.Errorf("redirect: kernel lacks %s, which amesh needs: %w", p.name, p.err)

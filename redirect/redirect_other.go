@@ -63,3 +63,24 @@ func SetupTransparentRouting(string) error { return errNotLinux }
 
 // NetnsCookie fails off Linux.
 func NetnsCookie(string) (uint64, error) { return 0, errNotLinux }
+
+// ConnEvent is the open or close of a short-circuited connection (Linux only).
+type ConnEvent struct {
+	Closed                   bool
+	Cookie, Netns            uint64
+	Src, Dst                 netip.AddrPort
+	BytesSent, BytesReceived uint64
+	MonotonicNanos           uint64
+}
+
+// Heartbeat fails off Linux.
+func (*Redirector) Heartbeat() error { return errNotLinux }
+
+// AllowKernelPath fails off Linux.
+func (*Redirector) AllowKernelPath(uint64, netip.AddrPort) error { return errNotLinux }
+
+// FlushKernelPaths fails off Linux.
+func (*Redirector) FlushKernelPaths() error { return errNotLinux }
+
+// KernelEvents fails off Linux.
+func (*Redirector) KernelEvents(context.Context, func(ConnEvent)) error { return errNotLinux }

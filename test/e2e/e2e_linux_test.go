@@ -659,3 +659,83 @@ func TestSameNodeModes(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelPath: with --same-node=kernel, a pod pair's first connection is decided and spliced
+// by the agent, later ones go pod to pod with no agent in the data path — still in the access log,
+// with the kernel's byte counts — denied pairs never take it, and with the agent dead it stops
+// within the heartbeat TTL, so connections are refused again.
+func TestKernelPath(t *testing.T) {
+	c := newCluster(t, "--same-node", "kernel")
+	web := c.lab.Pod("web")
+	for i := range 3 {
+		out, err := c.curl("web", c.url("api1"))
+		if err != nil || !strings.Contains(out, "client "+web.IP.String()+":") {
+			t.Fatalf("web -> api1 #%d: %q, %v", i, out, err)
+		}
+	}
+	waitFor(t, "a kernel-path access line", 3*time.Second, func() bool {
+		for _, m := range c.accessLines("node1") {
+			if m["path"] == "kernel" && m["src_id"] == "spiffe://cluster.local/ns/shop/sa/web" &&
+				m["dst_id"] == "spiffe://cluster.local/ns/shop/sa/api" && fmt.Sprint(m["bytes_sent"]) != "0" {
+				return true
+			}
+		}
+		return false
+	})
+	splices := 0
+	for _, m := range c.accessLines("node1") {
+		if m["path"] == "splice" && m["src_id"] == "spiffe://cluster.local/ns/shop/sa/web" {
+			splices++
+		}
+	}
+	if splices != 1 {
+		t.Errorf("%d connections went through the agent, want only the first", splices)
+	}
+	if _, err := c.curl("nosy", c.url("api1")); err == nil {
+		t.Error("nosy -> api1 succeeded; the policy allows only web")
+	}
+
+	// A large transfer both ways on the kernel path.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := int64(64 << 20)
+	if testing.Short() {
+		n = 8 << 20
+	}
+	conn, err := web.Dial(ctx, net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := conn.RemoteAddr().String(); got != net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000") {
+		t.Errorf("kernel-path connection's peer is %s", got)
+	}
+	sent := make(chan [32]byte, 1)
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 1<<20)
+		for left := n; left > 0; left -= int64(len(buf)) {
+			rand.Read(buf)
+			h.Write(buf)
+			if _, err := conn.Write(buf); err != nil {
+				break
+			}
+		}
+		conn.(*net.TCPConn).CloseWrite()
+		sent <- [32]byte(h.Sum(nil))
+	}()
+	h := sha256.New()
+	got, err := io.Copy(h, conn)
+	conn.Close()
+	if err != nil || got != n || [32]byte(h.Sum(nil)) != <-sent {
+		t.Fatalf("echoed %d of %d bytes (err %v) or the sha256 differs", got, n, err)
+	}
+
+	// The agent dies: within the heartbeat TTL the short-circuit stops and connects are refused.
+	c.agents["node1"].Kill()
+	c.agents["node1"].Wait()
+	delete(c.agents, "node1")
+	waitFor(t, "the kernel path to stop with the agent", 3*time.Second, func() bool {
+		_, err := c.curl("web", c.url("api1"), "--max-time", "1")
+		return err != nil
+	})
+}
