@@ -102,6 +102,8 @@ func shortName(s string) string {
 		return "amesh same (splice)"
 	case "amesh same-node (hbone)":
 		return "amesh same (hbone)"
+	case "amesh same-node (kernel)":
+		return "amesh same (kernel)"
 	case "amesh cross-node (HBONE)":
 		return "amesh cross (HBONE)"
 	}
