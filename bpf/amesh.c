@@ -268,7 +268,8 @@ static __always_inline void emit(struct bpf_sock_ops *ops, __u64 cookie, struct 
 	ev.sport = pk->sport;
 	ev.dport = pk->dport;
 	ev.kind = kind;
-	bpf_ringbuf_output(&events, &ev, sizeof(ev), 0);
+	if (bpf_ringbuf_output(&events, &ev, sizeof(ev), 0))
+		count(STAT_EVENTS_DROPPED); /* the agent fell behind: an access line is lost, counted */
 }
 
 /* A short-circuited socket is about to send its SYN: let exactly its 4-tuple past the

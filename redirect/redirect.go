@@ -85,4 +85,5 @@ var statNames = []string{
 	"getpeername_restored",
 	"lookup_passed_local",
 	"connect_kernel_path",
+	"events_dropped",
 }

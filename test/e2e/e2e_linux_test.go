@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -208,6 +210,25 @@ func (c *cluster) serveApp(p *lab.Pod) {
 		}
 	}()
 	c.echoes = append(c.echoes, el)
+	// :9001 reads four bytes and resets the connection (SO_LINGER 0).
+	rl, err := p.Listen(":9001")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	go func() {
+		for {
+			conn, err := rl.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go func() {
+				io.ReadFull(conn, make([]byte, 4))
+				conn.SetLinger(0)
+				conn.Close()
+			}()
+		}
+	}()
+	c.echoes = append(c.echoes, rl)
 	ln, err := p.Listen(":8080")
 	if err != nil {
 		c.t.Fatal(err)
@@ -738,4 +759,96 @@ func TestKernelPath(t *testing.T) {
 		_, err := c.curl("web", c.url("api1"), "--max-time", "1")
 		return err != nil
 	})
+}
+
+// TestSameNodeStress: on each fast same-node path, 1,000 concurrent connections each get their own
+// bytes back intact, and a reset by the app reaches the client as a reset.
+func TestSameNodeStress(t *testing.T) {
+	for _, mode := range []string{"splice", "kernel"} {
+		t.Run(mode, func(t *testing.T) {
+			c := newCluster(t, "--same-node", mode)
+			web, api1 := c.lab.Pod("web"), c.lab.Pod("api1")
+			echoAddr := net.JoinHostPort(api1.IP.String(), "9000")
+			if mode == "kernel" { // the pair's first connection is the agent's decision
+				if out, err := c.curl("web", c.url("api1")); err != nil {
+					t.Fatalf("warm-up: %v %s", err, out)
+				}
+				if conn, err := web.Dial(context.Background(), echoAddr); err == nil {
+					conn.Close()
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			const conns = 1000
+			per := 16 << 10
+			errs := make(chan error, conns)
+			var wg sync.WaitGroup
+			for i := range conns {
+				wg.Go(func() {
+					conn, err := web.Dial(ctx, echoAddr)
+					if err != nil {
+						errs <- fmt.Errorf("conn %d: %w", i, err)
+						return
+					}
+					defer conn.Close()
+					conn.SetDeadline(time.Now().Add(30 * time.Second))
+					msg := make([]byte, per)
+					rand.Read(msg)
+					go func() { conn.Write(msg); conn.(*net.TCPConn).CloseWrite() }()
+					got, err := io.ReadAll(conn)
+					if err != nil || !bytes.Equal(got, msg) {
+						errs <- fmt.Errorf("conn %d: %d of %d bytes back intact (err %v)", i, len(got), per, err)
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			failed := 0
+			for err := range errs {
+				if failed++; failed <= 5 {
+					t.Error(err)
+				}
+			}
+			if failed > 0 {
+				t.Fatalf("%d of %d connections failed", failed, conns)
+			}
+			if mode == "kernel" {
+				// Every connection has its access line, whichever path it took: a state
+				// reload flushes the cached verdicts, so a few are decided (spliced) again.
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					kernel, all, paths := 0, 0, map[string]int{}
+					for _, m := range c.accessLines("node1") {
+						if fmt.Sprint(m["dst_addr"]) != echoAddr {
+							continue
+						}
+						paths[fmt.Sprint(m["path"])]++
+						all++
+						if m["path"] == "kernel" {
+							kernel++
+						}
+					}
+					if all >= conns+1 && kernel >= conns*9/10 { // +1: the warm-up connection
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("access lines for %d connections (+1 warm-up): %v", conns, paths)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+
+			conn, err := web.Dial(ctx, net.JoinHostPort(api1.IP.String(), "9001"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			conn.Write([]byte("ping"))
+			_, err = io.ReadAll(conn)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("after the app's reset the client read %v, want connection reset", err)
+			}
+		})
+	}
 }
