@@ -8,6 +8,9 @@ import (
 	"github.com/amesh-dev/amesh/redirect"
 )
 
+// maxTracked bounds the open short-circuited connections whose start the agent remembers.
+const maxTracked = 1 << 16
+
 // runKernelPath keeps the kernel short-circuit alive while the agent runs: a heartbeat well
 // inside redirect.HeartbeatTTL (when it stops, short-circuited connects stop with it and pods
 // fail closed as before), and one access line per short-circuited connection from the programs'
@@ -18,6 +21,9 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 		opened := map[uint64]uint64{} // socket cookie -> monotonic open time
 		err := a.red.KernelEvents(ctx, func(ev redirect.ConnEvent) {
 			if !ev.Closed {
+				if len(opened) >= maxTracked {
+					clear(opened) // close events were lost (counted as events_dropped): start over
+				}
 				opened[ev.Cookie] = ev.MonotonicNanos
 				return
 			}
