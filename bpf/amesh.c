@@ -314,8 +314,11 @@ int amesh_sockops(struct bpf_sock_ops *ops)
 		kernel_connect(ops, cookie);
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
-		if (ops->args[1] == BPF_TCP_CLOSE)
+		if (ops->args[1] == BPF_TCP_CLOSE) {
 			kernel_event(ops, cookie, EVENT_CLOSE);
+			/* A captured socket is gone: its original destination is no longer needed. */
+			bpf_map_delete_elem(&orig_by_cookie, &cookie);
+		}
 		return 1;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		kernel_event(ops, cookie, EVENT_OPEN);
@@ -343,7 +346,8 @@ int amesh_sockops(struct bpf_sock_ops *ops)
 	k.port = (__u16)ops->local_port; /* host byte order in sock_ops */
 	struct orig_dst val = *od;
 	bpf_map_update_elem(&orig_by_tuple, &k, &val, BPF_ANY);
-	/* orig_by_cookie stays for getpeername; the LRU map ages it out. */
+	/* orig_by_cookie stays for getpeername until the socket closes (STATE_CB below). */
+	bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(STAT_SOCKOPS_REKEYED);
 	return 1;
 }

@@ -183,6 +183,26 @@ func TestRedirect(t *testing.T) {
 		if stat(t, r, "connect4_redirected") != before+1 {
 			t.Error("connect4_redirected did not count the capture")
 		}
+		// Once the connection is gone, so is what the programs kept of it.
+		rc, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cookie uint64
+		rc.Control(func(fd uintptr) { cookie, _ = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+		var od ameshOrigDst
+		if err := r.objs.OrigByCookie.Lookup(cookie, &od); err != nil {
+			t.Fatalf("no original destination kept for the open connection (cookie %d): %v", cookie, err)
+		}
+		c.Close()
+		a.Close()
+		deadline := time.Now().Add(2 * time.Second)
+		for r.objs.OrigByCookie.Lookup(cookie, &od) == nil {
+			if time.Now().After(deadline) {
+				t.Fatal("the original destination of a closed connection is still kept")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	})
 
 	t.Run("v4-mapped destination on a dual-stack socket is captured", func(t *testing.T) {
