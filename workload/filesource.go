@@ -32,22 +32,29 @@ type FileSource struct {
 	Logger *slog.Logger
 
 	rejected atomic.Uint64
+	loaded   atomic.Pointer[[sha256.Size]byte] // hash of what Load last parsed
 }
 
-// Load reads and parses the file once.
+// Load reads and parses the file once. A Run that follows does not apply the same content again:
+// a reload that changes nothing must not look like a change to subscribers.
 func (f *FileSource) Load() (*State, error) {
 	data, err := os.ReadFile(f.Path)
 	if err != nil {
 		return nil, fmt.Errorf("workload: read state file: %w", err)
 	}
-	return Parse(f.Path, data)
+	st, err := Parse(f.Path, data)
+	if err == nil {
+		h := sha256.Sum256(data)
+		f.loaded.Store(&h)
+	}
+	return st, err
 }
 
 // Rejected returns how many versions of the file Run has rejected as invalid.
 func (f *FileSource) Rejected() uint64 { return f.rejected.Load() }
 
-// Run polls the file and calls store.Replace with each new valid version, the first one included,
-// until ctx is done; it then returns ctx.Err(). A version that does not parse is logged, counted
+// Run polls the file and calls store.Replace with each new valid version, the first one included
+// unless it is what Load last returned, until ctx is done; it then returns ctx.Err(). A version that does not parse is logged, counted
 // (Rejected) and otherwise ignored; so is, once per distinct error, a file that cannot be read.
 func (f *FileSource) Run(ctx context.Context, store *Store) error {
 	if store == nil {
@@ -66,6 +73,9 @@ func (f *FileSource) Run(ctx context.Context, store *Store) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	var p poller
+	if h := f.loaded.Load(); h != nil {
+		p.seen, p.haveSeen = *h, true
+	}
 	for {
 		p.poll(f, store, log)
 		select {

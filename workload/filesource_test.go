@@ -99,11 +99,11 @@ func TestFileSource(t *testing.T) {
 		t.Fatalf("Load = %v, %v", initial, err)
 	}
 
-	store := NewStore(nil)
+	store := NewStore(initial)
 	updates, cancel := store.Subscribe()
 	defer cancel()
-	if s := recv(t, updates); len(s.Workloads()) != 0 {
-		t.Fatal("first delivery is not the empty initial state")
+	if s := recv(t, updates); s != initial {
+		t.Fatal("first delivery is not the loaded state")
 	}
 
 	ctx, stop := context.WithCancel(context.Background())
@@ -121,8 +121,12 @@ func TestFileSource(t *testing.T) {
 		}
 	}()
 
-	// The file as it is when Run starts is applied.
-	nextState(t, updates, 1)
+	// The file as Load read it is not applied again: an unchanged file is no change.
+	select {
+	case s := <-updates:
+		t.Fatalf("Run re-applied the loaded file (%d workloads)", len(s.Workloads()))
+	case <-time.After(5 * src.Interval):
+	}
 
 	// A valid edit, by rename, is picked up.
 	writeRename(t, path, stateFile(2))

@@ -28,6 +28,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -55,6 +56,7 @@ func main() {
 	fs := flag.NewFlagSet("benchsuite", flag.ExitOnError)
 	out := fs.String("out", "bench-out", "directory for results.md and results.json")
 	dur := fs.Duration("duration", 3*time.Second, "length of each load run")
+	runs := fs.Int("runs", 3, "rounds over all scenarios; each figure is the median")
 	ghost := fs.String("ghostunnel", filepath.Join(os.Getenv("HOME"), ".cache/amesh/bin/ghostunnel"), "ghostunnel binary (peer); skipped when absent")
 	fs.Parse(os.Args[1:])
 	if os.Geteuid() != 0 {
@@ -63,7 +65,10 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *out, *dur, *ghost); err != nil {
+	if *runs < 1 {
+		*runs = 1
+	}
+	if err := run(ctx, *out, *dur, *runs, *ghost); err != nil {
 		fmt.Fprintln(os.Stderr, "benchsuite:", err)
 		os.Exit(1)
 	}
@@ -95,7 +100,7 @@ type scenario struct {
 	base      string // the direct scenario of the same placement, for ratios
 }
 
-func run(ctx context.Context, outDir string, d time.Duration, ghost string) error {
+func run(ctx context.Context, outDir string, d time.Duration, runs int, ghost string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -211,40 +216,33 @@ func run(ctx context.Context, outDir string, d time.Duration, ghost string) erro
 	defer stopPeers()
 	scenarios = append(scenarios, peers...)
 
-	var results []Result
+	// Rounds go over every scenario in turn, so a slow spell of this noisy machine hits them all
+	// alike; each figure reported is the median over the rounds.
+	all := make([][]Result, len(scenarios))
 	current := ""
-	for _, s := range scenarios {
-		mode := "splice"
-		for _, m := range []string{"hbone", "kernel"} {
-			if strings.Contains(s.name, "("+m+")") {
-				mode = m
-			}
-		}
-		if current == "" || (s.agents != nil && current != mode) {
-			if err := startAgents(mode); err != nil {
+	for round := range runs {
+		for i, s := range scenarios {
+			r, err := runScenario(ctx, l, self, s, agents, d, &current, startAgents)
+			if err != nil {
 				return err
 			}
-			current = mode
-			if mode == "kernel" {
-				// The pair's first connection is decided by the agent; measure the ones after it.
-				warm(ctx, l, s)
-			}
+			fmt.Fprintf(os.Stderr, "benchsuite: round %d/%d: %s done\n", round+1, runs, s.name)
+			all[i] = append(all[i], r)
 		}
-		fmt.Fprintf(os.Stderr, "benchsuite: %s\n", s.name)
-		r, err := measure(ctx, l, self, s, agents, d)
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
-		}
-		results = append(results, r)
+	}
+	results := make([]Result, len(scenarios))
+	for i := range scenarios {
+		results[i] = median(all[i])
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	js, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "duration": d.String(), "results": results}, "", "  ")
+	js, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "duration": d.String(), "runs": runs,
+		"results": results, "rounds": all}, "", "  ")
 	if err := os.WriteFile(filepath.Join(outDir, "results.json"), js, 0o644); err != nil {
 		return err
 	}
-	md := markdown(results, d)
+	md := markdown(results, d, runs)
 	if err := os.WriteFile(filepath.Join(outDir, "results.md"), []byte(md), 0o644); err != nil {
 		return err
 	}
@@ -253,6 +251,56 @@ func run(ctx context.Context, outDir string, d time.Duration, ghost string) erro
 	}
 	fmt.Print(md)
 	return nil
+}
+
+// runScenario (re)starts the agents in the mode the scenario needs, then measures it.
+func runScenario(ctx context.Context, l *lab.Lab, self string, s scenario, agents map[string]*lab.Proc, d time.Duration,
+	current *string, startAgents func(string) error) (Result, error) {
+	mode := "splice"
+	for _, m := range []string{"hbone", "kernel"} {
+		if strings.Contains(s.name, "("+m+")") {
+			mode = m
+		}
+	}
+	if *current == "" || (s.agents != nil && *current != mode) {
+		if err := startAgents(mode); err != nil {
+			return Result{}, err
+		}
+		*current = mode
+		if mode == "kernel" {
+			// The pair's first connection is decided by the agent; measure the ones after it.
+			warm(ctx, l, s)
+		}
+	}
+	r, err := measure(ctx, l, self, s, agents, d)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", s.name, err)
+	}
+	return r, nil
+}
+
+// median takes each figure's median over the rounds of one scenario.
+func median(rs []Result) Result {
+	med := func(get func(Result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	out := Result{Scenario: rs[0].Scenario, Base: rs[0].Base, RR1000: map[string]float64{}, RRMax: map[string]float64{}}
+	for _, p := range []string{"p50", "p90", "p99", "p99.9"} {
+		out.RR1000[p] = med(func(r Result) float64 { return r.RR1000[p] })
+		out.RRMax[p] = med(func(r Result) float64 { return r.RRMax[p] })
+	}
+	out.RRMaxQPS = med(func(r Result) float64 { return r.RRMaxQPS })
+	out.Gbps1 = med(func(r Result) float64 { return r.Gbps1 })
+	out.Gbps4 = med(func(r Result) float64 { return r.Gbps4 })
+	out.CPS = med(func(r Result) float64 { return r.CPS })
+	out.AgentCPU = med(func(r Result) float64 { return r.AgentCPU })
+	out.AgentRSSMiB = med(func(r Result) float64 { return r.AgentRSSMiB })
+	return out
 }
 
 // warm makes one connection of the scenario (echo and iperf3 ports), so that the kernel path's
@@ -622,7 +670,7 @@ checkIP = %[1]s
 
 // markdown renders the results with ratios to the direct case of the same placement and to the
 // best peer (the peers run across nodes).
-func markdown(rs []Result, d time.Duration) string {
+func markdown(rs []Result, d time.Duration, runs int) string {
 	// The best peer is chosen per measure: the lowest p50 for latency, the highest for throughput.
 	var best, bestThr *Result
 	byName := map[string]*Result{}
@@ -645,7 +693,7 @@ func markdown(rs []Result, d time.Duration) string {
 		return fmt.Sprintf("%.2f", v/base)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v. \"× direct\" compares with two unmeshed pods in the same placement; best peer: the lowest 1,000 RPS p50 (%s) for latency, the highest one-stream throughput (%s) for throughput.\n\n", time.Now().UTC().Format("2006-01-02"), d, name(best), name(bestThr))
+	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v, medians of %d rounds. \"× direct\" compares with two unmeshed pods in the same placement; best peer: the lowest 1,000 RPS p50 (%s) for latency, the highest one-stream throughput (%s) for throughput.\n\n", time.Now().UTC().Format("2006-01-02"), d, runs, name(best), name(bestThr))
 	b.WriteString("| scenario | p50 µs | p90 | p99 | p99.9 | p50 × direct | p50 × best peer | max RPS | 1 stream Gbit/s | × direct | × best peer | 4 streams Gbit/s | new conn/s | agent vCPU / 1k RPS | agent RSS MiB |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
