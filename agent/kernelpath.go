@@ -37,11 +37,12 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 			if p := a.podByIP(ev.Dst.Addr()); p != nil {
 				e.dstID = p.id.String()
 			}
-			var d time.Duration
-			if ok {
-				d = time.Duration(ev.MonotonicNanos - start)
+			if !ok {
+				// Closed without ever being established: refused or unreachable.
+				e.log(a.access, 0, "error", "connection not established")
+				return
 			}
-			e.log(a.access, d, "ok", "")
+			e.log(a.access, time.Duration(ev.MonotonicNanos-start), "ok", "")
 		})
 		if err != nil {
 			a.log.Warn("kernel path events stopped", "err", err)
