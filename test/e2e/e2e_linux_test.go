@@ -645,36 +645,7 @@ func TestSameNodeModes(t *testing.T) {
 			if _, err := c.curl("nosy", c.url("api1")); err == nil {
 				t.Error("nosy -> api1 succeeded; the policy allows only web")
 			}
-			n := int64(64 << 20)
-			if testing.Short() {
-				n = 8 << 20
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			conn, err := web.Dial(ctx, net.JoinHostPort(api1.IP.String(), "9000"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			sent := make(chan [32]byte, 1)
-			go func() {
-				h := sha256.New()
-				buf := make([]byte, 1<<20)
-				for left := n; left > 0; left -= int64(len(buf)) {
-					rand.Read(buf)
-					h.Write(buf)
-					if _, err := conn.Write(buf); err != nil {
-						break
-					}
-				}
-				conn.(*net.TCPConn).CloseWrite()
-				sent <- [32]byte(h.Sum(nil))
-			}()
-			h := sha256.New()
-			got, err := io.Copy(h, conn)
-			if err != nil || got != n || [32]byte(h.Sum(nil)) != <-sent {
-				t.Fatalf("echoed %d of %d bytes (err %v) or the sha256 differs", got, n, err)
-			}
+			echoBothWays(t, web, net.JoinHostPort(api1.IP.String(), "9000"))
 			want := map[string]string{"direction": "outbound", "path": mode, "result": "ok", "src_id": "spiffe://cluster.local/ns/shop/sa/web"}
 			waitFor(t, "the "+mode+" access line", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
 		})
@@ -717,39 +688,7 @@ func TestKernelPath(t *testing.T) {
 	}
 
 	// A large transfer both ways on the kernel path.
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	n := int64(64 << 20)
-	if testing.Short() {
-		n = 8 << 20
-	}
-	conn, err := web.Dial(ctx, net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := conn.RemoteAddr().String(); got != net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000") {
-		t.Errorf("kernel-path connection's peer is %s", got)
-	}
-	sent := make(chan [32]byte, 1)
-	go func() {
-		h := sha256.New()
-		buf := make([]byte, 1<<20)
-		for left := n; left > 0; left -= int64(len(buf)) {
-			rand.Read(buf)
-			h.Write(buf)
-			if _, err := conn.Write(buf); err != nil {
-				break
-			}
-		}
-		conn.(*net.TCPConn).CloseWrite()
-		sent <- [32]byte(h.Sum(nil))
-	}()
-	h := sha256.New()
-	got, err := io.Copy(h, conn)
-	conn.Close()
-	if err != nil || got != n || [32]byte(h.Sum(nil)) != <-sent {
-		t.Fatalf("echoed %d of %d bytes (err %v) or the sha256 differs", got, n, err)
-	}
+	echoBothWays(t, web, net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000"))
 
 	// The agent dies: within the heartbeat TTL the short-circuit stops and connects are refused.
 	c.agents["node1"].Kill()
@@ -850,5 +789,45 @@ func TestSameNodeStress(t *testing.T) {
 				t.Errorf("after the app's reset the client read %v, want connection reset", err)
 			}
 		})
+	}
+}
+
+// echoBothWays sends 64 MiB (8 with -short) of random bytes from pod to the echo at addr while
+// reading them back, half-closes, and checks count and sha256; it also checks the app sees addr
+// as its peer.
+func echoBothWays(t *testing.T, from *lab.Pod, addr string) {
+	t.Helper()
+	n := int64(64 << 20)
+	if testing.Short() {
+		n = 8 << 20
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := from.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got := conn.RemoteAddr().String(); got != addr {
+		t.Errorf("the app's peer is %s, want %s", got, addr)
+	}
+	sent := make(chan [32]byte, 1)
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 1<<20)
+		for left := n; left > 0; left -= int64(len(buf)) {
+			rand.Read(buf)
+			h.Write(buf)
+			if _, err := conn.Write(buf); err != nil {
+				break
+			}
+		}
+		conn.(*net.TCPConn).CloseWrite()
+		sent <- [32]byte(h.Sum(nil))
+	}()
+	h := sha256.New()
+	got, err := io.Copy(h, conn)
+	if err != nil || got != n || [32]byte(h.Sum(nil)) != <-sent {
+		t.Fatalf("echoed %d of %d bytes (err %v) or the sha256 differs", got, n, err)
 	}
 }
