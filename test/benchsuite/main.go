@@ -325,7 +325,8 @@ func measure(ctx context.Context, l *lab.Lab, self string, s scenario, agents ma
 	if s.agents != nil {
 		r.AgentCPU = (agentCPU(agents, s.agents) - cpu0) / d.Seconds() * 1000 / rr["qps"]
 		for _, n := range s.agents {
-			r.AgentRSSMiB = math.Max(r.AgentRSSMiB, rssMiB(agents[n].Cmd.Process.Pid))
+			rss, _ := lab.RSSMiB(agents[n].Cmd.Process.Pid)
+			r.AgentRSSMiB = math.Max(r.AgentRSSMiB, rss)
 		}
 	}
 	r.RR1000 = pct(rr)
@@ -340,7 +341,7 @@ func measure(ctx context.Context, l *lab.Lab, self string, s scenario, agents ma
 	}
 	r.CPS = cps["cps"]
 	for _, streams := range []int{1, 4} {
-		g, err := iperf(ctx, l, s, streams, d)
+		g, err := l.Iperf(ctx, l.Pod(s.from), l.Pod(s.iperfPod), s.iperfAddr, streams, d)
 		if err != nil {
 			return r, err
 		}
@@ -471,37 +472,6 @@ func echo(p *lab.Pod) (func(), error) {
 	return func() { ln.Close() }, nil
 }
 
-func iperf(ctx context.Context, l *lab.Lab, s scenario, streams int, d time.Duration) (float64, error) {
-	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
-	defer cancel()
-	host, port, _ := net.SplitHostPort(s.iperfAddr)
-	srvPort := "5201"
-	srv, err := l.Start(cctx, l.Pod(s.iperfPod).Netns, "", "iperf3", "-s", "-p", srvPort)
-	if err != nil {
-		return 0, err
-	}
-	defer srv.Kill()
-	var lastErr error
-	for range 50 {
-		out, err := l.Command(cctx, l.Pod(s.from).Netns, "iperf3", "-c", host, "-p", port, "-P", strconv.Itoa(streams),
-			"-t", strconv.Itoa(int(math.Max(1, d.Seconds()))), "-J").Output()
-		var res struct {
-			Error string `json:"error"`
-			End   struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
-		if err == nil && json.Unmarshal(out, &res) == nil && res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
-			return res.End.SumReceived.BitsPerSecond / 1e9, nil
-		}
-		lastErr = fmt.Errorf("%v %s", err, res.Error)
-		time.Sleep(100 * time.Millisecond)
-	}
-	return 0, fmt.Errorf("iperf3 %s: %w", s.name, lastErr)
-}
-
 // agentCPU is the user+system CPU seconds the named agents have used.
 func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 	total := 0.0
@@ -521,17 +491,6 @@ func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 		total += (ut + st) / 100 // USER_HZ
 	}
 	return total
-}
-
-func rssMiB(pid int) float64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
-			return kb / 1024
-		}
-	}
-	return 0
 }
 
 // startPeers runs the L4 mTLS peers between c1 (node1) and s2 (node2), both out of the mesh:

@@ -2,15 +2,10 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -64,7 +59,8 @@ func BenchmarkLab(b *testing.B) {
 	b.Run("throughput", func(b *testing.B) {
 		for _, s := range scenarios {
 			b.Run(s.name, func(b *testing.B) {
-				v, err := iperf(c, s.from, s.to)
+				v, err := c.lab.Iperf(context.Background(), c.lab.Pod(s.from), c.lab.Pod(s.to),
+					net.JoinHostPort(c.lab.Pod(s.to).IP.String(), "5201"), 1, iperfTime*time.Second)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -79,7 +75,7 @@ func BenchmarkLab(b *testing.B) {
 	b.Run("agent-rss", func(b *testing.B) {
 		time.Sleep(time.Second)
 		for _, node := range []string{"node1", "node2"} {
-			rss, err := rssMB(c.agents[node].Cmd.Process.Pid)
+			rss, err := lab.RSSMiB(c.agents[node].Cmd.Process.Pid)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -146,54 +142,4 @@ func fixedRateRR(from, to *lab.Pod, rate int, d time.Duration) (p50, p99 time.Du
 	}
 	slices.Sort(lat)
 	return lat[len(lat)/2], lat[len(lat)*99/100], nil
-}
-
-// iperf runs a real iperf3 server in pod to and client in pod from for iperfTime seconds, one
-// stream, and returns the receiver's Gbit/s.
-func iperf(c *cluster, from, to string) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, err := c.lab.Start(ctx, c.lab.Pod(to).Netns, filepath.Join(c.lab.Dir, "iperf-"+to+".log"), "iperf3", "-s", "-p", "5201")
-	if err != nil {
-		return 0, err
-	}
-	defer srv.Kill()
-	var out []byte
-	for range 50 { // the server needs a moment to listen
-		out, err = c.lab.Command(ctx, c.lab.Pod(from).Netns, "iperf3", "-c", c.lab.Pod(to).IP.String(), "-p", "5201",
-			"-t", strconv.Itoa(iperfTime), "-J").Output()
-		var res struct {
-			Error string `json:"error"`
-			End   struct {
-				SumReceived struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
-		if err == nil {
-			if jerr := json.Unmarshal(out, &res); jerr != nil {
-				return 0, fmt.Errorf("iperf3 output: %w", jerr)
-			}
-			if res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
-				return res.End.SumReceived.BitsPerSecond / 1e9, nil
-			}
-			err = fmt.Errorf("no result: %s", res.Error)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return 0, fmt.Errorf("iperf3 %s -> %s: %v %s", from, to, err, out)
-}
-
-func rssMB(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
-			return kb / 1024, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS for %d", pid)
 }

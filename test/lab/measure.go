@@ -1,0 +1,68 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Iperf runs a real iperf3 server in pod srv and a client in pod from that connects to addr
+// (host:port, the server's port being 5201 unless a proxy in between forwards to it), with
+// streams parallel streams for d (whole seconds, at least one), and returns the receiver's Gbit/s.
+// The client retries while the server comes up, bounded by the context and 50 attempts.
+func (l *Lab) Iperf(ctx context.Context, from, srv *Pod, addr string, streams int, d time.Duration) (float64, error) {
+	cctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+	defer cancel()
+	server, err := l.Start(cctx, srv.Netns, "", "iperf3", "-s", "-p", "5201")
+	if err != nil {
+		return 0, err
+	}
+	defer server.Kill()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, fmt.Errorf("lab: iperf3 address: %w", err)
+	}
+	secs := max(1, int(d/time.Second))
+	var lastErr error
+	for range 50 {
+		out, err := l.Command(cctx, from.Netns, "iperf3", "-c", host, "-p", port, "-P", strconv.Itoa(streams),
+			"-t", strconv.Itoa(secs), "-J").Output()
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err == nil && json.Unmarshal(out, &res) == nil && res.Error == "" && res.End.SumReceived.BitsPerSecond > 0 {
+			return res.End.SumReceived.BitsPerSecond / 1e9, nil
+		}
+		lastErr = fmt.Errorf("%v %s", err, res.Error)
+		if cctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("lab: iperf3 %s -> %s: %w", from.Name, addr, lastErr)
+}
+
+// RSSMiB returns the resident memory of process pid.
+func RSSMiB(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("lab: rss of %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("lab: no VmRSS for %d", pid)
+}
