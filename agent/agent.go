@@ -42,10 +42,11 @@ type Config struct {
 	// DrainTimeout bounds the graceful drain on shutdown; 5s when zero.
 	DrainTimeout time.Duration
 	// SameNode is how a connection between two pods of this node travels: SameNodeSplice
-	// (default: authorized here, where both identities are known, then spliced socket to socket
-	// in the kernel, never encrypted on a path that never leaves the node), SameNodeKernel (the
-	// first connection of a pod pair is spliced, later ones go pod to pod with no agent in the
-	// data path while the agent lives), or SameNodeHBONE (the full tunnel, as across nodes).
+	// (authorized here, where both identities are known, then spliced socket to socket in the
+	// kernel, never encrypted on a path that never leaves the node), SameNodeKernel (the first
+	// connection of a pod pair is spliced, later ones go pod to pod with no agent in the data
+	// path while the agent lives), SameNodeHBONE (the full tunnel, as across nodes), or
+	// SameNodeAuto (the default: kernel where redirect's ProbeKernelPath passes, else splice).
 	SameNode SameNodeMode
 	// Logger for operational logs; AccessLog for one line per connection (Logger when nil).
 	Logger, AccessLog *slog.Logger
@@ -59,6 +60,7 @@ const (
 	SameNodeSplice SameNodeMode = "splice"
 	SameNodeKernel SameNodeMode = "kernel"
 	SameNodeHBONE  SameNodeMode = "hbone"
+	SameNodeAuto   SameNodeMode = "auto"
 )
 
 // Agent is one node's agent. Create it with New, run it with Run.
@@ -96,10 +98,10 @@ func New(cfg Config) (*Agent, error) {
 	}
 	switch cfg.SameNode {
 	case "":
-		cfg.SameNode = SameNodeSplice
-	case SameNodeSplice, SameNodeKernel, SameNodeHBONE:
+		cfg.SameNode = SameNodeAuto
+	case SameNodeAuto, SameNodeSplice, SameNodeKernel, SameNodeHBONE:
 	default:
-		return nil, fmt.Errorf("agent: same-node mode %q: want %q, %q or %q", cfg.SameNode, SameNodeSplice, SameNodeKernel, SameNodeHBONE)
+		return nil, fmt.Errorf("agent: same-node mode %q: want %q, %q, %q or %q", cfg.SameNode, SameNodeAuto, SameNodeKernel, SameNodeSplice, SameNodeHBONE)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -133,6 +135,11 @@ func New(cfg Config) (*Agent, error) {
 		a.src.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if err := a.chooseSameNode(); err != nil {
+		a.red.Close()
+		a.src.Close()
+		return nil, err
+	}
 	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
 		Source:       a.src,
 		Authorize:    a.authorizeHBONE,
@@ -152,6 +159,25 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	return a, nil
+}
+
+// chooseSameNode settles SameNodeAuto on the fastest path this kernel runs correctly, and
+// refuses an explicit kernel mode the kernel cannot run, rather than silently downgrading it.
+func (a *Agent) chooseSameNode() error {
+	switch a.cfg.SameNode {
+	case SameNodeAuto:
+		if err := a.red.ProbeKernelPath(); err != nil {
+			a.cfg.SameNode = SameNodeSplice
+			a.log.Warn("same-node kernel short-circuit unavailable, using splice", "err", err)
+			return nil
+		}
+		a.cfg.SameNode = SameNodeKernel
+	case SameNodeKernel:
+		if err := a.red.ProbeKernelPath(); err != nil {
+			return fmt.Errorf("agent: --same-node=kernel: %w (use auto or splice)", err)
+		}
+	}
+	return nil
 }
 
 func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*identity.CA, error) {

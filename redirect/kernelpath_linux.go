@@ -9,6 +9,8 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
@@ -113,4 +115,35 @@ func (r *Redirector) KernelEvents(ctx context.Context, fn func(ConnEvent)) error
 			MonotonicNanos: ev.TsNs,
 		})
 	}
+}
+
+// ProbeKernelPath checks, on the loaded programs, what the kernel short-circuit needs beyond
+// what Open already required: the sockops helpers that arm the close callback and emit events,
+// a heartbeat round trip through its map, and a reader on the events ring buffer. The agent's
+// automatic same-node mode uses the short-circuit only when this passes.
+func (r *Redirector) ProbeKernelPath() error {
+	for _, h := range []struct {
+		name string
+		fn   asm.BuiltinFunc
+	}{
+		{"bpf_sock_ops_cb_flags_set (Linux 4.16+)", asm.FnSockOpsCbFlagsSet},
+		{"bpf_ringbuf_output (Linux 5.8+)", asm.FnRingbufOutput},
+		{"bpf_get_netns_cookie for sockops (Linux 5.15+)", asm.FnGetNetnsCookie},
+	} {
+		if err := features.HaveProgramHelper(ebpf.SockOps, h.fn); err != nil {
+			return fmt.Errorf("redirect: kernel path: sockops programs lack %s: %w", h.name, err)
+		}
+	}
+	if err := r.Heartbeat(); err != nil {
+		return fmt.Errorf("redirect: kernel path: %w", err)
+	}
+	var ts uint64
+	if err := r.objs.Heartbeat.Lookup(uint32(0), &ts); err != nil || ts == 0 {
+		return fmt.Errorf("redirect: kernel path: heartbeat did not round-trip (%d): %v", ts, err)
+	}
+	rd, err := ringbuf.NewReader(r.objs.Events)
+	if err != nil {
+		return fmt.Errorf("redirect: kernel path: events ring buffer: %w", err)
+	}
+	return rd.Close()
 }

@@ -84,3 +84,6 @@ func (*Redirector) FlushKernelPaths() error { return errNotLinux }
 
 // KernelEvents fails off Linux.
 func (*Redirector) KernelEvents(context.Context, func(ConnEvent)) error { return errNotLinux }
+
+// ProbeKernelPath fails off Linux.
+func (*Redirector) ProbeKernelPath() error { return errNotLinux }

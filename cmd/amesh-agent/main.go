@@ -55,7 +55,7 @@ Flags (environment variable in brackets):
 	pinDir := fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
 	ttl := fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
 	drain := fs.Duration("drain-timeout", 5*time.Second, "how long SIGTERM waits for open connections")
-	sameNode := fs.String("same-node", env("AMESH_SAME_NODE", "splice"), "path between two pods of this node: splice (authorized here, joined with splice(2)), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives) or hbone (the full tunnel) [AMESH_SAME_NODE]")
+	sameNode := fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
 	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
 	uninstall := fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {

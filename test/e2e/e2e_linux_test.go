@@ -335,6 +335,18 @@ func TestMesh(t *testing.T) {
 	c := newCluster(t)
 	web, api1, api2 := c.lab.Pod("web"), c.lab.Pod("api1"), c.lab.Pod("api2")
 
+	t.Run("by default the start-up probe picks the kernel short-circuit", func(t *testing.T) {
+		for _, n := range c.lab.Nodes {
+			started := false
+			for _, m := range c.logLines(n.Name) {
+				started = started || m["msg"] == "agent started" && m["same_node"] == "kernel"
+			}
+			if !started {
+				t.Errorf("%s's agent did not start with same_node=kernel (probe failed or default changed)", n.Name)
+			}
+		}
+	})
+
 	t.Run("cross-node and same-node curl, the app sees the client pod's IP", func(t *testing.T) {
 		for _, dst := range []string{"api2", "api1"} {
 			out, err := c.curl("web", c.url(dst))
@@ -635,6 +647,7 @@ func TestRestartRepairsDrift(t *testing.T) {
 // TestSameNodeModes: within a node, each --same-node mode carries curl and a large transfer intact
 // both ways, applies policy, and logs the path it took.
 func TestSameNodeModes(t *testing.T) {
+	// kernel's first connection of a pair is spliced; TestKernelPath covers the rest of it.
 	for _, mode := range []string{"splice", "hbone"} {
 		t.Run(mode, func(t *testing.T) {
 			c := newCluster(t, "--same-node", mode)
