@@ -11,7 +11,7 @@ CACHE   ?= $(HOME)/.cache/amesh
 RECIPES ?= $(CURDIR)/../shared/recipes
 GHOSTUNNEL := $(CACHE)/bin/ghostunnel
 
-.PHONY: all deps build test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: all deps build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -33,6 +33,10 @@ deps:
 
 build:
 	$(GO) build ./...
+
+## bin: the binaries (amesh-agent, ameshctl) into bin/
+bin:
+	$(GO) build -o bin/ ./cmd/...
 
 ## test: everything a change must pass — the README's test command
 test: deps lint unit race
@@ -70,10 +74,11 @@ bench: deps peers
 	$(GO) test -run '^$$' -bench BenchmarkLab -benchtime 1x -count 1 ./test/e2e/
 	$(MAKE) --no-print-directory bench-suite
 
-## bench-suite: direct, amesh (same-node splice/hbone, cross-node) and the ghostunnel and stunnel
-## pairs side by side in the lab (fortio RR, iperf3, conn/s, agent CPU); writes bench-out/ (root)
-bench-suite: deps peers
-	$(GO) run ./test/benchsuite -ghostunnel $(GHOSTUNNEL) -out bench-out
+## bench-suite: `ameshctl bench`: direct, amesh (same-node kernel/splice/hbone, cross-node) and the
+## ghostunnel and stunnel pairs side by side in the lab (fortio RR, iperf3, conn/s, agent CPU);
+## writes bench-out/ (root)
+bench-suite: deps peers bin
+	bin/ameshctl bench -agent bin/amesh-agent -ghostunnel $(GHOSTUNNEL) -out bench-out
 
 ## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once, and
 ## install stunnel4 (Debian)

@@ -22,7 +22,7 @@ func (l *Lab) Iperf(ctx context.Context, from, srv *Pod, addr string, streams in
 	if err != nil {
 		return 0, err
 	}
-	defer server.Kill()
+	defer func() { server.Kill() }()
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return 0, fmt.Errorf("lab: iperf3 address: %w", err)
@@ -46,6 +46,16 @@ func (l *Lab) Iperf(ctx context.Context, from, srv *Pod, addr string, streams in
 		lastErr = fmt.Errorf("%v %s", err, res.Error)
 		if cctx.Err() != nil {
 			break
+		}
+		select {
+		case <-server.Done():
+			// The server died (it does after some client errors): say why, and start another.
+			log, _ := os.ReadFile(server.LogPath)
+			lastErr = fmt.Errorf("%w (server exited: %v; its log: %q)", lastErr, server.Wait(), log)
+			if server, err = l.Start(cctx, srv.Netns, "", "iperf3", "-s", "-p", "5201"); err != nil {
+				return 0, err
+			}
+		default:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -1,17 +1,17 @@
-// Command benchsuite is the side-by-side benchmark of `make bench-suite`: in ONE run, on a
-// two-node netns lab, it measures direct pod→pod (no mesh), amesh within a node (splice and
-// hbone modes), amesh across nodes (HBONE), and the L4 mTLS peers users would otherwise deploy
-// (a ghostunnel pair and a stunnel pair between the same two unmeshed pods, with certificates from
-// the built-in CA). For each: 1 KiB request/response at a fixed 1,000 RPS and at max rate with
-// p50/p90/p99/p99.9 (fortio as a library), one- and four-stream throughput (iperf3), new
-// connections per second, and for amesh the agent's CPU per 1,000 RPS and its RSS. It writes a
-// Markdown table with ratios to direct and to the best peer, a JSON file with everything, and a
-// PNG of latency percentiles and throughput per scenario.
+// Package benchsuite is the side-by-side benchmark behind `ameshctl bench` and `make bench-suite`:
+// in ONE run, on a two-node netns lab it builds, it measures direct pod→pod (no mesh), amesh within a
+// node (each same-node mode: kernel short-circuit, splice, hbone), amesh across nodes (HBONE), and
+// the L4 mTLS peers users would otherwise deploy (a ghostunnel pair and a stunnel pair between the
+// same two unmeshed pods, with certificates from the built-in CA). For each: 1 KiB request/response
+// at a fixed 1,000 RPS and at max rate with p50/p90/p99/p99.9 (fortio as a library), one- and
+// four-stream throughput (iperf3), new connections per second, and for amesh the agent's CPU per
+// 1,000 RPS and its RSS. It writes a Markdown table with ratios to direct and to the best peer, a
+// JSON file with everything, and a PNG of latency percentiles and throughput per scenario.
 //
-// The load generator runs inside the source pod's netns: benchsuite re-executes itself there
-// (`benchsuite rr|cps ...`), since sockets belong to the netns of the thread that made them.
+// The load generator runs inside the source pod's netns: the suite re-executes its own command
+// there (`... rr|cps ...`), since sockets belong to the netns of the thread that made them.
 // Every run is bounded in time; all traffic stays inside the lab. Needs root.
-package main
+package benchsuite
 
 import (
 	"context"
@@ -42,36 +42,80 @@ import (
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
-func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
+// Main runs the suite with command-line args, or one of its parts when args[0] is rr, cps or
+// plot, and returns the exit code. reexec is the command line that reaches Main again (for
+// ameshctl, its path and "bench"): the suite runs its load clients that way inside pods.
+func Main(reexec, args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
 		case "rr":
-			os.Exit(clientRR(os.Args[2:]))
+			return clientRR(args[1:])
 		case "cps":
-			os.Exit(clientCPS(os.Args[2:]))
+			return clientCPS(args[1:])
 		case "plot":
-			os.Exit(replot(os.Args[2:]))
+			return replot(args[1:])
 		}
 	}
-	fs := flag.NewFlagSet("benchsuite", flag.ExitOnError)
-	out := fs.String("out", "bench-out", "directory for results.md and results.json")
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: ameshctl bench [flags]   (root; builds a two-node netns lab, runs every scenario, tears it down)\n       ameshctl bench plot -in results.json -out results.png\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	out := fs.String("out", "bench-out", "directory for results.md, results.json and results.png")
 	dur := fs.Duration("duration", 3*time.Second, "length of each load run")
 	runs := fs.Int("runs", 3, "rounds over all scenarios; each figure is the median")
+	agentBin := fs.String("agent", "", "amesh-agent binary (default: beside this program, then $PATH)")
 	ghost := fs.String("ghostunnel", filepath.Join(os.Getenv("HOME"), ".cache/amesh/bin/ghostunnel"), "ghostunnel binary (peer); skipped when absent")
-	fs.Parse(os.Args[1:])
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "benchsuite: needs root (network namespaces and eBPF)")
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces and eBPF)")
+		return 1
+	}
+	bin, err := findAgent(*agentBin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *runs < 1 {
 		*runs = 1
 	}
-	if err := run(ctx, *out, *dur, *runs, *ghost); err != nil {
-		fmt.Fprintln(os.Stderr, "benchsuite:", err)
-		os.Exit(1)
+	if err := run(ctx, reexec, bin, *out, *dur, *runs, *ghost); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
 	}
+	return 0
+}
+
+// findAgent resolves the amesh-agent binary: the flag, else beside this program, else $PATH.
+func findAgent(flagged string) (string, error) {
+	if flagged != "" {
+		if _, err := os.Stat(flagged); err != nil {
+			return "", fmt.Errorf("-agent: %w", err)
+		}
+		return flagged, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), "amesh-agent"); fileExists(p) {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("amesh-agent")
+	if err != nil {
+		return "", errors.New("no amesh-agent beside this program or on $PATH: pass -agent (`make bin` puts both in bin/)")
+	}
+	return p, nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
 // Result is one scenario's figures.
@@ -100,20 +144,12 @@ type scenario struct {
 	base      string // the direct scenario of the same placement, for ratios
 }
 
-func run(ctx context.Context, outDir string, d time.Duration, runs int, ghost string) error {
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
+func run(ctx context.Context, self []string, agentBin, outDir string, d time.Duration, runs int, ghost string) error {
 	tmp, err := os.MkdirTemp("", "amesh-demo-bench-") // `make clean-lab` removes leftovers
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	agentBin := filepath.Join(tmp, "amesh-agent")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", agentBin, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		return fmt.Errorf("build amesh-agent: %v\n%s", err, out)
-	}
 	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
 		{Name: "node1", Pods: []lab.PodSpec{
 			{Name: "web", Namespace: "shop", ServiceAccount: "web"},
@@ -226,7 +262,7 @@ func run(ctx context.Context, outDir string, d time.Duration, runs int, ghost st
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "benchsuite: round %d/%d: %s done\n", round+1, runs, s.name)
+			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s done\n", round+1, runs, s.name)
 			all[i] = append(all[i], r)
 		}
 	}
@@ -254,7 +290,7 @@ func run(ctx context.Context, outDir string, d time.Duration, runs int, ghost st
 }
 
 // runScenario (re)starts the agents in the mode the scenario needs, then measures it.
-func runScenario(ctx context.Context, l *lab.Lab, self string, s scenario, agents map[string]*lab.Proc, d time.Duration,
+func runScenario(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration,
 	current *string, startAgents func(string) error) (Result, error) {
 	mode := "splice"
 	for _, m := range []string{"hbone", "kernel"} {
@@ -315,7 +351,7 @@ func warm(ctx context.Context, l *lab.Lab, s scenario) {
 }
 
 // measure runs every workload of one scenario.
-func measure(ctx context.Context, l *lab.Lab, self string, s scenario, agents map[string]*lab.Proc, d time.Duration) (Result, error) {
+func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration) (Result, error) {
 	r := Result{Scenario: s.name, Base: s.base}
 	cpu0 := agentCPU(agents, s.agents)
 	rr, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "1000", "-duration", d.String())
@@ -358,11 +394,12 @@ func pct(m map[string]float64) map[string]float64 {
 	return map[string]float64{"p50": m["p50"], "p90": m["p90"], "p99": m["p99"], "p99.9": m["p99.9"]}
 }
 
-// runClient re-executes this binary inside the pod's netns as a load client.
-func runClient(ctx context.Context, l *lab.Lab, self, pod, mode string, args ...string) (map[string]float64, error) {
+// runClient re-executes the suite's command inside the pod's netns as a load client.
+func runClient(ctx context.Context, l *lab.Lab, self []string, pod, mode string, args ...string) (map[string]float64, error) {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	out, err := l.Command(cctx, l.Pod(pod).Netns, self, append([]string{mode}, args...)...).Output()
+	argv := append(append(slices.Clone(self[1:]), mode), args...)
+	out, err := l.Command(cctx, l.Pod(pod).Netns, self[0], argv...).Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s client in %s: %v %s", mode, pod, err, out)
 	}
@@ -373,7 +410,7 @@ func runClient(ctx context.Context, l *lab.Lab, self, pod, mode string, args ...
 	return m, nil
 }
 
-// replot is `benchsuite plot -in results.json -out results.png`: redraw a saved run.
+// replot is `bench plot -in results.json -out results.png`: redraw a saved run.
 func replot(args []string) int {
 	fs := flag.NewFlagSet("plot", flag.ExitOnError)
 	in := fs.String("in", "bench-out/results.json", "results of a run")
@@ -396,7 +433,7 @@ func replot(args []string) int {
 	return 0
 }
 
-// clientRR is `benchsuite rr`: fortio's TCP echo runner at a QPS (-1: max) on one connection.
+// clientRR is `bench rr`: fortio's TCP echo runner at a QPS (-1: max) on one connection.
 func clientRR(args []string) int {
 	fs := flag.NewFlagSet("rr", flag.ExitOnError)
 	dest := fs.String("dest", "", "echo server host:port")
@@ -424,7 +461,7 @@ func clientRR(args []string) int {
 	return 0
 }
 
-// clientCPS is `benchsuite cps`: new connections per second, each a 1 KiB echo then close.
+// clientCPS is `bench cps`: new connections per second, each a 1 KiB echo then close.
 func clientCPS(args []string) int {
 	fs := flag.NewFlagSet("cps", flag.ExitOnError)
 	dest := fs.String("dest", "", "echo server host:port")
@@ -555,7 +592,7 @@ func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) 
 		}
 		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
 	} else {
-		fmt.Fprintf(os.Stderr, "benchsuite: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
+		fmt.Fprintf(os.Stderr, "bench: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
 	}
 	if path, err := exec.LookPath("stunnel4"); err == nil {
 		conf := func(name, body string) string {
@@ -607,7 +644,7 @@ checkIP = %[1]s
 		}
 		out = append(out, scenario{name: "stunnel pair", from: "c1", rrAddr: "127.0.0.1:8001", iperfAddr: "127.0.0.1:8101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
 	} else {
-		fmt.Fprintln(os.Stderr, "benchsuite: no stunnel4 (make peers installs it): scenario left out")
+		fmt.Fprintln(os.Stderr, "bench: no stunnel4 (make peers installs it): scenario left out")
 	}
 	// Wait for the client proxies to listen.
 	for _, s := range out {

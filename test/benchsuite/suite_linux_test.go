@@ -1,0 +1,82 @@
+package benchsuite
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/amesh-dev/amesh/internal/testenv"
+)
+
+// TestMain lets the suite re-execute this test binary as its load client inside a pod's netns.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && (os.Args[1] == "rr" || os.Args[1] == "cps") {
+		os.Exit(Main(nil, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// TestSuiteRuns is a short run of the whole suite (one round, short loads, no peers): every
+// scenario yields non-zero figures of every kind, and the three outputs are written.
+func TestSuiteRuns(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("-short: the suite's smoke run belongs to the full (non-race) run")
+	}
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "amesh-agent")
+	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
+		t.Fatalf("build amesh-agent: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	out := filepath.Join(dir, "out")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No ghostunnel here (and stunnel4 only where installed): the peers are what `make bench` adds.
+	if err := run(ctx, []string{self}, agent, out, 300*time.Millisecond, 1, filepath.Join(dir, "no-ghostunnel")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved struct{ Results []Result }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Result{}
+	for _, r := range saved.Results {
+		got[r.Scenario] = r
+	}
+	md, _ := os.ReadFile(filepath.Join(out, "results.md"))
+	for _, name := range []string{
+		"direct same-node (no mesh)", "direct cross-node (no mesh)",
+		"amesh same-node (kernel)", "amesh same-node (splice)", "amesh same-node (hbone)", "amesh cross-node (HBONE)",
+	} {
+		r, ok := got[name]
+		if !ok {
+			t.Errorf("no result for %q (have %v)", name, saved.Results)
+			continue
+		}
+		if r.RR1000["p50"] <= 0 || r.RR1000["p99.9"] < r.RR1000["p50"] || r.RRMaxQPS <= 0 || r.Gbps1 <= 0 || r.Gbps4 <= 0 || r.CPS <= 0 {
+			t.Errorf("%s: incomplete figures %+v", name, r)
+		}
+		if strings.HasPrefix(name, "amesh") && r.AgentRSSMiB <= 0 {
+			t.Errorf("%s: no agent RSS", name)
+		}
+		if !strings.Contains(string(md), name) {
+			t.Errorf("results.md lacks %q", name)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(out, "results.png")); err != nil || st.Size() < 1000 {
+		t.Errorf("results.png: %v", err)
+	}
+}
