@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO    ?= go
 # Debian packages the build, the tests and the benchmarks need.
-APT_PKGS := clang llvm libbpf-dev bpftool iperf3 curl iproute2 tcpdump
+APT_PKGS := clang llvm libbpf-dev bpftool iperf3 curl iproute2 tcpdump protobuf-compiler
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 60s
 BENCHTIME ?= 3s
@@ -10,8 +10,17 @@ BENCHTIME ?= 3s
 CACHE   ?= $(HOME)/.cache/amesh
 RECIPES ?= $(CURDIR)/../shared/recipes
 GHOSTUNNEL := $(CACHE)/bin/ghostunnel
+# Real Kubernetes parts for the tests (built from modules, cached outside the repo): the CNI
+# reference plugins + cnitool, and kube-apiserver + etcd + kubectl from test/k8s/tools (its go.sum
+# pins them; the first build takes minutes).
+CNI_PLUGINS_VERSION := v1.9.1
+CNITOOL_VERSION     := v1.3.1
+CNI_BIN  := $(CACHE)/cni/bin
+K8S_BIN  := $(CACHE)/k8s
+K8S_VERSION := v1.37.2
+K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: all deps build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: all deps cni-plugins k8s-bins build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -30,6 +39,28 @@ deps:
 	fi
 	@$(GO) mod download
 	@$(GO) build -o /dev/null tool
+	@$(MAKE) --no-print-directory cni-plugins k8s-bins
+
+## cni-plugins: the reference CNI plugins (bridge, host-local, loopback) and cnitool, pinned
+cni-plugins: $(CNI_BIN)/bridge $(CNI_BIN)/host-local $(CNI_BIN)/loopback $(CNI_BIN)/cnitool
+$(CNI_BIN)/bridge $(CNI_BIN)/host-local $(CNI_BIN)/loopback:
+	@echo "deps: building CNI plugin $(@F) $(CNI_PLUGINS_VERSION) into $(CNI_BIN)"
+	@mkdir -p $(CNI_BIN)
+	@GOBIN=$(CNI_BIN) $(GO) install github.com/containernetworking/plugins/plugins/$(if $(filter host-local,$(@F)),ipam,main)/$(@F)@$(CNI_PLUGINS_VERSION)
+$(CNI_BIN)/cnitool:
+	@mkdir -p $(CNI_BIN)
+	@GOBIN=$(CNI_BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+
+## k8s-bins: kube-apiserver, etcd and kubectl (v1.37.2, etcd 3.7.0) from test/k8s/tools, once
+k8s-bins: $(K8S_BIN)/kube-apiserver $(K8S_BIN)/etcd $(K8S_BIN)/kubectl
+$(K8S_BIN)/kube-apiserver $(K8S_BIN)/kubectl:
+	@echo "deps: building $(@F) $(K8S_VERSION) into $(K8S_BIN) (minutes, once)"
+	@mkdir -p $(K8S_BIN)
+	@cd test/k8s/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@.tmp k8s.io/kubernetes/cmd/$(@F) && mv $@.tmp $@
+$(K8S_BIN)/etcd:
+	@echo "deps: building etcd into $(K8S_BIN)"
+	@mkdir -p $(K8S_BIN)
+	@cd test/k8s/tools && CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp go.etcd.io/etcd/server/v3 && mv $@.tmp $@
 
 build:
 	$(GO) build ./...

@@ -29,8 +29,18 @@ import (
 type Config struct {
 	// Node is the name of this node in the state view; only its workloads are enrolled.
 	Node string
-	// StatePath is the YAML state file (local mode), polled for changes.
+	// StatePath is the YAML state file (local mode), polled for changes. Exactly one of
+	// StatePath and Kube is set.
 	StatePath string
+	// Kube feeds the state from the Kubernetes API server (its PodIPs is set by the agent, from
+	// what amesh-cni reports). Pods get their netns from CNI ADD, or, for pods that were running
+	// before (a namespace labelled later, an agent restart), from the netns that holds their IP.
+	Kube *workload.KubeSource
+	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
+	CNISocket string
+	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and
+	// /healthz/live; none when empty. The DaemonSet uses :15021.
+	HealthAddr string
 	// StatePoll is how often the state file is polled; workload.DefaultInterval when zero.
 	StatePoll time.Duration
 	// CADir holds the built-in CA (ca.crt, ca.key); a new CA is written there if it is empty.
@@ -69,12 +79,16 @@ type Agent struct {
 	log    *slog.Logger
 	access *slog.Logger
 
-	files *workload.FileSource
-	store *workload.Store
-	src   *identity.Cache
-	red   *redirect.Redirector
-	srv   *tunnel.Server
-	cli   *tunnel.Client
+	feed       feed
+	stopFeed   context.CancelFunc
+	store      *workload.Store
+	cniPods    cniRegistry
+	netnsCache netnsScanner
+	ready      atomic.Bool
+	src        *identity.Cache
+	red        *redirect.Redirector
+	srv        *tunnel.Server
+	cli        *tunnel.Client
 
 	mu   sync.Mutex
 	pods map[string]*pod // by workload UID
@@ -86,9 +100,9 @@ type Agent struct {
 
 // New loads the state file, the CA and the eBPF programs (re-adopting pinned ones). Any failure,
 // a missing kernel feature among them, is an error that names it.
-func New(cfg Config) (*Agent, error) {
-	if cfg.Node == "" || cfg.StatePath == "" {
-		return nil, errors.New("agent: node name and state file are required")
+func New(cfg Config) (_ *Agent, err error) {
+	if cfg.Node == "" || (cfg.StatePath == "") == (cfg.Kube == nil) {
+		return nil, errors.New("agent: a node name and either a state file or Kubernetes are required")
 	}
 	if cfg.PinDir == "" {
 		cfg.PinDir = filepath.Join("/sys/fs/bpf/amesh", cfg.Node)
@@ -114,12 +128,29 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}}
 
-	a.files = &workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}
-	st, err := a.files.Load()
+	a.cniPods.init()
+	if cfg.Kube != nil {
+		cfg.Kube.PodIPs = a.cniPods.ips
+		a.feed = kubeFeed{cfg.Kube}
+	} else {
+		a.feed = fileFeed{&workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
+	}
+	// The feed lives as long as the agent; its first State must come within a minute.
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	a.stopFeed = stopFeed
+	startCtx, cancelStart := context.WithTimeout(feedCtx, time.Minute)
+	st, err := a.feed.start(startCtx)
+	cancelStart()
 	if err != nil {
+		stopFeed()
 		return nil, fmt.Errorf("agent: state: %w", err)
 	}
-	if _, ok := st.Node(cfg.Node); !ok {
+	defer func() {
+		if err != nil {
+			stopFeed()
+		}
+	}()
+	if _, ok := st.Node(cfg.Node); !ok && cfg.Kube == nil {
 		return nil, fmt.Errorf("agent: node %q is not in %s", cfg.Node, cfg.StatePath)
 	}
 	a.store = workload.NewStore(st)
@@ -224,13 +255,22 @@ func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*id
 func (a *Agent) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	filesDone := make(chan struct{})
+	feedDone := make(chan struct{})
 	go func() {
-		defer close(filesDone)
-		a.files.Run(runCtx, a.store)
+		defer close(feedDone)
+		a.feed.run(runCtx, a.store)
 	}()
 	updates, stop := a.store.Subscribe()
 	defer stop()
+	servers, err := a.startAPIs(runCtx)
+	if err != nil {
+		cancel()
+		<-feedDone
+		a.stopFeed()
+		a.shutdown()
+		return err
+	}
+	defer servers.Wait()
 	kernelDone := make(chan struct{})
 	go func() {
 		defer close(kernelDone)
@@ -238,20 +278,35 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.runKernelPath(runCtx)
 		}
 	}()
-	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", a.cfg.StatePath, "same_node", a.cfg.SameNode)
+	source := a.cfg.StatePath
+	if a.cfg.Kube != nil {
+		source = "kubernetes"
+	}
+	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", source, "same_node", a.cfg.SameNode)
 	for {
 		select {
 		case <-ctx.Done():
+			a.ready.Store(false)
 			cancel()
 			<-kernelDone
 			a.shutdown()
-			<-filesDone
+			<-feedDone
+			a.stopFeed()
 			return nil
 		case st, ok := <-updates:
 			if !ok {
 				continue
 			}
 			a.reconcile(runCtx, st)
+			a.ready.Store(true)
+		case <-a.cniPods.changed:
+			// amesh-cni reported a pod: its IPs are in the next State (Kubernetes) or its netns
+			// resolves now (either source).
+			if a.cfg.Kube != nil {
+				a.cfg.Kube.Refresh()
+			} else {
+				a.reconcile(runCtx, a.store.Load())
+			}
 		}
 	}
 }

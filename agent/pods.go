@@ -60,7 +60,10 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	}
 	want := map[string]*workload.Workload{}
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
-		if w.Enrolled() && w.Netns != "" && len(w.IPs) > 0 {
+		if !w.Enrolled() || len(w.IPs) == 0 {
+			continue
+		}
+		if w = a.withNetns(w); w != nil {
 			want[w.UID] = w
 		}
 	}
@@ -70,6 +73,9 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		if w, ok := want[uid]; !ok || w.Netns != p.w.Netns || !slices.Equal(w.IPs, p.w.IPs) {
 			a.unenrollLocked(uid, p)
 		} else {
+			if !slices.Equal(w.ProbePorts, p.w.ProbePorts) || w.HostIP != p.w.HostIP {
+				a.setProbes(w)
+			}
 			p.w = w // labels, inbound mode and the like apply to new connections at once
 		}
 	}
@@ -97,6 +103,63 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 			}
 		}
 	}
+}
+
+// setProbes lets the kubelet's probes reach w's app: plaintext from this node's addresses to
+// the ports its probes name (see redirect.SetProbeExemptions).
+func (a *Agent) setProbes(w *workload.Workload) {
+	var nodeIPs []netip.Addr
+	if len(w.ProbePorts) > 0 {
+		nodeIPs = nodeAddrs(w.HostIP)
+	}
+	for _, ip := range w.IPs {
+		if err := a.red.SetProbeExemptions(ip, nodeIPs, w.ProbePorts); err != nil {
+			a.log.Warn("kubelet probes may be refused", "pod", w.UID, "err", err)
+		}
+	}
+}
+
+// nodeAddrs returns the addresses a kubelet probe may come from: the agent runs in the node's
+// network namespace (hostNetwork), so those of its interfaces (the CNI bridge's gateway among
+// them), plus the pod's status.hostIP.
+func nodeAddrs(hostIP netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	if hostIP.IsValid() {
+		out = append(out, hostIP)
+	}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLoopback() && !slices.Contains(out, ip.Unmap()) {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// withNetns returns w with the path of its network namespace: the state's, else what amesh-cni
+// reported, else the namespace found holding its IP; nil when none is known (yet) or CNI DEL
+// came for it. The State's workloads are shared, so a resolved one is a copy.
+func (a *Agent) withNetns(w *workload.Workload) *workload.Workload {
+	if w.Netns != "" {
+		return w
+	}
+	reported, ok := a.cniPods.lookup(w.UID)
+	if ok && reported.deleted {
+		return nil
+	}
+	path := reported.netns
+	if path == "" {
+		path = a.netnsCache.find(w.IPs)
+	}
+	if path == "" {
+		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
+		return nil
+	}
+	c := *w
+	c.Netns = path
+	return &c
 }
 
 // enrollLocked puts a workload in the mesh in the order DESIGN §6 gives: listeners in its netns
@@ -154,6 +217,7 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 			return nil, err
 		}
 	}
+	a.setProbes(w)
 	rp, err := a.red.Enroll(w.Netns, w.IPs)
 	if err != nil {
 		return nil, err

@@ -76,6 +76,14 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct probe_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} probe_exempt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct verdict_key);
 	__type(value, __u8);
 	__uint(max_entries, 16384);
@@ -406,6 +414,15 @@ int amesh_sk_lookup(struct bpf_sk_lookup *ctx)
 	pk.dport = (__u16)ctx->local_port;
 	if (bpf_map_lookup_elem(&passthrough, &pk)) {
 		count(STAT_LOOKUP_PASSTHROUGH);
+		return SK_PASS;
+	}
+	/* A kubelet probe: from one of the node's addresses to one of the pod's probe ports. */
+	struct probe_key prk = {};
+	__builtin_memcpy(prk.pod, pk.dst, 16);
+	__builtin_memcpy(prk.node, pk.src, 16);
+	prk.port = pk.dport;
+	if (bpf_map_lookup_elem(&probe_exempt, &prk)) {
+		count(STAT_LOOKUP_PROBE);
 		return SK_PASS;
 	}
 	key.kind = ctx->local_port == AMESH_HBONE_PORT ? LISTENER_HBONE : LISTENER_PLAINTEXT;

@@ -71,6 +71,17 @@ struct verdict_key {
 	__u32 _pad2;
 };
 
+/* A kubelet probe exemption: plaintext from one of the node's own addresses to a probe port of
+ * an enrolled pod reaches the app directly, even under STRICT (as Istio ambient lets kubelet
+ * probes through). Addresses v4-mapped, port host byte order. */
+struct probe_key {
+	__u8 pod[16];
+	__u8 node[16];
+	__u16 port;
+	__u16 _pad;
+	__u32 _pad2;
+};
+
 /* What the agent learns of a short-circuited connection, by ring buffer, for its access log. */
 struct conn_event {
 	__u64 cookie;
@@ -113,6 +124,7 @@ enum stat {
 	STAT_LOOKUP_PASSED_LOCAL,
 	STAT_CONNECT_KERNEL_PATH,
 	STAT_EVENTS_DROPPED,
+	STAT_LOOKUP_PROBE,
 	STAT_MAX,
 };
 

@@ -58,6 +58,15 @@ type ameshPassKey struct {
 	Pad   uint32
 }
 
+type ameshProbeKey struct {
+	_    structs.HostLayout
+	Pod  [16]uint8
+	Node [16]uint8
+	Port uint16
+	Pad  uint16
+	Pad2 uint32
+}
+
 type ameshTupleKey struct {
 	_     structs.HostLayout
 	Netns uint64
@@ -89,6 +98,7 @@ const (
 	ameshMapOrigByCookie       = "orig_by_cookie"
 	ameshMapOrigByTuple        = "orig_by_tuple"
 	ameshMapPassthrough        = "passthrough"
+	ameshMapProbeExempt        = "probe_exempt"
 	ameshMapStats              = "stats"
 	ameshProgAmeshConnect4     = "amesh_connect4"
 	ameshProgAmeshConnect6     = "amesh_connect6"
@@ -162,6 +172,7 @@ type ameshMapSpecs struct {
 	OrigByCookie  *ebpf.MapSpec `ebpf:"orig_by_cookie"`
 	OrigByTuple   *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	Passthrough   *ebpf.MapSpec `ebpf:"passthrough"`
+	ProbeExempt   *ebpf.MapSpec `ebpf:"probe_exempt"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -201,6 +212,7 @@ type ameshMaps struct {
 	OrigByCookie  *ebpf.Map `ebpf:"orig_by_cookie"`
 	OrigByTuple   *ebpf.Map `ebpf:"orig_by_tuple"`
 	Passthrough   *ebpf.Map `ebpf:"passthrough"`
+	ProbeExempt   *ebpf.Map `ebpf:"probe_exempt"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 }
 
@@ -215,6 +227,7 @@ func (m *ameshMaps) Close() error {
 		m.OrigByCookie,
 		m.OrigByTuple,
 		m.Passthrough,
+		m.ProbeExempt,
 		m.Stats,
 	)
 }

@@ -86,4 +86,5 @@ var statNames = []string{
 	"lookup_passed_local",
 	"connect_kernel_path",
 	"events_dropped",
+	"lookup_probe",
 }

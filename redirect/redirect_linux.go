@@ -240,6 +240,9 @@ func (r *Redirector) Unenroll(cookie uint64) error {
 			for _, k := range []Kind{KindHBONE, KindPlaintext} {
 				r.objs.Listeners.Delete(listenerKey(ip, k))
 			}
+			if err := r.SetProbeExemptions(ip, nil, nil); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if err := pl.lookup.Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("unpin sk_lookup: %w", err))
@@ -369,7 +372,7 @@ func (r *Redirector) Uninstall() error {
 	}
 	r.mu.Unlock()
 	for _, m := range []*ebpf.Map{r.objs.Enrolled, r.objs.Listeners, r.objs.OrigByCookie, r.objs.OrigByTuple, r.objs.Passthrough, r.objs.Stats,
-		r.objs.LocalVerdicts, r.objs.Heartbeat, r.objs.KernelSocks, r.objs.Events} {
+		r.objs.LocalVerdicts, r.objs.Heartbeat, r.objs.KernelSocks, r.objs.Events, r.objs.ProbeExempt} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, err)
 		}

@@ -87,3 +87,6 @@ func (*Redirector) KernelEvents(context.Context, func(ConnEvent)) error { return
 
 // ProbeKernelPath fails off Linux.
 func (*Redirector) ProbeKernelPath() error { return errNotLinux }
+
+// SetProbeExemptions fails off Linux.
+func (*Redirector) SetProbeExemptions(netip.Addr, []netip.Addr, []uint16) error { return errNotLinux }

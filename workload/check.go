@@ -147,7 +147,10 @@ func check(spec *Spec, p *problems) {
 		} else {
 			nodes[n.Name] = i
 		}
-		if err := checkAddr("ip", n.IP); err != nil {
+		if !n.IP.IsValid() {
+			// Optional in a Spec (a Kubernetes node whose pods have no status.hostIP yet); the
+			// state file requires it (convert).
+		} else if err := checkAddr("ip", n.IP); err != nil {
 			p.add(secNodes, i, "ip", what, err)
 		} else if j, dup := nodeIPs[n.IP]; dup {
 			p.addf(secNodes, i, "ip", what, "ip %s is also node %s's (at %s)", n.IP, spec.Nodes[j].Name, p.where(secNodes, j, "ip"))

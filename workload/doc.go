@@ -30,6 +30,7 @@
 //	    labels: {app: web}
 //	    # uid: ...                 # optional; default namespace/name
 //	    # waypoint: ...            # optional
+//	    # probePorts: [8080]       # kubelet probe ports: plaintext from the node reaches them
 //	services:
 //	  - name: api
 //	    namespace: shop

@@ -43,6 +43,7 @@ type (
 		InboundMode    string            `yaml:"inboundMode"`
 		Labels         map[string]string `yaml:"labels"`
 		Waypoint       string            `yaml:"waypoint"`
+		ProbePorts     []int             `yaml:"probePorts"`
 	}
 	serviceYAML struct {
 		Name      string            `yaml:"name"`
@@ -294,6 +295,9 @@ func convert(doc *fileDoc, p *problems) Spec {
 
 	for i, n := range doc.Nodes {
 		what := "node " + n.Name
+		if n.IP == "" {
+			p.add(secNodes, i, "ip", what, errors.New("ip is not set"))
+		}
 		spec.Nodes = append(spec.Nodes, Node{Name: n.Name, IP: addr(secNodes, i, "ip", what, "ip", n.IP)})
 	}
 
@@ -305,6 +309,13 @@ func convert(doc *fileDoc, p *problems) Spec {
 		}
 		for k, s := range w.IPs {
 			out.IPs = append(out.IPs, addr(secWorkloads, i, fmt.Sprintf("ips[%d]", k), what, "ip", s))
+		}
+		for k, v := range w.ProbePorts {
+			if v < 1 || v > 65535 {
+				p.addf(secWorkloads, i, fmt.Sprintf("probePorts[%d]", k), what, "probe port %d is out of range 1..65535", v)
+				continue
+			}
+			out.ProbePorts = append(out.ProbePorts, uint16(v))
 		}
 		switch strings.ToLower(w.Mode) {
 		case "", "ambient":

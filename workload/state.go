@@ -108,6 +108,17 @@ func build(spec Spec, p *problems) *State {
 		for _, vip := range svc.VIPs {
 			s.byVIP[vip] = svc
 		}
+		if svc.EndpointIPs != nil {
+			seen := make(map[*Workload]bool, len(svc.EndpointIPs))
+			for _, ip := range svc.EndpointIPs {
+				if w := s.byIP[ip]; w != nil && !seen[w] {
+					seen[w] = true
+					s.endpoints[svc.Key()] = append(s.endpoints[svc.Key()], w)
+				}
+			}
+			slices.SortFunc(s.endpoints[svc.Key()], func(a, b *Workload) int { return cmp.Compare(a.UID, b.UID) })
+			continue
+		}
 		if len(svc.Selector) == 0 {
 			continue
 		}
@@ -140,6 +151,8 @@ func cloneSpec(spec Spec) Spec {
 	for i, w := range spec.Workloads {
 		w.IPs = unmapAll(w.IPs)
 		w.Labels = maps.Clone(w.Labels)
+		w.ProbePorts = slices.Clone(w.ProbePorts)
+		w.HostIP = w.HostIP.Unmap()
 		if w.UID == "" {
 			w.UID = w.Namespace + "/" + w.Name
 		}
@@ -155,6 +168,7 @@ func cloneSpec(spec Spec) Spec {
 			}
 		}
 		svc.Selector = maps.Clone(svc.Selector)
+		svc.EndpointIPs = unmapAll(svc.EndpointIPs)
 		c.Services[i] = svc
 	}
 	c.Policies = make([]policy.Policy, len(spec.Policies))
@@ -231,8 +245,9 @@ func (s *State) ServiceByVIP(dst netip.AddrPort) (svc *Service, port ServicePort
 	return svc, ServicePort{}, false
 }
 
-// Endpoints returns the workloads svc selects, sorted by UID: those of its namespace whose labels
-// include its selector, enrolled or not. A service without a selector has none.
+// Endpoints returns the workloads svc selects, sorted by UID: those with its EndpointIPs when it
+// has them, else those of its namespace whose labels include its selector, enrolled or not. A
+// service with neither has none.
 func (s *State) Endpoints(svc *Service) []*Workload {
 	if svc == nil {
 		return nil

@@ -11,7 +11,9 @@ import (
 // Node is a machine of the cluster, running one agent.
 type Node struct {
 	Name string
-	IP   netip.Addr
+	// IP is the node's address; the state file requires it, a Kubernetes node whose pods have no
+	// status.hostIP yet has none (invalid).
+	IP netip.Addr
 }
 
 // Mode says whether a workload is in the mesh. The zero value is ModeAmbient: a workload is enrolled
@@ -75,6 +77,13 @@ type Workload struct {
 	Labels      map[string]string
 	// Waypoint names the waypoint its traffic goes through; empty for none.
 	Waypoint string
+	// ProbePorts are the ports the kubelet probes (httpGet, tcpSocket and grpc probes of the pod
+	// spec). Only for these, plaintext from the workload's own node (HostIP) reaches the app even
+	// under STRICT, as Istio ambient lets kubelet probes through.
+	ProbePorts []uint16
+	// HostIP is the IP of the workload's node as the pod sees its kubelet (status.hostIP); the
+	// source address probes come from. Invalid when unknown.
+	HostIP netip.Addr
 }
 
 // ID returns the workload's SPIFFE ID in trust domain td.
@@ -101,7 +110,12 @@ type Service struct {
 	VIPs      []netip.Addr
 	Ports     []ServicePort
 	// Selector selects the endpoints; a service without a selector has none, as in Kubernetes.
+	// Ignored when EndpointIPs is set.
 	Selector map[string]string
+	// EndpointIPs, when not nil, are the service's endpoints instead of Selector's: the ready
+	// addresses of its EndpointSlices, as kube-proxy uses them. An address that is no workload's
+	// is not an endpoint amesh can reach (the state knows no identity for it) and is left out.
+	EndpointIPs []netip.Addr
 	// Waypoint names the waypoint its traffic goes through; empty for none.
 	Waypoint string
 }

@@ -15,7 +15,14 @@ import (
 	"time"
 
 	"github.com/amesh-dev/amesh/agent"
+	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 func main() {
@@ -43,6 +50,7 @@ Redirection is pinned in bpffs: with the agent down, enrolled pods' connections 
 never sent in plaintext; a restarted agent re-adopts them.
 
 Usage: amesh-agent --node NAME --state FILE [flags]
+       amesh-agent --node NAME --kube [--kubeconfig FILE] [flags]
        amesh-agent --uninstall [--node NAME | --pin-dir DIR]
 
 Flags (environment variable in brackets):
@@ -58,6 +66,12 @@ Flags (environment variable in brackets):
 	sameNode := fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
 	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
 	uninstall := fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
+	kube := fs.Bool("kube", os.Getenv("AMESH_KUBE") == "true", "take the state from the Kubernetes API server (in-cluster config, or --kubeconfig) instead of --state [AMESH_KUBE=true]")
+	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file for --kube (default: in-cluster service account) [KUBECONFIG]")
+	trustDomain := fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
+	rootNS := fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace whose AuthorizationPolicies apply mesh-wide, with --kube [AMESH_ROOT_NAMESPACE]")
+	cniSocket := fs.String("cni-socket", env("AMESH_CNI_SOCKET", ""), "unix socket of the enrollment API for amesh-cni (with --kube default "+cniv1.DefaultSocket+") [AMESH_CNI_SOCKET]")
+	health := fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default :15021) [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -85,14 +99,30 @@ Flags (environment variable in brackets):
 		log.Info("uninstalled", "pin_dir", *pinDir)
 		return 0
 	}
-	if *node == "" || *state == "" {
-		fmt.Fprintln(os.Stderr, "amesh-agent: --node and --state are required (see --help)")
+	if *node == "" || (*state == "") == !*kube {
+		fmt.Fprintln(os.Stderr, "amesh-agent: --node and one of --state or --kube are required (see --help)")
 		return 2
 	}
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		Node: *node, StatePath: *state, CADir: *caDir, PinDir: *pinDir, SVIDTTL: *ttl,
 		DrainTimeout: *drain, SameNode: agent.SameNodeMode(*sameNode), Logger: log,
-	})
+		CNISocket: *cniSocket, HealthAddr: *health,
+	}
+	if *kube {
+		src, err := kubeSource(*kubeconfig, *trustDomain, *rootNS, log)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+			return 2
+		}
+		cfg.Kube = src
+		if cfg.CNISocket == "" {
+			cfg.CNISocket = cniv1.DefaultSocket
+		}
+		if cfg.HealthAddr == "" {
+			cfg.HealthAddr = ":15021"
+		}
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -104,4 +134,32 @@ Flags (environment variable in brackets):
 		return 1
 	}
 	return 0
+}
+
+// kubeSource builds the Kubernetes state source from a kubeconfig, or the in-cluster service
+// account when kubeconfig is empty.
+func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*workload.KubeSource, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
+	}
+	var rc *rest.Config
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "amesh-agent"
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &workload.KubeSource{Client: cs, Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
 }

@@ -85,7 +85,7 @@ var e2eNodes = []lab.NodeSpec{
 		{Name: "plain2", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "plain"}},
 	}},
 	{Name: "node2", Pods: []lab.PodSpec{
-		{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
+		{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}, ProbePorts: []uint16{8080}},
 		{Name: "other", Namespace: "shop", ServiceAccount: "other", Labels: map[string]string{"app": "other"}},
 		{Name: "perm", Namespace: "shop", ServiceAccount: "perm", InboundMode: "permissive", Labels: map[string]string{"app": "perm"}},
 		{Name: "legacy", Namespace: "legacy", ServiceAccount: "default", Mode: "none", Labels: map[string]string{"app": "legacy"}},
@@ -424,6 +424,23 @@ func TestMesh(t *testing.T) {
 		waitFor(t, "the plaintext refusal in node2's access log", 3*time.Second, func() bool {
 			return c.hasAccess("node2", map[string]string{"direction": "inbound_plaintext", "result": "refused"})
 		})
+	})
+
+	t.Run("kubelet probes from the node reach a STRICT pod's probe ports, and only those", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		node2 := c.lab.Node("node2").Netns
+		out, err := c.lab.Command(ctx, node2, "curl", "-sS", "--max-time", "3", c.url("api2")).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "hello from api2") {
+			t.Errorf("probe-like GET from node2 to api2's probe port 8080: %q, %v", out, err)
+		}
+		echo := net.JoinHostPort(api2.IP.String(), "9000")
+		if out, err := c.lab.Command(ctx, node2, "curl", "-sS", "--max-time", "2", "telnet://"+echo).CombinedOutput(); err == nil {
+			t.Errorf("node2 reached api2's non-probe port 9000 in plaintext: %q", out)
+		}
+		if out, err := c.lab.Command(ctx, c.lab.Node("node1").Netns, "curl", "-sS", "--max-time", "2", c.url("api2")).CombinedOutput(); err == nil {
+			t.Errorf("another node reached api2's probe port in plaintext: %q", out)
+		}
 	})
 
 	t.Run("on the underlay, enrolled traffic is only TLS to 15008", func(t *testing.T) {

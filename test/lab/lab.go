@@ -36,6 +36,7 @@ type PodSpec struct {
 	Mode           string // "ambient" (default) or "none"
 	InboundMode    string // "strict" (default) or "permissive"
 	Labels         map[string]string
+	ProbePorts     []uint16 // the kubelet probe ports the state file lists for it
 }
 
 // Lab is a cluster of namespaces built by New. Its exported fields are set by New and must not

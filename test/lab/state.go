@@ -38,6 +38,13 @@ func (l *Lab) StateYAML() []byte {
 		fmt.Fprintf(&b, "    netns: %s\n", q(p.Netns))
 		fmt.Fprintf(&b, "    mode: %s\n", q(p.Spec.Mode))
 		fmt.Fprintf(&b, "    inboundMode: %s\n", q(p.Spec.InboundMode))
+		if len(p.Spec.ProbePorts) > 0 {
+			var ports []string
+			for _, v := range p.Spec.ProbePorts {
+				ports = append(ports, strconv.Itoa(int(v)))
+			}
+			fmt.Fprintf(&b, "    probePorts: [%s]\n", strings.Join(ports, ", "))
+		}
 		if len(p.Spec.Labels) > 0 {
 			var kv []string
 			for _, k := range slices.Sorted(maps.Keys(p.Spec.Labels)) {

@@ -1,0 +1,218 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
+)
+
+// addPodTimeout bounds how long AddPod waits for the pod to show in the state and be enrolled,
+// when the caller's context has no earlier deadline.
+const addPodTimeout = 20 * time.Second
+
+// startAPIs serves the health endpoints and the enrollment API until ctx is done; Wait on the
+// result waits for both to have stopped.
+func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
+	var wg sync.WaitGroup
+	if a.cfg.HealthAddr != "" {
+		ln, err := net.Listen("tcp", a.cfg.HealthAddr)
+		if err != nil {
+			return nil, fmt.Errorf("agent: health endpoint: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "live") })
+		mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+			if !a.ready.Load() {
+				http.Error(w, "not ready: state not synced or pods not enrolled yet", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { srv.Serve(ln) })
+		wg.Go(func() { <-ctx.Done(); srv.Close() })
+	}
+	if a.cfg.CNISocket != "" {
+		ln, err := listenUnix(a.cfg.CNISocket)
+		if err != nil {
+			return nil, err
+		}
+		gs := grpc.NewServer()
+		cniv1.RegisterEnrollmentServer(gs, &enrollment{a: a})
+		wg.Go(func() {
+			if err := gs.Serve(ln); err != nil {
+				a.log.Warn("enrollment API stopped", "err", err)
+			}
+		})
+		wg.Go(func() {
+			<-ctx.Done()
+			gs.Stop() // in-flight AddPods see their context cancelled and fail: kubelet retries
+			os.Remove(a.cfg.CNISocket)
+		})
+		a.log.Info("enrollment API listening", "socket", a.cfg.CNISocket)
+	}
+	return &wg, nil
+}
+
+// listenUnix listens on a unix socket only root can reach: its directory is made 0700 and the
+// socket 0600, since whoever can connect can take pods in and out of the mesh.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("agent: enrollment socket: remove stale %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
+	}
+	return ln, nil
+}
+
+// enrollment is the agent's side of amesh-cni's calls.
+type enrollment struct {
+	cniv1.UnimplementedEnrollmentServer
+	a *Agent
+}
+
+func podName(ref *cniv1.PodRef) string {
+	if ref == nil {
+		return "?"
+	}
+	return ref.GetNamespace() + "/" + ref.GetName()
+}
+
+// uidOf returns the pod's UID: the one CNI_ARGS carried, else the state's for that name.
+func (e *enrollment) uidOf(ref *cniv1.PodRef) string {
+	if uid := ref.GetUid(); uid != "" {
+		return uid
+	}
+	for _, w := range e.a.store.Load().WorkloadsOnNode(e.a.cfg.Node) {
+		if w.Namespace == ref.GetNamespace() && w.Name == ref.GetName() {
+			return w.UID
+		}
+	}
+	if e.a.cfg.Kube == nil {
+		return ref.GetNamespace() + "/" + ref.GetName() // the state file's default UID
+	}
+	return ""
+}
+
+// AddPod records the pod's sandbox and returns once the pod is enrolled — listeners up in its
+// netns, redirection attached, certificate warmed — or at once for a pod that is not in the mesh.
+func (e *enrollment) AddPod(ctx context.Context, req *cniv1.AddPodRequest) (*cniv1.AddPodReply, error) {
+	a := e.a
+	start := time.Now()
+	name := podName(req.GetPod())
+	if req.GetNetns() == "" || req.GetPod().GetNamespace() == "" || req.GetPod().GetName() == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "amesh-agent: AddPod for %s: netns, namespace and name are required", name)
+	}
+	var ips []netip.Addr
+	for _, s := range req.GetIps() {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "amesh-agent: AddPod for %s: ip %q: %v", name, s, err)
+		}
+		ips = append(ips, ip.Unmap())
+	}
+	ctx, cancel := context.WithTimeout(ctx, addPodTimeout)
+	defer cancel()
+	// The pod object may reach the agent's cache a moment after kubelet calls CNI.
+	var uid string
+	for {
+		if uid = e.uidOf(req.GetPod()); uid != "" {
+			break
+		}
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "amesh-agent: pod %s is not in the agent's view of the cluster yet (%v): retry", name, err)
+		}
+	}
+	a.cniPods.add(cniPod{uid: uid, namespace: req.GetPod().GetNamespace(), name: req.GetPod().GetName(), netns: req.GetNetns(), ips: ips})
+	for {
+		w := a.store.Load().WorkloadByUID(uid)
+		switch {
+		case w != nil && w.Node != a.cfg.Node:
+			return nil, status.Errorf(codes.FailedPrecondition, "amesh-agent: pod %s is scheduled on node %s, this agent serves %s", name, w.Node, a.cfg.Node)
+		case w != nil && !w.Enrolled():
+			a.log.Info("cni add: pod not in the mesh", "pod", name, "uid", uid, "took", time.Since(start))
+			return &cniv1.AddPodReply{Enrolled: false, Detail: "not in the mesh"}, nil
+		case w != nil && a.enrolledWith(uid, req.GetNetns()):
+			a.log.Info("cni add: pod enrolled", "pod", name, "uid", uid, "took", time.Since(start))
+			return &cniv1.AddPodReply{Enrolled: true, Detail: "enrolled"}, nil
+		}
+		if err := sleepCtx(ctx, 2*time.Millisecond); err != nil {
+			return nil, status.Errorf(codes.Unavailable, "amesh-agent: pod %s (netns %s) must be in the mesh but was not enrolled in time (%v); see the agent's log: retry", name, req.GetNetns(), err)
+		}
+	}
+}
+
+// enrolledWith reports whether the pod with uid is enrolled in the netns at path.
+func (a *Agent) enrolledWith(uid, netns string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, ok := a.pods[uid]
+	return ok && p.w.Netns == netns
+}
+
+// DelPod unenrolls the pod and keeps it out until a new ADD.
+func (e *enrollment) DelPod(_ context.Context, req *cniv1.DelPodRequest) (*cniv1.DelPodReply, error) {
+	uid := e.uidOf(req.GetPod())
+	if uid == "" {
+		return &cniv1.DelPodReply{}, nil // never known: nothing to undo
+	}
+	e.a.cniPods.del(uid)
+	e.a.log.Info("cni del", "pod", podName(req.GetPod()), "uid", uid)
+	return &cniv1.DelPodReply{}, nil
+}
+
+// CheckPod says whether the pod is enrolled, and fails if it must be and is not.
+func (e *enrollment) CheckPod(_ context.Context, req *cniv1.CheckPodRequest) (*cniv1.CheckPodReply, error) {
+	name := podName(req.GetPod())
+	uid := e.uidOf(req.GetPod())
+	w := e.a.store.Load().WorkloadByUID(uid)
+	switch {
+	case w == nil:
+		return nil, status.Errorf(codes.NotFound, "amesh-agent: pod %s is not in the agent's view of the cluster", name)
+	case !w.Enrolled():
+		return &cniv1.CheckPodReply{Enrolled: false, Detail: "not in the mesh"}, nil
+	}
+	e.a.mu.Lock()
+	p, ok := e.a.pods[uid]
+	e.a.mu.Unlock()
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "amesh-agent: pod %s must be in the mesh but is not enrolled", name)
+	}
+	if n := req.GetNetns(); n != "" && n != p.w.Netns {
+		return nil, status.Errorf(codes.FailedPrecondition, "amesh-agent: pod %s is enrolled in netns %s, not %s", name, p.w.Netns, n)
+	}
+	return &cniv1.CheckPodReply{Enrolled: true, Detail: "enrolled in " + p.w.Netns}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,28 @@
+package agent
+
+import (
+	"context"
+
+	"github.com/amesh-dev/amesh/workload"
+)
+
+// feed is where the state view comes from: the YAML state file or the Kubernetes API server.
+type feed interface {
+	// start returns the first State; for Kubernetes, once the caches have synced (bounded by ctx,
+	// which also bounds the informers' life).
+	start(ctx context.Context) (*workload.State, error)
+	// run replaces store's State on every change until ctx is done.
+	run(ctx context.Context, store *workload.Store)
+}
+
+type fileFeed struct{ src *workload.FileSource }
+
+func (f fileFeed) start(context.Context) (*workload.State, error) { return f.src.Load() }
+
+func (f fileFeed) run(ctx context.Context, store *workload.Store) { f.src.Run(ctx, store) }
+
+type kubeFeed struct{ src *workload.KubeSource }
+
+func (k kubeFeed) start(ctx context.Context) (*workload.State, error) { return k.src.Start(ctx) }
+
+func (k kubeFeed) run(ctx context.Context, store *workload.Store) { k.src.Run(ctx, store) }

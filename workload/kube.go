@@ -1,0 +1,216 @@
+package workload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// AuthorizationPolicyResource is the AuthorizationPolicy CRD's resource (deploy/crd.yaml).
+var AuthorizationPolicyResource = schema.GroupVersionResource{Group: "security.amesh.io", Version: "v1", Resource: "authorizationpolicies"}
+
+// KubeSource feeds a Store from the Kubernetes API server: shared informers (resync off) on
+// Namespaces, Pods, Services, EndpointSlices and AuthorizationPolicies; every change builds a new
+// State (KubeSpec, then NewState), bursts of events coalesced. Informers keep their cache across
+// API server restarts and resync when it is back, so the agent goes on serving from the last
+// State meanwhile. Create one, call Start, then Run.
+type KubeSource struct {
+	// Client and Dynamic reach the API server (Dynamic for AuthorizationPolicies).
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// TrustDomain of the SPIFFE IDs; RootNamespace holds mesh-wide policies (policy default when
+	// empty).
+	TrustDomain   spiffeid.TrustDomain
+	RootNamespace string
+	// Debounce is how long after an event the State is rebuilt, so that a burst makes one State;
+	// 20 ms when zero.
+	Debounce time.Duration
+	Logger   *slog.Logger
+	// PodIPs, when set, returns the pod IPs the agent learnt from the CNI plugin (Objects.PodIPs);
+	// call Refresh when they change.
+	PodIPs func() map[string][]netip.Addr
+
+	podLister  cacheLister[*corev1.Pod]
+	nsLister   cacheLister[*corev1.Namespace]
+	svcLister  cacheLister[*corev1.Service]
+	epsLister  cacheLister[*discoveryv1.EndpointSlice]
+	polLister  cacheLister[*unstructured.Unstructured]
+	changed    chan struct{}
+	problems   atomic.Int64
+	lastReport string
+}
+
+type cacheLister[T any] func() []T
+
+func lister[T any](inf cache.SharedIndexInformer) cacheLister[T] {
+	return func() []T {
+		objs := inf.GetStore().List()
+		out := make([]T, 0, len(objs))
+		for _, o := range objs {
+			if t, ok := o.(T); ok {
+				out = append(out, t)
+			}
+		}
+		return out
+	}
+}
+
+// Start starts the informers and returns the first State once every cache has synced (bounded by
+// ctx). A missing AuthorizationPolicy CRD is an error: without it the agent could not see the
+// policies it must enforce.
+func (k *KubeSource) Start(ctx context.Context) (*State, error) {
+	if k.Client == nil || k.Dynamic == nil {
+		return nil, errors.New("workload: kubernetes source needs a client and a dynamic client")
+	}
+	if k.Logger == nil {
+		k.Logger = slog.New(slog.DiscardHandler)
+	}
+	if k.Debounce <= 0 {
+		k.Debounce = 20 * time.Millisecond
+	}
+	if _, err := k.Dynamic.Resource(AuthorizationPolicyResource).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("workload: the AuthorizationPolicy CRD (security.amesh.io/v1) is not installed: apply deploy/crd.yaml: %w", err)
+		}
+		return nil, fmt.Errorf("workload: list AuthorizationPolicies: %w", err)
+	}
+	k.changed = make(chan struct{}, 1)
+	factory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, informers.WithTransform(trim))
+	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
+	pods := factory.Core().V1().Pods().Informer()
+	nss := factory.Core().V1().Namespaces().Informer()
+	svcs := factory.Core().V1().Services().Informer()
+	eps := factory.Discovery().V1().EndpointSlices().Informer()
+	pols := dfactory.ForResource(AuthorizationPolicyResource).Informer()
+	k.podLister, k.nsLister, k.svcLister = lister[*corev1.Pod](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
+	k.epsLister, k.polLister = lister[*discoveryv1.EndpointSlice](eps), lister[*unstructured.Unstructured](pols)
+	notify := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { k.poke() },
+		UpdateFunc: func(any, any) { k.poke() },
+		DeleteFunc: func(any) { k.poke() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
+		if _, err := inf.AddEventHandler(notify); err != nil {
+			return nil, fmt.Errorf("workload: watch: %w", err)
+		}
+		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			k.Logger.Warn("kubernetes watch interrupted; serving from the cache until it resyncs", "err", err)
+		}); err != nil {
+			return nil, fmt.Errorf("workload: watch: %w", err)
+		}
+	}
+	factory.Start(ctx.Done())
+	dfactory.Start(ctx.Done())
+	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return nil, fmt.Errorf("workload: kubernetes caches did not sync: %w", context.Cause(ctx))
+		}
+	}
+	st, err := k.build()
+	if err != nil {
+		return nil, err
+	}
+	// The events of the initial list were only the sync: drop them.
+	select {
+	case <-k.changed:
+	default:
+	}
+	return st, nil
+}
+
+// Refresh makes Run build a new State soon, as if an object had changed.
+func (k *KubeSource) Refresh() { k.poke() }
+
+func (k *KubeSource) poke() {
+	select {
+	case k.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run replaces store's State after every change until ctx is done. A State that fails to build
+// (it should not: KubeSpec leaves out what NewState would refuse) is logged and the previous one
+// kept.
+func (k *KubeSource) Run(ctx context.Context, store *Store) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-k.changed:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(k.Debounce):
+		}
+		select { // events during the wait are in this build
+		case <-k.changed:
+		default:
+		}
+		st, err := k.build()
+		if err != nil {
+			k.Logger.Error("kubernetes state rejected; keeping the previous one", "err", err)
+			continue
+		}
+		store.Replace(st)
+	}
+}
+
+// Problems returns how many objects were left out or replaced (invalid policies) so far.
+func (k *KubeSource) Problems() int64 { return k.problems.Load() }
+
+func (k *KubeSource) build() (*State, error) {
+	objs := Objects{
+		Namespaces: k.nsLister(), Pods: k.podLister(), Services: k.svcLister(),
+		EndpointSlices: k.epsLister(), Policies: k.polLister(),
+	}
+	if k.PodIPs != nil {
+		objs.PodIPs = k.PodIPs()
+	}
+	spec, problems := KubeSpec(k.TrustDomain, k.RootNamespace, objs)
+	if len(problems) > 0 {
+		k.problems.Add(int64(len(problems)))
+		// Logged when they change, not on every rebuild.
+		if report := errors.Join(problems...).Error(); report != k.lastReport {
+			k.lastReport = report
+			for _, p := range problems {
+				k.Logger.Warn("kubernetes object not used as written", "err", p)
+			}
+		}
+	} else {
+		k.lastReport = ""
+	}
+	st, err := NewState(spec)
+	if err != nil {
+		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
+	}
+	return st, nil
+}
+
+// trim drops what the agent never reads from cached objects (managed fields, annotations such as
+// kubectl's last-applied configuration), which are most of a pod's size.
+func trim(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+		m.SetAnnotations(nil)
+	}
+	return obj, nil
+}

@@ -1,0 +1,420 @@
+package workload
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/amesh-dev/amesh/policy"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// The labels a user sets, as in Istio ambient (istio.io/dataplane-mode, istio.io/use-waypoint).
+const (
+	// LabelDataplaneMode on a namespace ("ambient") puts its pods in the mesh; on a pod, "none"
+	// takes it out and "ambient" puts it in whatever its namespace says.
+	LabelDataplaneMode = "amesh.io/dataplane-mode"
+	// LabelUseWaypoint on a namespace, pod or service names the waypoint its traffic goes through.
+	LabelUseWaypoint = "amesh.io/use-waypoint"
+	// LabelInboundMode on a namespace or pod ("permissive") lets plaintext in besides HBONE; the
+	// default is strict.
+	LabelInboundMode = "amesh.io/inbound-mode"
+)
+
+// Objects is what the Kubernetes source reads from the API server; KubeSpec turns it into a Spec.
+type Objects struct {
+	Namespaces     []*corev1.Namespace
+	Pods           []*corev1.Pod
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
+	// Policies are AuthorizationPolicy objects (security.amesh.io/v1), as the dynamic client
+	// returns them.
+	Policies []*unstructured.Unstructured
+	// PodIPs are IPs the agent learnt from the CNI plugin, by pod UID: a pod being created has
+	// them before its status.podIPs says so (the kubelet writes status after CNI ADD returns).
+	PodIPs map[string][]netip.Addr
+}
+
+// KubeSpec converts the cluster's objects into a Spec that NewState accepts: objects amesh cannot
+// represent are left out (pods without an IP or node yet, host-network pods, headless services)
+// and conflicts are settled the way the cluster itself would (of two pods with one IP, the newer
+// is the live one). Each object left out for a reason a user should know, and each invalid
+// AuthorizationPolicy, is reported in problems; an invalid policy is not dropped but replaced by
+// one that denies every connection to the workloads it selects, so a typo never opens access.
+func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, problems []error) {
+	spec = Spec{TrustDomain: td, RootNamespace: rootNS}
+	nsLabels := make(map[string]map[string]string, len(objs.Namespaces))
+	for _, ns := range objs.Namespaces {
+		nsLabels[ns.Name] = ns.Labels
+	}
+
+	// Pods: newest first, so that the newer of two pods claiming one IP wins.
+	pods := slices.Clone(objs.Pods)
+	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
+		if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	takenIP := map[netip.Addr]string{}
+	nodeIP := map[string]netip.Addr{}
+	nodeOfIP := map[netip.Addr]string{}
+	for _, pod := range pods {
+		w, ok := kubeWorkload(pod, nsLabels[pod.Namespace], objs.PodIPs[string(pod.UID)])
+		if !ok {
+			continue
+		}
+		ips := w.IPs[:0:0]
+		for _, ip := range w.IPs {
+			if other, dup := takenIP[ip]; dup {
+				problems = append(problems, fmt.Errorf("pod %s/%s: ip %s is also pod %s's (the newer pod keeps it)", pod.Namespace, pod.Name, ip, other))
+				continue
+			}
+			ips = append(ips, ip)
+		}
+		if len(ips) == 0 {
+			continue
+		}
+		w.IPs = ips
+		if known := nodeIP[w.Node]; !known.IsValid() && w.HostIP.IsValid() {
+			if other, dup := nodeOfIP[w.HostIP]; dup && other != w.Node {
+				problems = append(problems, fmt.Errorf("node %s: host ip %s is also node %s's", w.Node, w.HostIP, other))
+				w.HostIP = netip.Addr{}
+			} else {
+				nodeIP[w.Node], nodeOfIP[w.HostIP] = w.HostIP, w.Node
+			}
+		} else if _, seen := nodeIP[w.Node]; !seen {
+			nodeIP[w.Node] = netip.Addr{} // known by name until a pod tells its IP
+		}
+		for _, ip := range w.IPs {
+			takenIP[ip] = pod.Namespace + "/" + pod.Name
+		}
+		spec.Workloads = append(spec.Workloads, w)
+	}
+	for name, ip := range nodeIP {
+		spec.Nodes = append(spec.Nodes, Node{Name: name, IP: ip})
+	}
+
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, es := range objs.EndpointSlices {
+		if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
+			k := es.Namespace + "/" + svc
+			slicesBySvc[k] = append(slicesBySvc[k], es)
+		}
+	}
+	for _, svc := range objs.Services {
+		s, errs := kubeService(svc, nsLabels[svc.Namespace], slicesBySvc[svc.Namespace+"/"+svc.Name], takenIP)
+		problems = append(problems, errs...)
+		if s == nil {
+			continue
+		}
+		for _, vip := range s.VIPs {
+			takenIP[vip] = "service " + s.Key()
+		}
+		spec.Services = append(spec.Services, *s)
+	}
+
+	for _, u := range objs.Policies {
+		p, err := KubePolicy(u)
+		if err != nil {
+			problems = append(problems, err)
+		}
+		spec.Policies = append(spec.Policies, p)
+	}
+	return spec, problems
+}
+
+// kubeWorkload converts a pod; ok is false for pods amesh does not represent.
+func kubeWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Addr) (Workload, bool) {
+	if pod.Spec.HostNetwork || pod.Spec.NodeName == "" ||
+		pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return Workload{}, false
+	}
+	w := Workload{
+		UID: string(pod.UID), Name: pod.Name, Namespace: pod.Namespace,
+		ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
+		Node:           pod.Spec.NodeName, Labels: pod.Labels,
+		Mode:        ModeNone,
+		InboundMode: InboundStrict,
+		Waypoint:    cmp.Or(pod.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
+	}
+	if w.UID == "" {
+		w.UID = pod.Namespace + "/" + pod.Name
+	}
+	switch pod.Labels[LabelDataplaneMode] {
+	case "none":
+	case "ambient":
+		w.Mode = ModeAmbient
+	default:
+		if nsLabels[LabelDataplaneMode] == "ambient" {
+			w.Mode = ModeAmbient
+		}
+	}
+	if cmp.Or(pod.Labels[LabelInboundMode], nsLabels[LabelInboundMode]) == "permissive" {
+		w.InboundMode = InboundPermissive
+	}
+	for _, pip := range pod.Status.PodIPs {
+		if ip, err := netip.ParseAddr(pip.IP); err == nil {
+			w.IPs = append(w.IPs, ip.Unmap())
+		}
+	}
+	if len(w.IPs) == 0 && pod.Status.PodIP != "" {
+		if ip, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			w.IPs = append(w.IPs, ip.Unmap())
+		}
+	}
+	if len(w.IPs) == 0 {
+		w.IPs = slices.Clone(cniIPs)
+	}
+	if len(w.IPs) == 0 {
+		return Workload{}, false // no IP yet: its sandbox is not set up
+	}
+	if ip, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
+		w.HostIP = ip.Unmap()
+	}
+	w.ProbePorts = probePorts(pod)
+	return w, true
+}
+
+// probePorts returns the sorted, distinct ports of the pod's kubelet probes, named ports resolved
+// against the container's ports.
+func probePorts(pod *corev1.Pod) []uint16 {
+	var out []uint16
+	for _, c := range pod.Spec.Containers {
+		for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+			if pr == nil {
+				continue
+			}
+			var port intstr.IntOrString
+			switch {
+			case pr.HTTPGet != nil:
+				port = pr.HTTPGet.Port
+			case pr.TCPSocket != nil:
+				port = pr.TCPSocket.Port
+			case pr.GRPC != nil:
+				port = intstr.FromInt32(pr.GRPC.Port)
+			default:
+				continue // exec probes run inside the container: no connection
+			}
+			if v := resolvePort(port, c.Ports); v != 0 {
+				out = append(out, v)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func resolvePort(p intstr.IntOrString, ports []corev1.ContainerPort) uint16 {
+	if p.Type == intstr.Int {
+		if p.IntVal > 0 && p.IntVal <= 65535 {
+			return uint16(p.IntVal)
+		}
+		return 0
+	}
+	for _, cp := range ports {
+		if cp.Name == p.StrVal && cp.ContainerPort > 0 && cp.ContainerPort <= 65535 {
+			return uint16(cp.ContainerPort)
+		}
+	}
+	return 0
+}
+
+// kubeService converts a service with its EndpointSlices; nil for services without a VIP.
+func kubeService(svc *corev1.Service, nsLabels map[string]string, eps []*discoveryv1.EndpointSlice, taken map[netip.Addr]string) (*Service, []error) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil, nil
+	}
+	key := svc.Namespace + "/" + svc.Name
+	var problems []error
+	out := &Service{
+		Name: svc.Name, Namespace: svc.Namespace,
+		Waypoint:    cmp.Or(svc.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
+		EndpointIPs: []netip.Addr{}, // endpoints come from EndpointSlices only, even when there are none
+	}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if s == corev1.ClusterIPNone {
+			return nil, nil // headless: clients dial the pods, which amesh sees as workloads
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		ip = ip.Unmap()
+		if other, dup := taken[ip]; dup {
+			problems = append(problems, fmt.Errorf("service %s: cluster ip %s is also %s's: left out", key, ip, other))
+			continue
+		}
+		out.VIPs = append(out.VIPs, ip)
+	}
+	if len(out.VIPs) == 0 {
+		return nil, problems
+	}
+	// A named targetPort is resolved through the slices: their ports carry the service port's name
+	// and the number the endpoints listen on.
+	slicePort := map[string]uint16{}
+	for _, es := range eps {
+		for _, p := range es.Ports {
+			if p.Port != nil && *p.Port > 0 && *p.Port <= 65535 && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
+				name := ""
+				if p.Name != nil {
+					name = *p.Name
+				}
+				slicePort[name] = uint16(*p.Port)
+			}
+		}
+	}
+	for _, sp := range svc.Spec.Ports {
+		if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		target := uint16(0)
+		switch {
+		case sp.TargetPort.Type == intstr.Int && sp.TargetPort.IntVal > 0 && sp.TargetPort.IntVal <= 65535:
+			target = uint16(sp.TargetPort.IntVal)
+		case sp.TargetPort.Type == intstr.String && sp.TargetPort.StrVal != "":
+			target = slicePort[sp.Name]
+			if target == 0 {
+				problems = append(problems, fmt.Errorf("service %s: port %d: named targetPort %q not in its EndpointSlices yet", key, sp.Port, sp.TargetPort.StrVal))
+				continue
+			}
+		}
+		out.Ports = append(out.Ports, ServicePort{Port: uint16(sp.Port), TargetPort: target})
+	}
+	seen := map[netip.Addr]bool{}
+	for _, es := range eps {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue // as kube-proxy: not ready, no new connections
+			}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil && !seen[ip.Unmap()] {
+					seen[ip.Unmap()] = true
+					out.EndpointIPs = append(out.EndpointIPs, ip.Unmap())
+				}
+			}
+		}
+	}
+	slices.SortFunc(out.EndpointIPs, netip.Addr.Compare)
+	return out, problems
+}
+
+// The AuthorizationPolicy spec, Istio's L4 shape; deploy/crd.yaml is its schema.
+type (
+	kubePolicySpec struct {
+		Selector *struct {
+			MatchLabels map[string]string `json:"matchLabels"`
+		} `json:"selector"`
+		Action string `json:"action"`
+		Rules  []struct {
+			From []struct {
+				Source struct {
+					Principals    []string `json:"principals"`
+					NotPrincipals []string `json:"notPrincipals"`
+					Namespaces    []string `json:"namespaces"`
+					NotNamespaces []string `json:"notNamespaces"`
+				} `json:"source"`
+			} `json:"from"`
+			To []struct {
+				Operation struct {
+					Ports    []string `json:"ports"`
+					NotPorts []string `json:"notPorts"`
+				} `json:"operation"`
+			} `json:"to"`
+		} `json:"rules"`
+	}
+)
+
+// KubePolicy converts an AuthorizationPolicy object. Fields amesh does not know (L7 ones such as
+// methods or paths, which the CRD's schema already refuses) and invalid values are an error; the
+// Policy returned with an error denies every connection to the workloads it selects (an ALLOW
+// with no rules), so that a policy amesh cannot enforce as written fails closed.
+func KubePolicy(u *unstructured.Unstructured) (policy.Policy, error) {
+	p := policy.Policy{Name: u.GetName(), Namespace: u.GetNamespace()}
+	failClosed := func(err error) (policy.Policy, error) {
+		closed := policy.Policy{Name: p.Name, Namespace: p.Namespace, Selector: p.Selector, Action: policy.Allow, Rules: []policy.Rule{}}
+		if policy.ValidateLabels(closed.Selector) != nil {
+			closed.Selector = nil // a selector we cannot read: deny for the whole namespace
+		}
+		return closed, fmt.Errorf("workload: AuthorizationPolicy %s/%s: %w: denying all traffic to the workloads it selects until it is fixed", p.Namespace, p.Name, err)
+	}
+	raw, _, err := unstructured.NestedFieldNoCopy(u.Object, "spec")
+	if err != nil {
+		return failClosed(err)
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return failClosed(err)
+	}
+	var spec kubePolicySpec
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil && raw != nil {
+		if spec.Selector != nil {
+			p.Selector = spec.Selector.MatchLabels
+		}
+		return failClosed(fmt.Errorf("spec: %w", err))
+	}
+	if spec.Selector != nil {
+		p.Selector = spec.Selector.MatchLabels
+	}
+	switch spec.Action {
+	case "", "ALLOW":
+		p.Action = policy.Allow
+	case "DENY":
+		p.Action = policy.Deny
+	default:
+		return failClosed(fmt.Errorf("action %q is not ALLOW or DENY (amesh enforces L4 only)", spec.Action))
+	}
+	if spec.Rules != nil {
+		p.Rules = make([]policy.Rule, 0, len(spec.Rules))
+	}
+	var errs []error
+	for r, rule := range spec.Rules {
+		var nr policy.Rule
+		for _, f := range rule.From {
+			s := f.Source
+			nr.From = append(nr.From, policy.Source{Principals: s.Principals, NotPrincipals: s.NotPrincipals, Namespaces: s.Namespaces, NotNamespaces: s.NotNamespaces})
+		}
+		for t, to := range rule.To {
+			ports := func(field string, in []string) []uint16 {
+				var out []uint16
+				for k, s := range in {
+					v, err := strconv.ParseUint(s, 10, 16)
+					if err != nil || v == 0 {
+						errs = append(errs, fmt.Errorf("rules[%d].to[%d].operation.%s[%d]: port %q is not a number in 1..65535", r, t, field, k, s))
+						continue
+					}
+					out = append(out, uint16(v))
+				}
+				return out
+			}
+			nr.To = append(nr.To, policy.Operation{Ports: ports("ports", to.Operation.Ports), NotPorts: ports("notPorts", to.Operation.NotPorts)})
+		}
+		p.Rules = append(p.Rules, nr)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return failClosed(err)
+	}
+	if err := policy.Validate(p); err != nil {
+		return failClosed(err)
+	}
+	return p, nil
+}
