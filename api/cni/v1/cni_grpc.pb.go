@@ -32,16 +32,23 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Enrollment is served by the node's agent. Errors are gRPC status errors whose message says what
-// and why (e.g. FailedPrecondition "pod shop/web must be in the mesh but ..."); amesh-cni shows that
-// message to kubelet. The plugin treats Unavailable and DeadlineExceeded as "agent not reachable"
-// and falls back to asking the API server, so the agent must not use those codes for a refusal.
+// and why (e.g. FailedPrecondition "pod shop/web must be in the mesh but ..."); amesh-cni fails the
+// call with that message, which kubelet shows in the pod's events. Only when the agent cannot be
+// reached, or gives no answer before the call's deadline (DeadlineExceeded), does amesh-cni decide
+// alone (asking the API server whether the pod must be in the mesh); so an agent that gives up on
+// a pod answers another code (Unavailable, FailedPrecondition), not DeadlineExceeded. At DEL,
+// Unavailable is ignored like an unreachable agent.
 type EnrollmentClient interface {
 	// AddPod returns once the pod is enrolled (listeners up, redirection attached, certificate warmed),
 	// or, for a pod that is not in the mesh, at once with enrolled=false (the agent still records its netns).
 	AddPod(ctx context.Context, in *AddPodRequest, opts ...grpc.CallOption) (*AddPodReply, error)
-	// DelPod forgets the pod; the plugin calls it at CNI DEL, best effort.
+	// DelPod forgets the pod (CNI DEL). It must succeed for a pod the agent does not know: DEL is
+	// repeated, and comes for pods whose ADD failed. An error fails the DEL and kubelet retries it;
+	// an unreachable agent, or one answering Unavailable, does not fail it (the agent reconciles on
+	// restart).
 	DelPod(ctx context.Context, in *DelPodRequest, opts ...grpc.CallOption) (*DelPodReply, error)
-	// CheckPod answers whether the pod is as AddPod left it (CNI CHECK).
+	// CheckPod answers whether the pod is as AddPod left it (CNI CHECK): an error (e.g.
+	// FailedPrecondition) if it must be enrolled and is not, enrolled=false for a pod not in the mesh.
 	CheckPod(ctx context.Context, in *CheckPodRequest, opts ...grpc.CallOption) (*CheckPodReply, error)
 }
 
@@ -88,16 +95,23 @@ func (c *enrollmentClient) CheckPod(ctx context.Context, in *CheckPodRequest, op
 // for forward compatibility.
 //
 // Enrollment is served by the node's agent. Errors are gRPC status errors whose message says what
-// and why (e.g. FailedPrecondition "pod shop/web must be in the mesh but ..."); amesh-cni shows that
-// message to kubelet. The plugin treats Unavailable and DeadlineExceeded as "agent not reachable"
-// and falls back to asking the API server, so the agent must not use those codes for a refusal.
+// and why (e.g. FailedPrecondition "pod shop/web must be in the mesh but ..."); amesh-cni fails the
+// call with that message, which kubelet shows in the pod's events. Only when the agent cannot be
+// reached, or gives no answer before the call's deadline (DeadlineExceeded), does amesh-cni decide
+// alone (asking the API server whether the pod must be in the mesh); so an agent that gives up on
+// a pod answers another code (Unavailable, FailedPrecondition), not DeadlineExceeded. At DEL,
+// Unavailable is ignored like an unreachable agent.
 type EnrollmentServer interface {
 	// AddPod returns once the pod is enrolled (listeners up, redirection attached, certificate warmed),
 	// or, for a pod that is not in the mesh, at once with enrolled=false (the agent still records its netns).
 	AddPod(context.Context, *AddPodRequest) (*AddPodReply, error)
-	// DelPod forgets the pod; the plugin calls it at CNI DEL, best effort.
+	// DelPod forgets the pod (CNI DEL). It must succeed for a pod the agent does not know: DEL is
+	// repeated, and comes for pods whose ADD failed. An error fails the DEL and kubelet retries it;
+	// an unreachable agent, or one answering Unavailable, does not fail it (the agent reconciles on
+	// restart).
 	DelPod(context.Context, *DelPodRequest) (*DelPodReply, error)
-	// CheckPod answers whether the pod is as AddPod left it (CNI CHECK).
+	// CheckPod answers whether the pod is as AddPod left it (CNI CHECK): an error (e.g.
+	// FailedPrecondition) if it must be enrolled and is not, enrolled=false for a pod not in the mesh.
 	CheckPod(context.Context, *CheckPodRequest) (*CheckPodReply, error)
 	mustEmbedUnimplementedEnrollmentServer()
 }

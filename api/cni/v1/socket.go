@@ -4,10 +4,10 @@
 // plugins pinned in go.mod's tool block) and committed.
 //
 // The socket carries no TLS and no authentication: its file permissions are the access control.
-// The agent creates it in a directory only root can enter (DefaultSocket's /var/run/amesh, mode
-// 0700) with mode 0600, so only root on the node — kubelet and the container runtime, which run
-// the CNI plugin, and the agent itself — can enroll or forget a pod. Anything that can reach the
-// socket can take pods in and out of the mesh, so never mount it into a pod other than the agent's.
+// The agent must create it with mode 0600 in a directory only root can enter (DefaultSocket's
+// /var/run/amesh, mode 0700), so that only root on the node — the container runtime, which runs
+// the CNI plugin, and the agent itself — can enroll or forget a pod. Whoever can connect to the
+// socket can take pods in and out of the mesh: never mount it into a pod other than the agent's.
 package cniv1
 
 import (
