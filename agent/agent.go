@@ -90,9 +90,10 @@ type Agent struct {
 	srv        *tunnel.Server
 	cli        *tunnel.Client
 
-	mu   sync.Mutex
-	pods map[string]*pod // by workload UID
-	byIP map[netip.Addr]*pod
+	mu         sync.Mutex
+	pods       map[string]*pod  // by workload UID
+	enrollErrs map[string]error // by workload UID: why its last enrollment failed
+	byIP       map[netip.Addr]*pod
 
 	lbCounter atomic.Uint64
 	conns     sync.WaitGroup
@@ -126,7 +127,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if access == nil {
 		access = log
 	}
-	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}}
+	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{}}
 
 	a.cniPods.init()
 	if cfg.Kube != nil {
@@ -135,12 +136,11 @@ func New(cfg Config) (_ *Agent, err error) {
 	} else {
 		a.feed = fileFeed{&workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
 	}
-	// The feed lives as long as the agent; its first State must come within a minute.
+	// The feed (the informers) lives as long as the agent; the Kubernetes source bounds its own
+	// wait for the first State.
 	feedCtx, stopFeed := context.WithCancel(context.Background())
 	a.stopFeed = stopFeed
-	startCtx, cancelStart := context.WithTimeout(feedCtx, time.Minute)
-	st, err := a.feed.start(startCtx)
-	cancelStart()
+	st, err := a.feed.start(feedCtx)
 	if err != nil {
 		stopFeed()
 		return nil, fmt.Errorf("agent: state: %w", err)

@@ -145,6 +145,9 @@ func (e *enrollment) AddPod(ctx context.Context, req *cniv1.AddPodRequest) (*cni
 			return nil, status.Errorf(codes.Unavailable, "amesh-agent: pod %s is not in the agent's view of the cluster yet (%v): retry", name, err)
 		}
 	}
+	a.mu.Lock()
+	delete(a.enrollErrs, uid) // an earlier attempt's failure says nothing of this one
+	a.mu.Unlock()
 	a.cniPods.add(cniPod{uid: uid, namespace: req.GetPod().GetNamespace(), name: req.GetPod().GetName(), netns: req.GetNetns(), ips: ips})
 	for {
 		w := a.store.Load().WorkloadByUID(uid)
@@ -158,10 +161,19 @@ func (e *enrollment) AddPod(ctx context.Context, req *cniv1.AddPodRequest) (*cni
 			a.log.Info("cni add: pod enrolled", "pod", name, "uid", uid, "took", time.Since(start))
 			return &cniv1.AddPodReply{Enrolled: true, Detail: "enrolled"}, nil
 		}
+		if err := a.enrollErr(uid); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "amesh-agent: pod %s must be in the mesh but enrolling it failed: %v", name, err)
+		}
 		if err := sleepCtx(ctx, 2*time.Millisecond); err != nil {
 			return nil, status.Errorf(codes.Unavailable, "amesh-agent: pod %s (netns %s) must be in the mesh but was not enrolled in time (%v); see the agent's log: retry", name, req.GetNetns(), err)
 		}
 	}
+}
+
+func (a *Agent) enrollErr(uid string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.enrollErrs[uid]
 }
 
 // enrolledWith reports whether the pod with uid is enrolled in the netns at path.

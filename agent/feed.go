@@ -8,8 +8,8 @@ import (
 
 // feed is where the state view comes from: the YAML state file or the Kubernetes API server.
 type feed interface {
-	// start returns the first State; for Kubernetes, once the caches have synced (bounded by ctx,
-	// which also bounds the informers' life).
+	// start returns the first State; for Kubernetes, once the caches have synced. ctx bounds the
+	// life of what start starts (the informers), not the wait.
 	start(ctx context.Context) (*workload.State, error)
 	// run replaces store's State on every change until ctx is done.
 	run(ctx context.Context, store *workload.Store)

@@ -69,6 +69,11 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	for uid := range a.enrollErrs {
+		if _, ok := want[uid]; !ok {
+			delete(a.enrollErrs, uid)
+		}
+	}
 	for uid, p := range a.pods {
 		if w, ok := want[uid]; !ok || w.Netns != p.w.Netns || !slices.Equal(w.IPs, p.w.IPs) {
 			a.unenrollLocked(uid, p)
@@ -87,8 +92,10 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		p, err := a.enrollLocked(ctx, st, w)
 		if err != nil {
 			a.log.Error("enroll failed: the pod's traffic is refused until it succeeds", "pod", uid, "netns", w.Netns, "err", err)
+			a.enrollErrs[uid] = err
 			continue
 		}
+		delete(a.enrollErrs, uid)
 		a.log.Info("pod enrolled", "pod", uid, "id", p.id.String(), "ips", w.IPs, "netns_cookie", p.cookie, "took", time.Since(start))
 	}
 	keep := map[uint64]bool{}
@@ -172,9 +179,11 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	p = &pod{w: w, id: id, cancel: cancel}
+	// Stop what was opened on any failure; the error returns name p nil, so hold it here.
+	opened := p
 	defer func() {
 		if err != nil {
-			p.stop()
+			opened.stop()
 		}
 	}()
 	listen := func(addr string) (*net.TCPListener, error) {

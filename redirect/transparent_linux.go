@@ -30,8 +30,8 @@ const transparentTable = 100
 // connections carry leaves other traffic, kubelet probes included, untouched. Idempotent.
 func SetupTransparentRouting(path string) error {
 	return InNetns(path, func() error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fwmark_accept", []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("set tcp_fwmark_accept: %w", err)
+		if err := setFwmarkAccept(); err != nil {
+			return err
 		}
 		h, err := netlink.NewHandle()
 		if err != nil {
@@ -131,4 +131,30 @@ func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip
 		return nil, fmt.Errorf("redirect: connect %s -> %s in %s: %w", src, dst, path, err)
 	}
 	return c, nil
+}
+
+// HostProcEnv names the environment variable with the path of the node's procfs inside a
+// container (the DaemonSet mounts it at /host/proc, its default).
+const HostProcEnv = "AMESH_HOST_PROC"
+
+// setFwmarkAccept sets net.ipv4.tcp_fwmark_accept in the calling thread's netns. A container's
+// own /proc/sys is read-only, so on failure it writes through the node's procfs: /proc/sys/net
+// shows the netns of the thread that opens it, whichever procfs mount it is opened through.
+func setFwmarkAccept() error {
+	const key = "sys/net/ipv4/tcp_fwmark_accept"
+	err := os.WriteFile("/proc/"+key, []byte("1"), 0o644)
+	if err == nil {
+		return nil
+	}
+	hostProc := os.Getenv(HostProcEnv)
+	if hostProc == "" {
+		hostProc = "/host/proc"
+	}
+	if _, serr := os.Stat(hostProc + "/" + key); serr != nil {
+		return fmt.Errorf("set tcp_fwmark_accept: %w (and no node procfs at %s: mount it there or set %s)", err, hostProc, HostProcEnv)
+	}
+	if err2 := os.WriteFile(hostProc+"/"+key, []byte("1"), 0o644); err2 != nil {
+		return fmt.Errorf("set tcp_fwmark_accept: %w; through %s: %w", err, hostProc, err2)
+	}
+	return nil
 }

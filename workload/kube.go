@@ -43,7 +43,9 @@ type KubeSource struct {
 	// Debounce is how long after an event the State is rebuilt, so that a burst makes one State;
 	// 20 ms when zero.
 	Debounce time.Duration
-	Logger   *slog.Logger
+	// SyncTimeout bounds Start's wait for the caches; a minute when zero.
+	SyncTimeout time.Duration
+	Logger      *slog.Logger
 	// PodIPs, when set, returns the pod IPs the agent learnt from the CNI plugin (Objects.PodIPs);
 	// call Refresh when they change.
 	PodIPs func() map[string][]netip.Addr
@@ -54,6 +56,7 @@ type KubeSource struct {
 	epsLister  cacheLister[*discoveryv1.EndpointSlice]
 	polLister  cacheLister[*unstructured.Unstructured]
 	changed    chan struct{}
+	urgent     chan struct{}
 	problems   atomic.Int64
 	lastReport string
 }
@@ -73,9 +76,9 @@ func lister[T any](inf cache.SharedIndexInformer) cacheLister[T] {
 	}
 }
 
-// Start starts the informers and returns the first State once every cache has synced (bounded by
-// ctx). A missing AuthorizationPolicy CRD is an error: without it the agent could not see the
-// policies it must enforce.
+// Start starts the informers, which run until ctx is done, and returns the first State once
+// every cache has synced, waiting at most SyncTimeout. A missing AuthorizationPolicy CRD is an
+// error: without it the agent could not see the policies it must enforce.
 func (k *KubeSource) Start(ctx context.Context) (*State, error) {
 	if k.Client == nil || k.Dynamic == nil {
 		return nil, errors.New("workload: kubernetes source needs a client and a dynamic client")
@@ -86,13 +89,19 @@ func (k *KubeSource) Start(ctx context.Context) (*State, error) {
 	if k.Debounce <= 0 {
 		k.Debounce = 20 * time.Millisecond
 	}
-	if _, err := k.Dynamic.Resource(AuthorizationPolicyResource).List(ctx, metav1.ListOptions{Limit: 1}); err != nil {
+	if k.SyncTimeout <= 0 {
+		k.SyncTimeout = time.Minute
+	}
+	syncCtx, cancel := context.WithTimeout(ctx, k.SyncTimeout)
+	defer cancel()
+	if _, err := k.Dynamic.Resource(AuthorizationPolicyResource).List(syncCtx, metav1.ListOptions{Limit: 1}); err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("workload: the AuthorizationPolicy CRD (security.amesh.io/v1) is not installed: apply deploy/crd.yaml: %w", err)
 		}
 		return nil, fmt.Errorf("workload: list AuthorizationPolicies: %w", err)
 	}
 	k.changed = make(chan struct{}, 1)
+	k.urgent = make(chan struct{}, 1)
 	factory := informers.NewSharedInformerFactoryWithOptions(k.Client, 0, informers.WithTransform(trim))
 	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(k.Dynamic, 0)
 	pods := factory.Core().V1().Pods().Informer()
@@ -120,8 +129,8 @@ func (k *KubeSource) Start(ctx context.Context) (*State, error) {
 	factory.Start(ctx.Done())
 	dfactory.Start(ctx.Done())
 	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
-		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			return nil, fmt.Errorf("workload: kubernetes caches did not sync: %w", context.Cause(ctx))
+		if !cache.WaitForCacheSync(syncCtx.Done(), inf.HasSynced) {
+			return nil, fmt.Errorf("workload: kubernetes caches did not sync within %v: %w", k.SyncTimeout, context.Cause(syncCtx))
 		}
 	}
 	st, err := k.build()
@@ -136,8 +145,14 @@ func (k *KubeSource) Start(ctx context.Context) (*State, error) {
 	return st, nil
 }
 
-// Refresh makes Run build a new State soon, as if an object had changed.
-func (k *KubeSource) Refresh() { k.poke() }
+// Refresh makes Run build a new State at once, without the debounce: for a pod whose CNI ADD
+// waits on it.
+func (k *KubeSource) Refresh() {
+	select {
+	case k.urgent <- struct{}{}:
+	default:
+	}
+}
 
 func (k *KubeSource) poke() {
 	select {
@@ -154,12 +169,14 @@ func (k *KubeSource) Run(ctx context.Context, store *Store) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-k.urgent:
 		case <-k.changed:
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(k.Debounce):
+			select {
+			case <-ctx.Done():
+				return
+			case <-k.urgent:
+			case <-time.After(k.Debounce):
+			}
 		}
 		select { // events during the wait are in this build
 		case <-k.changed:

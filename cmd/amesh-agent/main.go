@@ -16,6 +16,7 @@ import (
 
 	"github.com/amesh-dev/amesh/agent"
 	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
+	"github.com/amesh-dev/amesh/cniplugin"
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -37,6 +38,9 @@ func env(name, def string) string {
 }
 
 func run() int {
+	if len(os.Args) > 1 && (os.Args[1] == "install-cni" || os.Args[1] == "uninstall-cni") {
+		return installCNI(os.Args[1], os.Args[2:])
+	}
 	fs := flag.NewFlagSet("amesh-agent", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `amesh-agent: the amesh node agent.
@@ -51,6 +55,7 @@ never sent in plaintext; a restarted agent re-adopts them.
 
 Usage: amesh-agent --node NAME --state FILE [flags]
        amesh-agent --node NAME --kube [--kubeconfig FILE] [flags]
+       amesh-agent install-cni|uninstall-cni [flags]   (the DaemonSet's init container; -h)
        amesh-agent --uninstall [--node NAME | --pin-dir DIR]
 
 Flags (environment variable in brackets):
@@ -162,4 +167,62 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*work
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return &workload.KubeSource{Client: cs, Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
+}
+
+// installCNI is `amesh-agent install-cni` (the DaemonSet's init container: put amesh-cni in the
+// node's CNI bin dir and chain it into the primary configuration, with a kubeconfig of the pod's
+// service account for when the agent is unreachable) and `uninstall-cni` (take both out again).
+func installCNI(verb string, args []string) int {
+	fs := flag.NewFlagSet("amesh-agent "+verb, flag.ContinueOnError)
+	binDir := fs.String("cni-bin-dir", "/host/opt/cni/bin", "the node's CNI bin directory, as mounted here")
+	confDir := fs.String("cni-conf-dir", "/host/etc/cni/net.d", "the node's CNI configuration directory, as mounted here")
+	hostConfDir := fs.String("host-cni-conf-dir", "/etc/cni/net.d", "the same directory as the node sees it (written into the plugin entry)")
+	plugin := fs.String("plugin-binary", "", "the amesh-cni binary to install (default: amesh-cni beside this program)")
+	socket := fs.String("agent-socket", cniv1.DefaultSocket, "the agent's enrollment socket on the node")
+	kubeconfig := fs.Bool("kubeconfig", true, "write a kubeconfig of this pod's service account for the plugin (in-cluster only)")
+	pluginKubeconfig := fs.String("plugin-kubeconfig", "", "use this kubeconfig (a node path) for the plugin instead of writing one")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *plugin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+			return 1
+		}
+		*plugin = filepath.Join(filepath.Dir(self), "amesh-cni")
+	}
+	cfg := cniplugin.InstallConfig{BinDir: *binDir, ConfDir: *confDir, PluginBinary: *plugin, AgentSocket: *socket}
+	if verb == "uninstall-cni" {
+		if err := cniplugin.Uninstall(cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+			return 1
+		}
+		fmt.Println("amesh-cni removed from", *confDir)
+		return 0
+	}
+	if *pluginKubeconfig != "" {
+		cfg.Kubeconfig = *pluginKubeconfig
+	} else if *kubeconfig {
+		sa, err := cniplugin.InClusterServiceAccount()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-agent:", err, "(pass --kubeconfig=false outside a pod)")
+			return 1
+		}
+		path, err := cniplugin.WriteKubeconfig(*confDir, sa)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+			return 1
+		}
+		cfg.Kubeconfig = filepath.Join(*hostConfDir, filepath.Base(path))
+	}
+	if err := cniplugin.Install(context.Background(), cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+		return 1
+	}
+	fmt.Println("amesh-cni chained into the primary configuration in", *confDir)
+	return 0
 }
