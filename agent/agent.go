@@ -155,7 +155,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	}
 	a.store = workload.NewStore(st)
 
-	ca, err := loadOrCreateCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL)
+	ca, err := loadOrCreateCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL, cfg.Kube == nil)
 	if err != nil {
 		return nil, err
 	}
@@ -211,7 +211,10 @@ func (a *Agent) chooseSameNode() error {
 	return nil
 }
 
-func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*identity.CA, error) {
+// loadOrCreateCA loads the built-in CA from dir, or, when create is set and dir has none, makes
+// one there. In a cluster create is off: every node must issue from the one root the
+// amesh-ca Secret holds (deploy/), and an agent with a root of its own would split the mesh.
+func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration, create bool) (*identity.CA, error) {
 	if dir == "" {
 		return nil, errors.New("agent: no CA directory (--ca-dir)")
 	}
@@ -222,6 +225,9 @@ func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration) (*id
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: %w", err)
+	}
+	if !create {
+		return nil, fmt.Errorf("agent: no CA in %s (with --kube it is the amesh-ca Secret that deploy/'s amesh-ca-init Job creates, mounted there): %w", dir, err)
 	}
 	// No CA yet: make one beside dir and rename it into place, so that agents starting together
 	// agree on one root (the loser of the rename loads the winner's).

@@ -38,8 +38,13 @@ func env(name, def string) string {
 }
 
 func run() int {
-	if len(os.Args) > 1 && (os.Args[1] == "install-cni" || os.Args[1] == "uninstall-cni") {
-		return installCNI(os.Args[1], os.Args[2:])
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "install-cni", "uninstall-cni":
+			return installCNI(os.Args[1], os.Args[2:])
+		case "create-ca":
+			return createCA(os.Args[2:])
+		}
 	}
 	fs := flag.NewFlagSet("amesh-agent", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -56,6 +61,7 @@ never sent in plaintext; a restarted agent re-adopts them.
 Usage: amesh-agent --node NAME --state FILE [flags]
        amesh-agent --node NAME --kube [--kubeconfig FILE] [flags]
        amesh-agent install-cni|uninstall-cni [flags]   (the DaemonSet's init container; -h)
+       amesh-agent create-ca [flags]                   (deploy/'s Job: the cluster's CA Secret; -h)
        amesh-agent --uninstall [--node NAME | --pin-dir DIR]
 
 Flags (environment variable in brackets):
@@ -148,16 +154,10 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*work
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
 	}
-	var rc *rest.Config
-	if kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := restConfig(kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
+		return nil, err
 	}
-	rc.UserAgent = "amesh-agent"
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
@@ -225,4 +225,21 @@ func installCNI(verb string, args []string) int {
 	}
 	fmt.Println("amesh-cni chained into the primary configuration in", *confDir)
 	return 0
+}
+
+// restConfig is the client configuration of a kubeconfig, or of the in-cluster service account
+// when kubeconfig is empty.
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "amesh-agent"
+	return rc, nil
 }

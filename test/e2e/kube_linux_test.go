@@ -86,7 +86,8 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 		t.Fatalf("lo up: %v %s", err, out)
 	}
 	agentUser := k8s.ServiceAccountUser("amesh-system", "amesh-agent")
-	c.cp, err = k8s.Start(ctx, k8s.Config{Netns: l.Node("cp").Netns, BindIP: l.Node("cp").IP.String(), Users: []k8s.User{agentUser}, Dir: c.dir})
+	caUser := k8s.ServiceAccountUser("amesh-system", "amesh-ca-init")
+	c.cp, err = k8s.Start(ctx, k8s.Config{Netns: l.Node("cp").Netns, BindIP: l.Node("cp").IP.String(), Users: []k8s.User{agentUser, caUser}, Dir: c.dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +111,7 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 	if err := c.cp.WriteKubeconfig(kubeconfig, c.token); err != nil {
 		t.Fatal(err)
 	}
+	c.caSecret(caUser)
 	for i, node := range []string{"node1", "node2"} {
 		n := l.Node(node)
 		// Each node routes the other's pod CIDR over the underlay, as a flat-network CNI would.
@@ -181,6 +183,46 @@ func repoPath(t *testing.T, rel string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// caSecret plays deploy/'s amesh-ca-init Job (amesh-agent create-ca, with that Job's
+// ServiceAccount, so its Role is what is tested) and the kubelet mounting the Secret it made where
+// the agents read their CA.
+func (c *kubeCluster) caSecret(caUser k8s.User) {
+	t := c.t
+	token, err := c.cp.Token(caUser.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(c.dir, "ca-init.kubeconfig")
+	if err := c.cp.WriteKubeconfig(kc, token); err != nil {
+		t.Fatal(err)
+	}
+	createCA := func() string {
+		cmd := exec.Command(agentBin, "create-ca", "--kubeconfig", kc)
+		out, err := c.lab.Command(context.Background(), c.lab.Node("node1").Netns, cmd.Path, cmd.Args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("amesh-agent create-ca: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	if out := createCA(); !strings.Contains(out, "created secret amesh-system/amesh-ca") {
+		t.Fatalf("create-ca: %q", out)
+	}
+	if out := createCA(); !strings.Contains(out, "already holds the CA") {
+		t.Fatalf("create-ca run again: %q, want the existing Secret left alone", out)
+	}
+	sec, err := c.cs.CoreV1().Secrets("amesh-system").Get(context.Background(), "amesh-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(c.dir, "ca")
+	os.MkdirAll(dir, 0o700)
+	for name, b := range sec.Data {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o400); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (c *kubeCluster) socket(node string) string {

@@ -97,8 +97,12 @@ func TestDeployRenders(t *testing.T) {
 		"ClusterRoleBinding /amesh-agent",
 		"CustomResourceDefinition /authorizationpolicies.security.amesh.io",
 		"DaemonSet amesh-system/amesh-agent",
+		"Job amesh-system/amesh-ca-init",
 		"Namespace /amesh-system",
+		"Role amesh-system/amesh-ca-init",
+		"RoleBinding amesh-system/amesh-ca-init",
 		"ServiceAccount amesh-system/amesh-agent",
+		"ServiceAccount amesh-system/amesh-ca-init",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("kubectl kustomize renders\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
