@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -24,7 +23,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/vishvananda/netns"
+
+	"github.com/amesh-dev/amesh/redirect"
 )
 
 // The integration tests run the real chain — the reference bridge and host-local plugins, then
@@ -88,40 +88,9 @@ func addNetns(t *testing.T, name string) string {
 	return "/run/netns/" + name
 }
 
-// inNetns runs fn on a fresh goroutine locked to its OS thread in the namespace at path, so
-// that what fn starts (the plugins libcni executes) starts there. The thread is thrown away
-// (left locked) if it cannot be switched back.
-func inNetns(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNetns runs fn on an OS thread in the network namespace at path (redirect.InNetns: a fresh
+// goroutine locked to its thread, thrown away if it cannot be switched back).
+func inNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
 
 // chainLab is a node namespace with a CNI chain and a pod namespace to run it for.
 type chainLab struct {

@@ -1,6 +1,7 @@
 package cniplugin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -137,6 +138,9 @@ func Install(ctx context.Context, c InstallConfig) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("cniplugin: install: %w", err)
+	}
+	if out == path && bytes.Equal(next, text) {
+		return nil // already chained as wanted: no write, so a periodic re-install is free
 	}
 	if err := writeFileAtomic(out, next, mode); err != nil {
 		return err
@@ -314,6 +318,9 @@ func checkChained(text []byte) error {
 // copyBinary copies the plugin to dst atomically, so a runtime starting it meanwhile runs either
 // the old binary or the new, never half of one (and a running one is not written to: ETXTBSY).
 func copyBinary(src, dst string) error {
+	if same, _ := sameContent(src, dst); same {
+		return nil // a periodic re-install leaves an up-to-date binary alone
+	}
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("cniplugin: install: plugin binary: %w", err)
@@ -323,6 +330,18 @@ func copyBinary(src, dst string) error {
 		_, err := io.Copy(w, in)
 		return err
 	})
+}
+
+func sameContent(a, b string) (bool, error) {
+	x, err := os.ReadFile(a)
+	if err != nil {
+		return false, err
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(x, y), nil
 }
 
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -454,4 +455,74 @@ func TestEntryExcludeNamespaces(t *testing.T) {
 			t.Errorf("ExcludeNamespaces %#v: entry %s excludes kube-system: %v, want %v (%v)", tt.exclude, b, conf.Excluded("kube-system"), tt.excluded, err)
 		}
 	}
+}
+
+// TestReinstallWritesNothing: the agent re-runs Install periodically (the primary plugin may
+// rewrite its configuration); when amesh-cni is already chained and the binary current, nothing
+// is written, while a configuration the primary plugin rewrote gets the entry back.
+func TestReinstallWritesNothing(t *testing.T) {
+	c := installConfig(t)
+	writeFiles(t, c.ConfDir, map[string]string{"10-calico.conflist": tabList}, 0o644)
+	if err := Install(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	inode := func(p string) uint64 {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Ino
+	}
+	conf, bin := filepath.Join(c.ConfDir, "10-calico.conflist"), filepath.Join(c.BinDir, PluginType)
+	before, binBefore := inode(conf), inode(bin)
+	if err := Install(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if inode(conf) != before || inode(bin) != binBefore {
+		t.Error("a second Install rewrote an up-to-date configuration or binary")
+	}
+	writeFiles(t, c.ConfDir, map[string]string{"10-calico.conflist": tabList}, 0o644) // the primary plugin rewrites it
+	if err := Install(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if types, _ := chain(t, conf); !slices.Equal(types, []string{"bridge", PluginType}) {
+		t.Errorf("after the primary plugin rewrote its list, Install chains %v", types)
+	}
+}
+
+// TestKeep: a primary plugin rewriting its configuration gets amesh-cni chained again, and a
+// rotated service-account token reaches the plugin's kubeconfig, within an interval.
+func TestKeep(t *testing.T) {
+	c := installConfig(t)
+	conf := filepath.Join(c.ConfDir, "10-calico.conflist")
+	writeFiles(t, c.ConfDir, map[string]string{"10-calico.conflist": tabList}, 0o644)
+	sadir := t.TempDir()
+	sa := ServiceAccount{Server: "https://10.96.0.1:443", CAFile: filepath.Join(sadir, "ca.crt"), TokenFile: filepath.Join(sadir, "token")}
+	writeFiles(t, sadir, map[string]string{"ca.crt": "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n", "token": "token-1"}, 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { Keep(ctx, c, &sa, "/etc/cni/net.d", 20*time.Millisecond, nil); close(done) }()
+	defer func() { cancel(); <-done }()
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(3 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	chained := func() bool {
+		b, err := os.ReadFile(conf)
+		return err == nil && strings.Contains(string(b), `"amesh-cni"`) && strings.Contains(string(b), "/etc/cni/net.d/"+KubeconfigFile)
+	}
+	eventually("amesh-cni chained", chained)
+	writeFiles(t, c.ConfDir, map[string]string{"10-calico.conflist": tabList}, 0o644)
+	eventually("amesh-cni chained again after the primary plugin rewrote its list", chained)
+	writeFiles(t, sadir, map[string]string{"token": "token-2"}, 0o600)
+	eventually("the rotated token in the kubeconfig", func() bool {
+		b, _ := os.ReadFile(filepath.Join(c.ConfDir, KubeconfigFile))
+		return strings.Contains(string(b), "token-2")
+	})
 }

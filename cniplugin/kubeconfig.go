@@ -1,6 +1,7 @@
 package cniplugin
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -71,6 +72,9 @@ func WriteKubeconfig(confDir string, sa ServiceAccount) (string, error) {
 		return "", fmt.Errorf("cniplugin: kubeconfig: %w", err)
 	}
 	path := filepath.Join(confDir, KubeconfigFile)
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, b) {
+		return path, nil // unchanged (Keep calls this periodically)
+	}
 	if err := writeFileAtomic(path, b, 0o600); err != nil {
 		return "", err
 	}

@@ -82,6 +82,12 @@ Flags (environment variable in brackets):
 	trustDomain := fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
 	rootNS := fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace whose AuthorizationPolicies apply mesh-wide, with --kube [AMESH_ROOT_NAMESPACE]")
 	cniSocket := fs.String("cni-socket", env("AMESH_CNI_SOCKET", ""), "unix socket of the enrollment API for amesh-cni (with --kube default "+cniv1.DefaultSocket+") [AMESH_CNI_SOCKET]")
+	keepConf := fs.String("cni-conf-dir", env("AMESH_CNI_CONF_DIR", ""), "with --kube: keep amesh-cni chained into the node's CNI configuration in this directory (as mounted here), re-checked every --cni-keep-interval; off when empty [AMESH_CNI_CONF_DIR]")
+	keepBin := fs.String("cni-bin-dir", env("AMESH_CNI_BIN_DIR", "/host/opt/cni/bin"), "with --cni-conf-dir: the node's CNI bin directory, as mounted here [AMESH_CNI_BIN_DIR]")
+	hostConf := fs.String("host-cni-conf-dir", "/etc/cni/net.d", "with --cni-conf-dir: that directory as the node sees it")
+	pluginBin := fs.String("plugin-binary", "", "with --cni-conf-dir: the amesh-cni binary (default: beside this program)")
+	pluginKubeconfig := fs.String("plugin-kubeconfig", "", "with --cni-conf-dir: the plugin's kubeconfig (a node path); default: one written from this pod's service account and refreshed as its token rotates")
+	keepEvery := fs.Duration("cni-keep-interval", 15*time.Second, "how often --cni-conf-dir is re-checked")
 	health := fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default :15021) [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
@@ -140,6 +146,27 @@ Flags (environment variable in brackets):
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if *kube && *keepConf != "" {
+		ic := cniplugin.InstallConfig{BinDir: *keepBin, ConfDir: *keepConf, PluginBinary: *pluginBin, AgentSocket: cfg.CNISocket, Kubeconfig: *pluginKubeconfig}
+		if ic.PluginBinary == "" {
+			self, err := os.Executable()
+			if err != nil {
+				log.Error("cannot start", "err", err)
+				return 1
+			}
+			ic.PluginBinary = filepath.Join(filepath.Dir(self), "amesh-cni")
+		}
+		var sa *cniplugin.ServiceAccount
+		if *pluginKubeconfig == "" {
+			s, err := cniplugin.InClusterServiceAccount()
+			if err != nil {
+				log.Error("cannot start: --cni-conf-dir without --plugin-kubeconfig needs the in-cluster service account", "err", err)
+				return 2
+			}
+			sa = &s
+		}
+		go cniplugin.Keep(ctx, ic, sa, *hostConf, *keepEvery, log)
+	}
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1

@@ -52,6 +52,9 @@ type kubeCluster struct {
 	logs   map[string]string
 	pods   map[string]*kubePod
 	token  string // the amesh-agent ServiceAccount's
+
+	primary    map[string][]byte // each node's primary CNI configuration, before amesh-cni
+	uninstalls []func()          // amesh-agent uninstall-cni per node, after the agents stopped
 }
 
 type kubePod struct {
@@ -73,7 +76,15 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &kubeCluster{t: t, lab: l, dir: l.Dir, agents: map[string]*lab.Proc{}, logs: map[string]string{}, pods: map[string]*kubePod{}}
+	c := &kubeCluster{t: t, lab: l, dir: l.Dir, agents: map[string]*lab.Proc{}, logs: map[string]string{}, pods: map[string]*kubePod{}, primary: map[string][]byte{}}
+	// cnitool caches results in /var/lib/cni (libcni's default) and DEL removes them; what the
+	// test created there it removes (only if empty: another user's results are theirs).
+	if _, err := os.Stat("/var/lib/cni"); os.IsNotExist(err) {
+		t.Cleanup(func() {
+			os.Remove("/var/lib/cni/results")
+			os.Remove("/var/lib/cni")
+		})
+	}
 	t.Cleanup(c.close)
 	c.refBin = cniRefBin()
 	c.cniBin = filepath.Join(c.dir, "cni-bin")
@@ -148,12 +159,14 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 		if !strings.Contains(string(chained), `"amesh-cni"`) || !strings.Contains(string(chained), `"bridge"`) {
 			t.Fatalf("install-cni left %s", chained)
 		}
-		t.Cleanup(func() {
+		// Run once the agents (which keep the chain in place) have stopped.
+		c.uninstalls = append(c.uninstalls, func() {
 			install("uninstall-cni")
 			if after, _ := os.ReadFile(filepath.Join(confDir, "10-kubenet.conflist")); string(after) != string(primary) {
 				t.Errorf("uninstall-cni did not restore the primary configuration:\n%s\nwant\n%s", after, primary)
 			}
 		})
+		c.primary[node] = primary
 		c.startAgent(node)
 	}
 	return c
@@ -238,7 +251,11 @@ func (c *kubeCluster) startAgent(node string) {
 	p, err := c.lab.Start(context.Background(), n.Netns, logPath, agentBin,
 		"--node", node, "--kube", "--kubeconfig", filepath.Join(c.dir, "agent.kubeconfig"),
 		"--ca-dir", filepath.Join(c.dir, "ca"), "--pin-dir", n.PinDir, "--drain-timeout", "1s",
-		"--cni-socket", c.socket(node), "--health-addr", "127.0.0.1:15021")
+		"--cni-socket", c.socket(node), "--health-addr", "127.0.0.1:15021",
+		// As the DaemonSet's agent: keep amesh-cni chained (checked often here, to be testable).
+		"--cni-conf-dir", filepath.Join(c.dir, node, "net.d"), "--cni-bin-dir", c.cniBin,
+		"--plugin-binary", filepath.Join(c.dir, "amesh-cni"), "--plugin-kubeconfig", filepath.Join(c.dir, "agent.kubeconfig"),
+		"--cni-keep-interval", "100ms")
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -276,6 +293,9 @@ func (c *kubeCluster) close() {
 	}
 	for _, p := range c.pods {
 		c.deletePodSandbox(p)
+	}
+	for _, u := range c.uninstalls {
+		u()
 	}
 	if c.t.Failed() {
 		for node, path := range c.logs {
@@ -498,6 +518,20 @@ func TestKubernetes(t *testing.T) {
 		if !c.logged("node1", "pod enrolled", string(web.uid)) {
 			t.Errorf("node1 did not log web's enrollment by UID")
 		}
+		if out, err := c.cni("check", web); err != nil {
+			t.Errorf("CNI CHECK of enrolled web: %v: %s", err, out)
+		}
+	})
+
+	t.Run("the agent puts amesh-cni back when the primary CNI rewrites its configuration", func(t *testing.T) {
+		conf := filepath.Join(c.dir, "node1", "net.d", "10-kubenet.conflist")
+		if err := os.WriteFile(conf, c.primary["node1"], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "amesh-cni chained again", 3*time.Second, func() bool {
+			b, _ := os.ReadFile(conf)
+			return strings.Contains(string(b), `"amesh-cni"`)
+		})
 	})
 
 	t.Run("a pod labelled dataplane-mode=none is left alone", func(t *testing.T) {
@@ -699,7 +733,7 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("CNI ADD latency of mesh pods", func(t *testing.T) {
 		var took []time.Duration
-		for i := range 20 {
+		for i := range 50 {
 			p := c.createPod("shop", fmt.Sprintf("lat-%d", i), []string{"node1", "node2"}[i%2], podOpts{sa: "lat"})
 			d, err := c.startPod(p)
 			if err != nil {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/amesh-dev/amesh/redirect"
 )
 
 func checkPlatform() error { return nil }
@@ -39,43 +39,9 @@ func processAlive(pid int) bool {
 	return err == nil || errors.Is(err, unix.EPERM)
 }
 
-// inNetns runs fn on a fresh OS thread switched into the network namespace at path. The thread
-// is handed back to the runtime only if switching it back worked; otherwise the goroutine exits
-// locked and the runtime ends the thread, so no other goroutine ever runs in the wrong
-// namespace. A socket keeps the namespace it was created in, so a connection dialled (or a
-// listener opened) in fn may be used anywhere afterwards.
-func inNetns(path string, fn func() error) error {
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime ends this thread with the goroutine.
-			errc <- errors.Join(ferr, fmt.Errorf("return from netns %s: %w", path, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNetns runs fn on an OS thread in the network namespace at path (redirect.InNetns: a fresh
+// goroutine locked to its thread, thrown away if it cannot be switched back).
+func inNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
 
 // lockFile takes an exclusive flock on path, waiting for it as long as ctx allows, and returns
 // the function that releases it. The kernel releases it too when this process dies, so a killed
