@@ -14,7 +14,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/amesh-dev/amesh/identity"
 )
@@ -49,14 +52,14 @@ func createCA(args []string) int {
 		fmt.Fprintln(os.Stderr, "amesh-agent create-ca:", err)
 		return 1
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "amesh-agent create-ca:", err)
 		return 1
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	msg, err := ensureCASecret(ctx, cs, td, ns, name)
+	msg, err := ensureCASecret(ctx, dyn.Resource(secretsResource).Namespace(ns), td, ns, name)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "amesh-agent create-ca:", err)
 		return 1
@@ -65,11 +68,19 @@ func createCA(args []string) int {
 	return 0
 }
 
-func ensureCASecret(ctx context.Context, cs kubernetes.Interface, td spiffeid.TrustDomain, ns, name string) (string, error) {
-	existing, err := cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+var secretsResource = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+
+// ensureCASecret works through the dynamic client: the typed clientset would link every API
+// group of Kubernetes into the agent.
+func ensureCASecret(ctx context.Context, secrets dynamic.ResourceInterface, td spiffeid.TrustDomain, ns, name string) (string, error) {
+	u, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		if err := checkCASecret(td, existing); err != nil {
+		var existing corev1.Secret
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &existing); err != nil {
+			return "", fmt.Errorf("secret %s/%s: %w", ns, name, err)
+		}
+		if err := checkCASecret(td, &existing); err != nil {
 			return "", fmt.Errorf("secret %s/%s exists but is not a usable CA (delete it to make a new one; every agent must then restart): %w", ns, name, err)
 		}
 		return fmt.Sprintf("secret %s/%s already holds the CA for %s", ns, name, td), nil
@@ -97,11 +108,16 @@ func ensureCASecret(ctx context.Context, cs kubernetes.Interface, td spiffeid.Tr
 		data[f] = b
 	}
 	s := &corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app.kubernetes.io/part-of": "amesh"}},
 		Type:       corev1.SecretTypeOpaque,
 		Data:       data,
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(s)
+	if err != nil {
+		return "", err
+	}
+	if _, err := secrets.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
 			return fmt.Sprintf("secret %s/%s was created meanwhile; left alone", ns, name), nil
 		}

@@ -21,7 +21,6 @@ import (
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -185,15 +184,11 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*work
 	if err != nil {
 		return nil, err
 	}
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &workload.KubeSource{Client: cs, Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
+	return &workload.KubeSource{Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
 }
 
 // installCNI is `amesh-agent install-cni` (the DaemonSet's init container: put amesh-cni in the
