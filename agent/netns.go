@@ -185,11 +185,22 @@ func scanNetns() map[netip.Addr]string {
 		}); err != nil {
 			continue // gone meanwhile, or not enterable: not a candidate
 		}
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLoopback() && !ip.Unmap().IsLinkLocalUnicast() {
-					out[ip.Unmap()] = p
-				}
+		for _, ip := range unicastAddrs(addrs) {
+			if !ip.IsLinkLocalUnicast() {
+				out[ip] = p
+			}
+		}
+	}
+	return out
+}
+
+// unicastAddrs returns the IPs of interface addresses, unmapped, without loopback ones.
+func unicastAddrs(addrs []net.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLoopback() {
+				out = append(out, ip.Unmap())
 			}
 		}
 	}

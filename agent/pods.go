@@ -135,11 +135,9 @@ func nodeAddrs(hostIP netip.Addr) []netip.Addr {
 		out = append(out, hostIP)
 	}
 	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.Unmap().IsLoopback() && !slices.Contains(out, ip.Unmap()) {
-				out = append(out, ip.Unmap())
-			}
+	for _, ip := range unicastAddrs(addrs) {
+		if !slices.Contains(out, ip) {
+			out = append(out, ip)
 		}
 	}
 	return out

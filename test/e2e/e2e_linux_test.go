@@ -286,9 +286,28 @@ func (c *cluster) enrolled(node string) int {
 }
 
 // accessLines returns the access-log lines of a node's agent.
-func (c *cluster) accessLines(node string) []map[string]any {
+func (c *cluster) accessLines(node string) []map[string]any { return accessOf(c.logLines(node)) }
+
+// logLines returns a node agent's JSON log lines.
+func (c *cluster) logLines(node string) []map[string]any { return logLinesOf(c.t, c.logs[node]) }
+
+func (c *cluster) hasAccess(node string, want map[string]string) bool {
+	return anyLine(c.accessLines(node), want)
+}
+
+// logLinesOf returns the JSON lines of the agent log at path.
+func logLinesOf(t testing.TB, path string) []map[string]any {
+	lines, err := lab.ReadJSONLines(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+// accessOf keeps the access-log lines ("msg":"access") of lines.
+func accessOf(lines []map[string]any) []map[string]any {
 	var out []map[string]any
-	for _, m := range c.logLines(node) {
+	for _, m := range lines {
 		if m["msg"] == "access" {
 			out = append(out, m)
 		}
@@ -296,22 +315,12 @@ func (c *cluster) accessLines(node string) []map[string]any {
 	return out
 }
 
-// logLines returns a node agent's JSON log lines.
-func (c *cluster) logLines(node string) []map[string]any {
-	lines, err := lab.ReadJSONLines(c.logs[node])
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return lines
-}
-
-func (c *cluster) hasAccess(node string, want map[string]string) bool {
-	for _, m := range c.accessLines(node) {
+// anyLine reports whether one of lines has every key of want, with that value.
+func anyLine(lines []map[string]any, want map[string]string) bool {
+	for _, m := range lines {
 		ok := true
 		for k, v := range want {
-			if fmt.Sprint(m[k]) != v {
-				ok = false
-			}
+			ok = ok && fmt.Sprint(m[k]) == v
 		}
 		if ok {
 			return true
@@ -337,11 +346,7 @@ func TestMesh(t *testing.T) {
 
 	t.Run("by default the start-up probe picks the kernel short-circuit", func(t *testing.T) {
 		for _, n := range c.lab.Nodes {
-			started := false
-			for _, m := range c.logLines(n.Name) {
-				started = started || m["msg"] == "agent started" && m["same_node"] == "kernel"
-			}
-			if !started {
+			if !anyLine(c.logLines(n.Name), map[string]string{"msg": "agent started", "same_node": "kernel"}) {
 				t.Errorf("%s's agent did not start with same_node=kernel (probe failed or default changed)", n.Name)
 			}
 		}

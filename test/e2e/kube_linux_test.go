@@ -456,41 +456,16 @@ func (c *kubeCluster) curl(from *kubePod, url string) (string, error) {
 func kurl(p *kubePod) string { return "http://" + p.ip.String() + ":8080/" }
 
 func (c *kubeCluster) accessLines(node string) []map[string]any {
-	lines, err := lab.ReadJSONLines(c.logs[node])
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	var out []map[string]any
-	for _, m := range lines {
-		if m["msg"] == "access" {
-			out = append(out, m)
-		}
-	}
-	return out
+	return accessOf(logLinesOf(c.t, c.logs[node]))
 }
 
 func (c *kubeCluster) hasAccess(node string, want map[string]string) bool {
-	for _, m := range c.accessLines(node) {
-		ok := true
-		for k, v := range want {
-			ok = ok && fmt.Sprint(m[k]) == v
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
+	return anyLine(c.accessLines(node), want)
 }
 
-// enrolled waits until the pod is (or is not) enrolled by its node's agent, from its log.
+// logged reports whether node's agent logged msg for the pod (by UID).
 func (c *kubeCluster) logged(node, msg, pod string) bool {
-	lines, _ := lab.ReadJSONLines(c.logs[node])
-	for _, m := range lines {
-		if m["msg"] == msg && m["pod"] == pod {
-			return true
-		}
-	}
-	return false
+	return anyLine(logLinesOf(c.t, c.logs[node]), map[string]string{"msg": msg, "pod": pod})
 }
 
 // TestKubernetes runs amesh against a real API server with the real CNI chain, as a user would
