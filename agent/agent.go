@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
@@ -83,7 +84,7 @@ type Agent struct {
 	stopFeed   context.CancelFunc
 	store      *workload.Store
 	cniPods    cniRegistry
-	netnsCache netnsScanner
+	netnsCache netns.Scanner
 	ready      atomic.Bool
 	src        *identity.Cache
 	red        *redirect.Redirector
@@ -155,7 +156,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	}
 	a.store = workload.NewStore(st)
 
-	ca, err := loadOrCreateCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL, cfg.Kube == nil)
+	ca, err := openCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL, cfg.Kube != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -211,46 +212,27 @@ func (a *Agent) chooseSameNode() error {
 	return nil
 }
 
-// loadOrCreateCA loads the built-in CA from dir, or, when create is set and dir has none, makes
-// one there. In a cluster create is off: every node must issue from the one root the
-// amesh-ca Secret holds (deploy/), and an agent with a root of its own would split the mesh.
-func loadOrCreateCA(td spiffeid.TrustDomain, dir string, ttl time.Duration, create bool) (*identity.CA, error) {
+// openCA loads the built-in CA from dir; without Kubernetes it makes one there when there is
+// none. With --kube it never does: every node must issue from the one root the amesh-ca Secret
+// holds (deploy/), and an agent with a root of its own would split the mesh.
+func openCA(td spiffeid.TrustDomain, dir string, ttl time.Duration, kube bool) (*identity.CA, error) {
 	if dir == "" {
 		return nil, errors.New("agent: no CA directory (--ca-dir)")
 	}
 	cfg := identity.CAConfig{SVIDTTL: ttl}
-	ca, err := identity.LoadCA(td, dir, cfg)
-	if err == nil {
+	if !kube {
+		ca, err := identity.LoadOrCreateCA(td, dir, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
 		return ca, nil
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if !create {
+	ca, err := identity.LoadCA(td, dir, cfg)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: no CA in %s (with --kube it is the amesh-ca Secret that deploy/'s amesh-ca-init Job creates, mounted there): %w", dir, err)
 	}
-	// No CA yet: make one beside dir and rename it into place, so that agents starting together
-	// agree on one root (the loser of the rename loads the winner's).
-	ca, err = identity.NewCA(td, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return nil, fmt.Errorf("agent: CA directory: %w", err)
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".ca-")
-	if err != nil {
-		return nil, fmt.Errorf("agent: CA directory: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	if err := ca.WriteFiles(tmp); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if loaded, lerr := identity.LoadCA(td, dir, cfg); lerr == nil {
-			return loaded, nil
-		}
-		return nil, fmt.Errorf("agent: install CA in %s: %w", dir, err)
 	}
 	return ca, nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/workload"
 )
@@ -134,8 +135,8 @@ func nodeAddrs(hostIP netip.Addr) []netip.Addr {
 	if hostIP.IsValid() {
 		out = append(out, hostIP)
 	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, ip := range unicastAddrs(addrs) {
+	addrs, _ := netns.Addrs("")
+	for _, ip := range addrs {
 		if !slices.Contains(out, ip) {
 			out = append(out, ip)
 		}
@@ -156,7 +157,7 @@ func (a *Agent) withNetns(w *workload.Workload) *workload.Workload {
 	}
 	path := reported.netns
 	if path == "" {
-		path = a.netnsCache.find(w.IPs)
+		path = a.netnsCache.Find(w.IPs)
 	}
 	if path == "" {
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
@@ -185,7 +186,7 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 		}
 	}()
 	listen := func(addr string) (*net.TCPListener, error) {
-		l, err := redirect.ListenTCP(w.Netns, addr)
+		l, err := netns.ListenTCP(w.Netns, addr, net.ListenConfig{Control: redirect.MarkControl})
 		if err == nil {
 			p.lns = append(p.lns, l)
 		}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
@@ -152,7 +153,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		// Not in the mesh (outside the cluster, or a pod with dataplane-mode none): as Istio
 		// ambient does, pass it through, from the pod's netns, marked so it is not captured again.
 		entry.path = "passthrough"
-		up, err = redirect.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String())
+		up, err = netns.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String(), net.Dialer{Control: redirect.MarkControl})
 		if err != nil {
 			a.refuse(c, &entry, start, "error", err.Error())
 			return
@@ -225,7 +226,7 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, addr netip.AddrPo
 	if p == nil {
 		return nil, fmt.Errorf("no enrolled pod with IP %s on this node", src)
 	}
-	return redirect.DialContext(ctx, p.w.Netns, "tcp", addr.String())
+	return netns.DialContext(ctx, p.w.Netns, "tcp", addr.String(), net.Dialer{Control: redirect.MarkControl})
 }
 
 // logInbound writes the access line of an HBONE stream this node served or refused.

@@ -20,11 +20,10 @@ import (
 	"time"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
-
-	"github.com/amesh-dev/amesh/redirect"
 )
 
 // The integration tests run the real chain — the reference bridge and host-local plugins, then
@@ -88,10 +87,6 @@ func addNetns(t *testing.T, name string) string {
 	return "/run/netns/" + name
 }
 
-// inNetns runs fn on an OS thread in the network namespace at path (redirect.InNetns: a fresh
-// goroutine locked to its thread, thrown away if it cannot be switched back).
-func inNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
-
 // chainLab is a node namespace with a CNI chain and a pod namespace to run it for.
 type chainLab struct {
 	id, node, pod, bridge string
@@ -121,7 +116,7 @@ func newChainLab(t *testing.T, cniBin, pluginDir, socket string) *chainLab {
 	}
 	// The API server, where amesh-cni runs: in the node namespace.
 	var ln net.Listener
-	if err := inNetns(l.node, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+	if err := netns.Do(l.node, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: l.api}
@@ -164,7 +159,7 @@ func newChainLab(t *testing.T, cniBin, pluginDir, socket string) *chainLab {
 
 func (l *chainLab) add() (*types100.Result, error) {
 	var res types.Result
-	err := inNetns(l.node, func() (err error) {
+	err := netns.Do(l.node, func() (err error) {
 		res, err = l.cni.AddNetworkList(context.Background(), l.list, l.rt)
 		return err
 	})
@@ -175,11 +170,11 @@ func (l *chainLab) add() (*types100.Result, error) {
 }
 
 func (l *chainLab) check() error {
-	return inNetns(l.node, func() error { return l.cni.CheckNetworkList(context.Background(), l.list, l.rt) })
+	return netns.Do(l.node, func() error { return l.cni.CheckNetworkList(context.Background(), l.list, l.rt) })
 }
 
 func (l *chainLab) del() error {
-	return inNetns(l.node, func() error { return l.cni.DelNetworkList(context.Background(), l.list, l.rt) })
+	return netns.Do(l.node, func() error { return l.cni.DelNetworkList(context.Background(), l.list, l.rt) })
 }
 
 // podIP is the pod's address from an ADD result, checked to be on its eth0 and in testSubnet.

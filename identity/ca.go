@@ -96,6 +96,11 @@ func LoadCA(td spiffeid.TrustDomain, dir string, cfg CAConfig) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: load CA: %w", err)
 	}
+	return ParseCA(td, certPEM, keyPEM, cfg)
+}
+
+// ParseCA makes a CA of a root certificate and its key in PEM, as PEM returns them.
+func ParseCA(td spiffeid.TrustDomain, certPEM, keyPEM []byte, cfg CAConfig) (*CA, error) {
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
 		return nil, fmt.Errorf("identity: load CA: %s: no CERTIFICATE PEM block", CACertFile)
@@ -140,20 +145,30 @@ func newCA(td spiffeid.TrustDomain, cert *x509.Certificate, key *ecdsa.PrivateKe
 	}
 }
 
+// PEM returns the root certificate and its key (PKCS #8) in PEM, the contents of CACertFile
+// and CAKeyFile.
+func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: marshal CA key: %w", err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	return certPEM, keyPEM, nil
+}
+
 // WriteFiles stores the root certificate and key in dir (the key readable by its owner only).
 func (ca *CA) WriteFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("identity: write CA: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	certPEM, keyPEM, err := ca.PEM()
 	if err != nil {
-		return fmt.Errorf("identity: write CA: marshal key: %w", err)
+		return fmt.Errorf("identity: write CA: %w", err)
 	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
 	if err := os.WriteFile(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
 		return fmt.Errorf("identity: write CA: %w", err)
 	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	if err := os.WriteFile(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
 		return fmt.Errorf("identity: write CA: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
@@ -170,7 +171,7 @@ func (r *Redirector) adoptPods() error {
 // to the listeners registered for its IPs (sk_lookup) and its connect() to the agent's :15001
 // in its netns. Enrolling an enrolled pod updates its IPs. The host namespace is refused.
 func (r *Redirector) Enroll(netnsPath string, ips []netip.Addr) (Pod, error) {
-	cookie, err := NetnsCookie(netnsPath)
+	cookie, err := netns.Cookie(netnsPath)
 	if err != nil {
 		return Pod{}, err
 	}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/netns"
 )
 
 // pair is two network namespaces joined by a veth: "pod" (to be enrolled) and "peer".
@@ -97,7 +98,7 @@ func serve(l net.Listener) {
 func dialIn(t *testing.T, ns, addr string, mark bool) (net.Conn, error) {
 	t.Helper()
 	var c net.Conn
-	err := InNetns(ns, func() error {
+	err := netns.Do(ns, func() error {
 		d := net.Dialer{Timeout: 500 * time.Millisecond}
 		if mark {
 			d.Control = MarkControl
@@ -109,10 +110,15 @@ func dialIn(t *testing.T, ns, addr string, mark bool) (net.Conn, error) {
 	return c, err
 }
 
-// appListen opens a listener as an app would: unmarked (ListenTCP is for the agent's own).
+// agentListen opens a listener as the agent does: marked, so its connections skip the capture.
+func agentListen(path, addr string) (*net.TCPListener, error) {
+	return netns.ListenTCP(path, addr, net.ListenConfig{Control: MarkControl})
+}
+
+// appListen opens a listener as an app would: unmarked (agentListen is for the agent's own).
 func appListen(ns, addr string) (net.Listener, error) {
 	var l net.Listener
-	err := InNetns(ns, func() error {
+	err := netns.Do(ns, func() error {
 		var lc net.ListenConfig
 		lc.SetMultipathTCP(false)
 		var err error
@@ -135,19 +141,19 @@ func TestRedirect(t *testing.T) {
 	p := newPair(t)
 	r := openRedirector(t, p)
 	// The peer runs a real server; nothing must reach it from the enrolled pod unmarked.
-	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	peerLn, err := agentListen(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer peerLn.Close()
 	go serve(peerLn)
 	// The agent's outbound listener in the pod.
-	out, err := ListenTCP(p.pod, "127.0.0.1:15001")
+	out, err := agentListen(p.pod, "127.0.0.1:15001")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	out6, err := ListenTCP(p.pod, "[::1]:15001")
+	out6, err := agentListen(p.pod, "[::1]:15001")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +213,7 @@ func TestRedirect(t *testing.T) {
 
 	t.Run("v4-mapped destination on a dual-stack socket is captured", func(t *testing.T) {
 		var fd int
-		err := InNetns(p.pod, func() error {
+		err := netns.Do(p.pod, func() error {
 			var err error
 			fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM, 0)
 			if err != nil {
@@ -241,13 +247,13 @@ func TestRedirect(t *testing.T) {
 		if string(got) != peerDst.String() {
 			t.Errorf("marked connection reached %q, want the real server", got)
 		}
-		own, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 9090).String())
+		own, err := agentListen(p.pod, netip.AddrPortFrom(p.podIP, 9090).String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer own.Close()
 		go serve(own)
-		lo, err := ListenTCP(p.pod, "127.0.0.1:9091")
+		lo, err := agentListen(p.pod, "127.0.0.1:9091")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,12 +308,12 @@ func TestRedirect(t *testing.T) {
 	})
 
 	t.Run("inbound goes to the pod's agent listeners, with the original destination", func(t *testing.T) {
-		hb, err := ListenTCP(p.pod, "127.0.0.1:15008")
+		hb, err := agentListen(p.pod, "127.0.0.1:15008")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer hb.Close()
-		pt, err := ListenTCP(p.pod, "127.0.0.1:15006")
+		pt, err := agentListen(p.pod, "127.0.0.1:15006")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +343,7 @@ func TestRedirect(t *testing.T) {
 		}
 
 		// Fail closed: the agent's listeners gone, inbound is dropped, not passed to the app.
-		app, err := ListenTCP(p.pod, netip.AddrPortFrom(p.podIP, 80).String())
+		app, err := agentListen(p.pod, netip.AddrPortFrom(p.podIP, 80).String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +404,7 @@ func TestRedirect(t *testing.T) {
 
 	t.Run("an MPTCP listener is refused with a clear error", func(t *testing.T) {
 		var l net.Listener
-		err := InNetns(p.pod, func() error {
+		err := netns.Do(p.pod, func() error {
 			var lc net.ListenConfig
 			lc.SetMultipathTCP(true)
 			var err error
@@ -429,7 +435,7 @@ func TestFailClosedAcrossRestart(t *testing.T) {
 		r.Uninstall()
 		t.Fatal(err)
 	}
-	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	peerLn, err := agentListen(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +512,7 @@ func TestUninstallRemovesEverything(t *testing.T) {
 		t.Error("connect4 still attached at the cgroup root after Uninstall")
 	}
 	// The capture is gone: the pod's connect reaches the real peer.
-	peerLn, err := ListenTCP(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
+	peerLn, err := agentListen(p.peer, netip.AddrPortFrom(p.peerIP, 8080).String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 // errNotLinux is what every entry point returns off Linux: redirection is eBPF.
@@ -49,20 +50,8 @@ func (*Redirector) DialTransparent(context.Context, string, netip.Addr, netip.Ad
 	return nil, errNotLinux
 }
 
-// InNetns fails off Linux.
-func InNetns(string, func() error) error { return errNotLinux }
-
-// ListenTCP fails off Linux.
-func ListenTCP(string, string) (*net.TCPListener, error) { return nil, errNotLinux }
-
-// DialContext fails off Linux.
-func DialContext(context.Context, string, string, string) (net.Conn, error) { return nil, errNotLinux }
-
 // SetupTransparentRouting fails off Linux.
 func SetupTransparentRouting(string) error { return errNotLinux }
-
-// NetnsCookie fails off Linux.
-func NetnsCookie(string) (uint64, error) { return 0, errNotLinux }
 
 // ConnEvent is the open or close of a short-circuited connection (Linux only).
 type ConnEvent struct {
@@ -90,3 +79,6 @@ func (*Redirector) ProbeKernelPath() error { return errNotLinux }
 
 // SetProbeExemptions fails off Linux.
 func (*Redirector) SetProbeExemptions(netip.Addr, []netip.Addr, []uint16) error { return errNotLinux }
+
+// MarkControl fails off Linux.
+func MarkControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }

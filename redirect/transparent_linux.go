@@ -9,6 +9,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -29,7 +30,7 @@ const transparentTable = 100
 // so inbound HBONE to the pod was dropped as martian. Keying on a mark only the agent's own
 // connections carry leaves other traffic, kubelet probes included, untouched. Idempotent.
 func SetupTransparentRouting(path string) error {
-	return InNetns(path, func() error {
+	return netns.Do(path, func() error {
 		if err := setFwmarkAccept(); err != nil {
 			return err
 		}
@@ -119,7 +120,7 @@ func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip
 	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
 		network = "tcp6"
 	}
-	err := InNetns(path, func() error {
+	err := netns.Do(path, func() error {
 		var err error
 		c, err = d.DialContext(ctx, network, dst.String())
 		return err

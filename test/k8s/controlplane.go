@@ -23,6 +23,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/amesh-dev/amesh/netns"
 )
 
 // The authorization modes Config.Authorization may name.
@@ -330,7 +332,7 @@ func (cp *ControlPlane) freePorts(n int) ([]int, error) {
 	if cp.netns == "" {
 		err = pick()
 	} else {
-		err = inNetns(cp.netns, pick)
+		err = netns.Do(cp.netns, pick)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("k8s: pick free ports on %s (netns %q; is the address there and the link, lo for 127.0.0.1, up?): %w", cp.bindIP, cp.netns, err)
@@ -512,7 +514,7 @@ func (cp *ControlPlane) DialContext(ctx context.Context, network, addr string) (
 		return nil, fmt.Errorf("k8s: dial %s in netns %s: want an IP address, not a name", addr, cp.netns)
 	}
 	var c net.Conn
-	err = inNetns(cp.netns, func() error {
+	err = netns.Do(cp.netns, func() error {
 		var err error
 		// One address, so the dial runs on this goroutine (no Happy Eyeballs racers on other
 		// threads) and the socket is created in the namespace.

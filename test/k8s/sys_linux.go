@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/amesh-dev/amesh/redirect"
 )
 
 func checkPlatform() error { return nil }
@@ -38,10 +36,6 @@ func processAlive(pid int) bool {
 	err := unix.Kill(pid, 0)
 	return err == nil || errors.Is(err, unix.EPERM)
 }
-
-// inNetns runs fn on an OS thread in the network namespace at path (redirect.InNetns: a fresh
-// goroutine locked to its thread, thrown away if it cannot be switched back).
-func inNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
 
 // lockFile takes an exclusive flock on path, waiting for it as long as ctx allows, and returns
 // the function that releases it. The kernel releases it too when this process dies, so a killed

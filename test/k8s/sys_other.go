@@ -19,6 +19,4 @@ func killGroup(p *os.Process) error { return p.Kill() }
 
 func processAlive(int) bool { return true }
 
-func inNetns(string, func() error) error { return errNotLinux }
-
 func lockFile(context.Context, string) (func(), error) { return nil, errNotLinux }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/amesh-dev/amesh/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +40,7 @@ type Capture struct {
 // leaves to another, nor its copy on the bridge device), so each segment is there once.
 func (l *Lab) Capture() (*Capture, error) {
 	var fd, bridge int
-	err := inNetns(l.SwitchNetns, func() error {
+	err := netns.Do(l.SwitchNetns, func() error {
 		br, err := net.InterfaceByName(bridgeName)
 		if err != nil {
 			return err

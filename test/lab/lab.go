@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+
+	"github.com/amesh-dev/amesh/netns"
 )
 
 // Config describes a lab. The zero value of every field but Nodes has a default.
@@ -291,7 +293,7 @@ func runIP(ctx context.Context, cmds ...[]string) error {
 // sysctl writes value to /proc/sys/<key> inside the netns at path: /proc/sys/net is the
 // namespace of the thread that opens it.
 func sysctl(path, key, value string) error {
-	err := inNetns(path, func() error {
+	err := netns.Do(path, func() error {
 		f, err := os.OpenFile("/proc/sys/"+key, os.O_WRONLY, 0)
 		if err != nil {
 			return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+
+	"github.com/amesh-dev/amesh/netns"
 )
 
 // Listen opens a TCP listener on addr ("10.20.1.2:8080", ":8080") inside the pod's namespace.
@@ -28,32 +30,18 @@ func (n *Node) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	return dialIn(ctx, n.Netns, addr)
 }
 
-func listenIn(netns, addr string) (*net.TCPListener, error) {
-	var l net.Listener
-	err := inNetns(netns, func() error {
-		var lc net.ListenConfig
-		lc.SetMultipathTCP(false)
-		var err error
-		l, err = lc.Listen(context.Background(), "tcp", addr)
-		return err
-	})
+func listenIn(path, addr string) (*net.TCPListener, error) {
+	l, err := netns.ListenTCP(path, addr, net.ListenConfig{})
 	if err != nil {
-		return nil, fmt.Errorf("lab: listen on %s in %s: %w", addr, netns, err)
+		return nil, fmt.Errorf("lab: %w", err)
 	}
-	return l.(*net.TCPListener), nil
+	return l, nil
 }
 
-func dialIn(ctx context.Context, netns, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := inNetns(netns, func() error {
-		var d net.Dialer
-		d.SetMultipathTCP(false)
-		var err error
-		c, err = d.DialContext(ctx, "tcp", addr)
-		return err
-	})
+func dialIn(ctx context.Context, path, addr string) (net.Conn, error) {
+	c, err := netns.DialContext(ctx, path, "tcp", addr, net.Dialer{})
 	if err != nil {
-		return nil, fmt.Errorf("lab: dial %s from %s: %w", addr, netns, err)
+		return nil, fmt.Errorf("lab: %w", err)
 	}
 	return c, nil
 }

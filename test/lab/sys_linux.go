@@ -9,14 +9,9 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/amesh-dev/amesh/redirect"
 )
 
 func checkPlatform() error { return nil }
-
-// inNetns runs fn on a fresh OS thread inside the namespace at path (see redirect.InNetns).
-func inNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
 
 // procAttr has the child killed when this process dies, and with group set gives it a process
 // group of its own, for Kill. Pdeathsig fires when the thread that forked exits, not the process

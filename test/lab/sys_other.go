@@ -11,7 +11,6 @@ import (
 var errNotLinux = errors.New("lab: needs Linux (network namespaces, veth, AF_PACKET)")
 
 func checkPlatform() error               { return errNotLinux }
-func inNetns(string, func() error) error { return errNotLinux }
 func procAttr(bool) *syscall.SysProcAttr { return nil }
 func killGroup(int) error                { return errNotLinux }
 func killNetnsPids(string)               {}

@@ -1,0 +1,39 @@
+//go:build !linux
+
+package netns
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+)
+
+// errNotLinux is what every entry point returns off Linux: network namespaces are Linux's.
+var errNotLinux = errors.New("netns: network namespaces need Linux")
+
+// Do fails off Linux.
+func Do(string, func() error) error { return errNotLinux }
+
+// ListenTCP fails off Linux.
+func ListenTCP(string, string, net.ListenConfig) (*net.TCPListener, error) { return nil, errNotLinux }
+
+// DialContext fails off Linux.
+func DialContext(context.Context, string, string, string, net.Dialer) (net.Conn, error) {
+	return nil, errNotLinux
+}
+
+// Cookie fails off Linux.
+func Cookie(string) (uint64, error) { return 0, errNotLinux }
+
+// SelfCookie fails off Linux.
+func SelfCookie() (uint64, error) { return 0, errNotLinux }
+
+// Addrs fails off Linux.
+func Addrs(string) ([]netip.Addr, error) { return nil, errNotLinux }
+
+// Scanner finds nothing off Linux.
+type Scanner struct{}
+
+// Find finds nothing off Linux.
+func (*Scanner) Find([]netip.Addr) string { return "" }
