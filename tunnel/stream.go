@@ -272,19 +272,20 @@ func (s *Stream) SetDeadline(t time.Time) error {
 
 // SetReadDeadline makes blocked and future Reads fail with os.ErrDeadlineExceeded after t.
 func (s *Stream) SetReadDeadline(t time.Time) error {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	s.rdeadline = t
-	s.rtimer = s.armLocked(s.rtimer, t)
-	return nil
+	return s.setDeadline(&s.rdeadline, &s.rtimer, t)
 }
 
 // SetWriteDeadline makes blocked and future Writes fail with os.ErrDeadlineExceeded after t.
 func (s *Stream) SetWriteDeadline(t time.Time) error {
+	return s.setDeadline(&s.wdeadline, &s.wtimer, t)
+}
+
+// setDeadline sets one direction's deadline and re-arms its timer; both live under c.mu.
+func (s *Stream) setDeadline(deadline *time.Time, timer **time.Timer, t time.Time) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.wdeadline = t
-	s.wtimer = s.armLocked(s.wtimer, t)
+	*deadline = t
+	*timer = s.armLocked(*timer, t)
 	return nil
 }
 
