@@ -291,16 +291,7 @@ func (st *Stream) respond(status int, end bool) error {
 // Shutdown stops accepting, tells every connection to go away (GOAWAY), waits until their
 // streams are done or ctx ends, then closes what is left.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	for ln := range s.listeners {
-		ln.Close()
-	}
-	conns := make([]*h2conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
+	conns := s.stop()
 	for _, c := range conns {
 		c.shutdown()
 	}
@@ -326,7 +317,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // Close closes every listener and connection at once and waits for their goroutines.
 func (s *Server) Close() error {
+	for _, c := range s.stop() {
+		c.Close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// stop marks the server closed, so that Serve and serveConn take nothing new, closes every
+// listener, and returns the connections open at this moment for the caller to end its way.
+func (s *Server) stop() []*h2conn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closed = true
 	for ln := range s.listeners {
 		ln.Close()
@@ -335,10 +337,5 @@ func (s *Server) Close() error {
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
-	}
-	s.wg.Wait()
-	return nil
+	return conns
 }

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -14,6 +15,21 @@ import (
 
 // errWriteAfterCloseWrite is returned by Write after CloseWrite.
 var errWriteAfterCloseWrite = errors.New("tunnel: write after CloseWrite")
+
+// ResetError is returned by a Stream that was reset, by the peer (Remote) or locally.
+type ResetError struct {
+	Code   http2.ErrCode
+	Remote bool
+}
+
+// Error says who reset the stream and with which code.
+func (e *ResetError) Error() string {
+	who := "locally"
+	if e.Remote {
+		who = "by peer"
+	}
+	return fmt.Sprintf("tunnel: stream reset %s: %v", who, e.Code)
+}
 
 // Stream is one tunneled TCP connection: an HTTP/2 CONNECT stream inside an HBONE connection.
 // It is a net.Conn with TCP's half-close: CloseWrite ends our side (END_STREAM) and Read returns
@@ -140,17 +156,6 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
-// creditLocked returns consumed bytes to the peer's stream window, in batches.
-func (s *Stream) creditLocked(n int64) {
-	s.recvUnacked += n
-	if s.recvUnacked >= streamWindow/4 && !s.recvEOF && s.reset == nil {
-		inc, id, c := uint32(s.recvUnacked), s.id, s.c
-		s.recvAvail += s.recvUnacked
-		s.recvUnacked = 0
-		c.queueCtrl(func() error { return c.wfr.WriteWindowUpdate(id, inc) })
-	}
-}
-
 // Write sends p as DATA frames, blocking while flow control allows nothing.
 func (s *Stream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
@@ -168,34 +173,6 @@ func (s *Stream) Write(p []byte) (int, error) {
 		p = p[n:]
 	}
 	return total, nil
-}
-
-// reserveSend takes up to want bytes of send window from the stream and the connection.
-func (s *Stream) reserveSend(want int) (int, error) {
-	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for {
-		switch {
-		case s.reset != nil:
-			return 0, s.reset
-		case s.sentEnd:
-			return 0, errWriteAfterCloseWrite
-		case expired(s.wdeadline):
-			return 0, os.ErrDeadlineExceeded
-		}
-		if s.sendWindow > 0 && c.sendWindow > 0 {
-			n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
-			s.sendWindow -= n
-			c.sendWindow -= n
-			delete(c.connBlocked, s)
-			return int(n), nil
-		}
-		if c.sendWindow <= 0 {
-			c.connBlocked[s] = struct{}{}
-		}
-		s.cond.Wait()
-	}
 }
 
 // CloseWrite ends our side of the stream (END_STREAM), like shutdown(SHUT_WR).
@@ -295,19 +272,20 @@ func (s *Stream) SetDeadline(t time.Time) error {
 
 // SetReadDeadline makes blocked and future Reads fail with os.ErrDeadlineExceeded after t.
 func (s *Stream) SetReadDeadline(t time.Time) error {
-	s.c.mu.Lock()
-	defer s.c.mu.Unlock()
-	s.rdeadline = t
-	s.rtimer = s.armLocked(s.rtimer, t)
-	return nil
+	return s.setDeadline(&s.rdeadline, &s.rtimer, t)
 }
 
 // SetWriteDeadline makes blocked and future Writes fail with os.ErrDeadlineExceeded after t.
 func (s *Stream) SetWriteDeadline(t time.Time) error {
+	return s.setDeadline(&s.wdeadline, &s.wtimer, t)
+}
+
+// setDeadline sets one direction's deadline and re-arms its timer; both live under c.mu.
+func (s *Stream) setDeadline(deadline *time.Time, timer **time.Timer, t time.Time) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.wdeadline = t
-	s.wtimer = s.armLocked(s.wtimer, t)
+	*deadline = t
+	*timer = s.armLocked(*timer, t)
 	return nil
 }
 
