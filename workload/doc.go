@@ -5,8 +5,8 @@
 // A State is built by NewState from a Spec, which a feeder fills: FileSource reads a YAML state
 // file (local mode: the lab, CI, a laptop); Kubernetes informers fill one in a cluster. Decisions
 // built on a State are pure functions: Diff says which of a node's workloads to enroll and unenroll
-// between two states, PickEndpoint chooses a backend of a service VIP, State.Decide authorizes a
-// connection (package policy).
+// between two states, PickEndpoint chooses a backend of a service VIP; policy.Evaluate authorizes a
+// connection against State.PolicySet.
 //
 // # The state file
 //

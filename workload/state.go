@@ -216,6 +216,11 @@ func (s *State) Services() []*Service { return slices.Clone(s.services) }
 // Policies returns every policy, sorted by namespace/name.
 func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
 
+// PolicySet returns every policy, sorted by namespace/name, without copying: what policy.Evaluate
+// takes, once per connection, where Policies' copy would be an allocation each time. The slice and
+// its policies belong to the State, shared by all its readers: read only, never modify or append.
+func (s *State) PolicySet() []policy.Policy { return s.policies[:len(s.policies):len(s.policies)] }
+
 // WorkloadByIP returns the workload that has ip (v4-mapped v6 addresses are unmapped first), or nil.
 func (s *State) WorkloadByIP(ip netip.Addr) *Workload { return s.byIP[ip.Unmap()] }
 
@@ -258,9 +263,4 @@ func (s *State) Endpoints(svc *Service) []*Workload {
 // PoliciesFor returns the policies that apply to w (see policy.Policy.AppliesTo).
 func (s *State) PoliciesFor(w *Workload) []policy.Policy {
 	return policy.Applicable(s.policies, w.Namespace, w.Labels, s.RootNamespace())
-}
-
-// Decide authorizes req against the policies of the state (see policy.Evaluate).
-func (s *State) Decide(req policy.Request) policy.Decision {
-	return policy.Evaluate(s.policies, req, s.RootNamespace())
 }

@@ -143,13 +143,13 @@ func TestLookups(t *testing.T) {
 		{"spiffe://cluster.local/ns/legacy/sa/default", 8080, false},
 		{"", 8080, false},
 	} {
-		d := s.Decide(policy.Request{SrcPrincipal: tt.src, DstNamespace: api1.Namespace, DstLabels: api1.Labels, DstPort: tt.port})
+		d := policy.Evaluate(s.PolicySet(), policy.Request{SrcPrincipal: tt.src, DstNamespace: api1.Namespace, DstLabels: api1.Labels, DstPort: tt.port}, s.RootNamespace())
 		if d.Allowed != tt.allowed {
-			t.Errorf("Decide(%q → api-1:%d) = %+v, want allowed=%v", tt.src, tt.port, d, tt.allowed)
+			t.Errorf("Evaluate(%q → api-1:%d) = %+v, want allowed=%v", tt.src, tt.port, d, tt.allowed)
 		}
 	}
-	if d := s.Decide(policy.Request{SrcPrincipal: id.String(), DstNamespace: "shop", DstLabels: web.Labels, DstPort: 22}); d.Allowed || d.Policy != "amesh-system/deny-ssh" {
-		t.Errorf("Decide(→ web-1:22) = %+v, want denied by the mesh-wide policy", d)
+	if d := policy.Evaluate(s.PolicySet(), policy.Request{SrcPrincipal: id.String(), DstNamespace: "shop", DstLabels: web.Labels, DstPort: 22}, s.RootNamespace()); d.Allowed || d.Policy != "amesh-system/deny-ssh" {
+		t.Errorf("Evaluate(→ web-1:22) = %+v, want denied by the mesh-wide policy", d)
 	}
 	if !web.Enrolled() || web.AcceptsPlaintext() {
 		t.Errorf("web-1 enrolled=%v plaintext=%v", web.Enrolled(), web.AcceptsPlaintext())
@@ -171,7 +171,7 @@ func TestZeroState(t *testing.T) {
 	if svc, _, ok := s.ServiceByVIP(netip.MustParseAddrPort("10.0.0.1:80")); svc != nil || ok {
 		t.Error("zero State has a VIP")
 	}
-	if d := s.Decide(policy.Request{DstNamespace: "x"}); !d.Allowed {
+	if d := policy.Evaluate(s.PolicySet(), policy.Request{DstNamespace: "x"}, s.RootNamespace()); !d.Allowed {
 		t.Errorf("zero State denies: %+v", d)
 	}
 }
