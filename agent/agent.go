@@ -23,6 +23,7 @@ import (
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/kube"
 )
 
 // Config configures an Agent. Node and StatePath are required.
@@ -35,7 +36,7 @@ type Config struct {
 	// Kube feeds the state from the Kubernetes API server (its PodIPs is set by the agent, from
 	// what amesh-cni reports). Pods get their netns from CNI ADD, or, for pods that were running
 	// before (a namespace labelled later, an agent restart), from the netns that holds their IP.
-	Kube *workload.KubeSource
+	Kube *kube.Source
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
 	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and

@@ -3,7 +3,8 @@
 // lock-free and subscribers are told about.
 //
 // A State is built by NewState from a Spec, which a feeder fills: FileSource reads a YAML state
-// file (local mode: the lab, CI, a laptop); Kubernetes informers fill one in a cluster. Decisions
+// file (local mode: the lab, CI, a laptop); package workload/kube fills one from the Kubernetes
+// API server in a cluster. Decisions
 // built on a State are pure functions: Diff says which of a node's workloads to enroll and unenroll
 // between two states, PickEndpoint chooses a backend of a service VIP; policy.Evaluate authorizes a
 // connection against State.PolicySet.
