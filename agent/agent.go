@@ -23,6 +23,7 @@ import (
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
 	"github.com/amesh-dev/amesh/workload/kube"
 )
 
@@ -42,7 +43,7 @@ type Config struct {
 	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and
 	// /healthz/live; none when empty. The DaemonSet uses :15021.
 	HealthAddr string
-	// StatePoll is how often the state file is polled; workload.DefaultInterval when zero.
+	// StatePoll is how often the state file is polled; file.DefaultInterval when zero.
 	StatePoll time.Duration
 	// CADir holds the built-in CA (ca.crt, ca.key); a new CA is written there if it is empty.
 	CADir string
@@ -135,7 +136,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		cfg.Kube.PodIPs = a.cniPods.ips
 		a.feed = kubeFeed{cfg.Kube}
 	} else {
-		a.feed = fileFeed{&workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
+		a.feed = fileFeed{&file.Source{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
 	}
 	// The feed (the informers) lives as long as the agent; the Kubernetes source bounds its own
 	// wait for the first State.

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
 	"github.com/amesh-dev/amesh/workload/kube"
 )
 
@@ -16,7 +17,7 @@ type feed interface {
 	run(ctx context.Context, store *workload.Store)
 }
 
-type fileFeed struct{ src *workload.FileSource }
+type fileFeed struct{ src *file.Source }
 
 func (f fileFeed) start(context.Context) (*workload.State, error) { return f.src.Load() }
 

@@ -55,19 +55,23 @@ type State struct {
 // spec do not show through). It fills the defaults: a Workload's UID is "namespace/name" when
 // empty, a ServicePort's TargetPort is its Port when zero. It reports every problem found.
 func NewState(spec Spec) (*State, error) {
-	p := &problems{}
-	s := build(spec, p)
-	if err := p.err("invalid state"); err != nil {
+	p := &Problems{}
+	s := Build(spec, p)
+	if err := p.Err("invalid state"); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// build copies spec into a State, checking it and recording each problem in p. The State is
-// meaningful only when p stays empty.
-func build(spec Spec, p *problems) *State {
+// Build is NewState for a feeder with problems of its own to report with those of spec, such as
+// the state file's, at their lines: it validates spec as NewState does, recording every problem in
+// p, and returns the State, or nil when p holds any problem (recorded now or before).
+func Build(spec Spec, p *Problems) *State {
 	spec = cloneSpec(spec)
 	check(&spec, p)
+	if len(p.errs) > 0 {
+		return nil
+	}
 
 	s := &State{
 		trustDomain: spec.TrustDomain,
