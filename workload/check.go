@@ -44,8 +44,18 @@ func checkAddr(kind string, a netip.Addr) error {
 	return nil
 }
 
-// check validates spec (already cloned, defaults filled) and records every problem in p.
+// check validates spec (already cloned, defaults filled) and records every problem in p, section
+// by section in the state file's order. Workloads refer to nodes, and a service's VIPs must be no
+// workload's IP, so the sections before hand their indices on.
 func check(spec *Spec, p *Problems) {
+	checkTop(spec, p)
+	nodes := checkNodes(spec, p)
+	ips := checkWorkloads(spec, nodes, p)
+	checkServices(spec, ips, p)
+	checkPolicies(spec, p)
+}
+
+func checkTop(spec *Spec, p *Problems) {
 	if spec.TrustDomain.IsZero() {
 		p.Add(SectionTop, 0, "trustDomain", "trustDomain", errors.New("is required"))
 	}
@@ -54,7 +64,10 @@ func check(spec *Spec, p *Problems) {
 			p.Add(SectionTop, 0, "rootNamespace", "rootNamespace", err)
 		}
 	}
+}
 
+// checkNodes returns the index of every node by name.
+func checkNodes(spec *Spec, p *Problems) map[string]int {
 	nodes := make(map[string]int)
 	nodeIPs := make(map[netip.Addr]int)
 	for i, n := range spec.Nodes {
@@ -71,7 +84,7 @@ func check(spec *Spec, p *Problems) {
 		}
 		if !n.IP.IsValid() {
 			// Optional in a Spec (a Kubernetes node whose pods have no status.hostIP yet); the
-			// state file requires it (convert).
+			// state file requires it (package workload/file).
 		} else if err := checkAddr("ip", n.IP); err != nil {
 			p.Add(SectionNodes, i, "ip", what, err)
 		} else if j, dup := nodeIPs[n.IP]; dup {
@@ -80,7 +93,12 @@ func check(spec *Spec, p *Problems) {
 			nodeIPs[n.IP] = i
 		}
 	}
+	return nodes
+}
 
+// checkWorkloads checks the workloads against the nodes (by name, from checkNodes) and returns
+// the index of the workload of every IP.
+func checkWorkloads(spec *Spec, nodes map[string]int, p *Problems) map[netip.Addr]int {
 	names := make(map[string]int) // namespace/name
 	uids := make(map[string]int)
 	ips := make(map[netip.Addr]int) // → workload index
@@ -141,16 +159,14 @@ func check(spec *Spec, p *Problems) {
 		if w.InboundMode > InboundPermissive {
 			p.Addf(SectionWorkloads, i, "inboundMode", what, "inboundMode %s is not strict or permissive", w.InboundMode)
 		}
-		if err := policy.ValidateLabels(w.Labels); err != nil {
-			p.Add(SectionWorkloads, i, "labels", what, err)
-		}
-		if w.Waypoint != "" {
-			if err := checkName(dnsSubdomain, 253, "waypoint", w.Waypoint); err != nil {
-				p.Add(SectionWorkloads, i, "waypoint", what, err)
-			}
-		}
+		checkLabelsWaypoint(p, SectionWorkloads, i, what, "labels", w.Labels, w.Waypoint)
 	}
+	return ips
+}
 
+// checkServices checks the services; ips are the workloads' (from checkWorkloads), which no VIP
+// may be.
+func checkServices(spec *Spec, ips map[netip.Addr]int, p *Problems) {
 	svcs := make(map[string]int)
 	vips := make(map[netip.Addr]int)
 	for i := range spec.Services {
@@ -195,16 +211,24 @@ func check(spec *Spec, p *Problems) {
 			}
 			seen[sp.Port] = true
 		}
-		if err := policy.ValidateLabels(svc.Selector); err != nil {
-			p.Add(SectionServices, i, "selector", what, err)
-		}
-		if svc.Waypoint != "" {
-			if err := checkName(dnsSubdomain, 253, "waypoint", svc.Waypoint); err != nil {
-				p.Add(SectionServices, i, "waypoint", what, err)
-			}
+		checkLabelsWaypoint(p, SectionServices, i, what, "selector", svc.Selector, svc.Waypoint)
+	}
+}
+
+// checkLabelsWaypoint checks what workloads and services share: labels (a workload's own, a service's
+// selector, at field) and the name of a waypoint, if any.
+func checkLabelsWaypoint(p *Problems, section string, i int, what, field string, labels map[string]string, waypoint string) {
+	if err := policy.ValidateLabels(labels); err != nil {
+		p.Add(section, i, field, what, err)
+	}
+	if waypoint != "" {
+		if err := checkName(dnsSubdomain, 253, "waypoint", waypoint); err != nil {
+			p.Add(section, i, "waypoint", what, err)
 		}
 	}
+}
 
+func checkPolicies(spec *Spec, p *Problems) {
 	pols := make(map[string]int)
 	for i, pol := range spec.Policies {
 		what := "policy " + pol.Key()
