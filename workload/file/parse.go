@@ -84,9 +84,9 @@ type (
 	}
 )
 
-// Parse reads a state file (see the package doc for its format) and returns the State it
-// describes. name is the file's name as errors should show it. An invalid file is rejected whole:
-// the error lists every problem, one per line, each as "name:line: what: problem".
+// Parse reads a state file (see the package doc for its format) and returns the workload.State
+// it describes. name is the file's name as errors should show it. An invalid file is rejected
+// whole: the error lists every problem, one per line, each as "name:line: what: problem".
 //
 // Checking runs in two phases, as a compiler's: first the YAML itself (syntax, unknown fields,
 // types) and the syntax of values (addresses, modes, port numbers); then, only if that passed,
@@ -140,7 +140,8 @@ func Parse(name string, data []byte) (*workload.State, error) {
 
 var (
 	yamlLine = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
-	// Go type names in yaml's messages, as a reader of the file knows them.
+	// Go type names in yaml's messages (qualified with this package's name), as a reader of the
+	// file knows them.
 	yamlTypes = strings.NewReplacer(
 		"file.fileDoc", "state file",
 		"file.nodeYAML", "node",
