@@ -24,6 +24,8 @@ import (
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
+	"github.com/amesh-dev/amesh/workload/kube"
 )
 
 // Config configures an Agent. Node and StatePath are required.
@@ -36,13 +38,13 @@ type Config struct {
 	// Kube feeds the state from the Kubernetes API server (its PodIPs is set by the agent, from
 	// what amesh-cni reports). Pods get their netns from CNI ADD, or, for pods that were running
 	// before (a namespace labelled later, an agent restart), from the netns that holds their IP.
-	Kube *workload.KubeSource
+	Kube *kube.Source
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
 	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and
 	// /healthz/live; none when empty. The DaemonSet uses :15021.
 	HealthAddr string
-	// StatePoll is how often the state file is polled; workload.DefaultInterval when zero.
+	// StatePoll is how often the state file is polled; file.DefaultInterval when zero.
 	StatePoll time.Duration
 	// CADir holds the built-in CA (ca.crt, ca.key); a new CA is written there if it is empty.
 	CADir string
@@ -135,7 +137,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		cfg.Kube.PodIPs = a.cniPods.ips
 		a.feed = kubeFeed{cfg.Kube}
 	} else {
-		a.feed = fileFeed{&workload.FileSource{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
+		a.feed = fileFeed{&file.Source{Path: cfg.StatePath, Interval: cfg.StatePoll, Logger: log}}
 	}
 	// The feed (the informers) lives as long as the agent; the Kubernetes source bounds its own
 	// wait for the first State.

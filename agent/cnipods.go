@@ -79,7 +79,7 @@ func (r *cniRegistry) lookup(uid string) (cniPod, bool) {
 	return *p, true
 }
 
-// ips returns the IPs of the pods that have not been deleted, for workload.KubeSource.PodIPs.
+// ips returns the IPs of the pods that have not been deleted, for kube.Source.PodIPs.
 func (r *cniRegistry) ips() map[string][]netip.Addr {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
+	"github.com/amesh-dev/amesh/workload/kube"
 )
 
 // feed is where the state view comes from: the YAML state file or the Kubernetes API server.
@@ -15,13 +17,13 @@ type feed interface {
 	run(ctx context.Context, store *workload.Store)
 }
 
-type fileFeed struct{ src *workload.FileSource }
+type fileFeed struct{ src *file.Source }
 
 func (f fileFeed) start(context.Context) (*workload.State, error) { return f.src.Load() }
 
 func (f fileFeed) run(ctx context.Context, store *workload.Store) { f.src.Run(ctx, store) }
 
-type kubeFeed struct{ src *workload.KubeSource }
+type kubeFeed struct{ src *kube.Source }
 
 func (k kubeFeed) start(ctx context.Context) (*workload.State, error) { return k.src.Start(ctx) }
 

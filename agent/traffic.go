@@ -261,7 +261,8 @@ func (a *Agent) refuse(c *net.TCPConn, e *accessEntry, start time.Time, result, 
 // decide applies the policies of the destination pod to a source principal (empty for a
 // plaintext source): one decision for the HBONE, splice and plaintext paths alike.
 func (a *Agent) decide(st *workload.State, src string, dst *pod, port uint16) policy.Decision {
-	return st.Decide(policy.Request{SrcPrincipal: src, DstNamespace: dst.w.Namespace, DstLabels: dst.w.Labels, DstPort: port})
+	req := policy.Request{SrcPrincipal: src, DstNamespace: dst.w.Namespace, DstLabels: dst.w.Labels, DstPort: port}
+	return policy.Evaluate(st.PolicySet(), req, st.RootNamespace())
 }
 
 // accessEntry is one access-log line.

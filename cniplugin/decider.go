@@ -70,7 +70,7 @@ func newKubeDecider(cfg *rest.Config, timeout time.Duration) (*KubeDecider, erro
 	return &KubeDecider{client: c}, nil
 }
 
-// InMesh implements MeshDecider with the agent's rule (workload.KubeSpec): a pod labelled
+// InMesh implements MeshDecider with the agent's rule (workload/kube.Spec): a pod labelled
 // amesh.io/dataplane-mode=none is out, one labelled ambient is in, any other pod is in when its
 // namespace is labelled amesh.io/dataplane-mode=ambient. A pod the API server does not know
 // (deleted meanwhile) counts as its namespace says: the safe side.

@@ -55,19 +55,23 @@ type State struct {
 // spec do not show through). It fills the defaults: a Workload's UID is "namespace/name" when
 // empty, a ServicePort's TargetPort is its Port when zero. It reports every problem found.
 func NewState(spec Spec) (*State, error) {
-	p := &problems{}
-	s := build(spec, p)
-	if err := p.err("invalid state"); err != nil {
+	p := &Problems{}
+	s := Build(spec, p)
+	if err := p.Err("invalid state"); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// build copies spec into a State, checking it and recording each problem in p. The State is
-// meaningful only when p stays empty.
-func build(spec Spec, p *problems) *State {
+// Build is NewState for a feeder with problems of its own to report with those of spec, such as
+// the state file's, at their lines: it validates spec as NewState does, recording every problem in
+// p, and returns the State, or nil when p holds any problem (recorded now or before).
+func Build(spec Spec, p *Problems) *State {
 	spec = cloneSpec(spec)
 	check(&spec, p)
+	if len(p.errs) > 0 {
+		return nil
+	}
 
 	s := &State{
 		trustDomain: spec.TrustDomain,
@@ -216,6 +220,11 @@ func (s *State) Services() []*Service { return slices.Clone(s.services) }
 // Policies returns every policy, sorted by namespace/name.
 func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
 
+// PolicySet returns every policy, sorted by namespace/name, without copying: what policy.Evaluate
+// takes, once per connection, where Policies' copy would be an allocation each time. The slice and
+// its policies belong to the State, shared by all its readers: read only, never modify or append.
+func (s *State) PolicySet() []policy.Policy { return s.policies[:len(s.policies):len(s.policies)] }
+
 // WorkloadByIP returns the workload that has ip (v4-mapped v6 addresses are unmapped first), or nil.
 func (s *State) WorkloadByIP(ip netip.Addr) *Workload { return s.byIP[ip.Unmap()] }
 
@@ -258,9 +267,4 @@ func (s *State) Endpoints(svc *Service) []*Workload {
 // PoliciesFor returns the policies that apply to w (see policy.Policy.AppliesTo).
 func (s *State) PoliciesFor(w *Workload) []policy.Policy {
 	return policy.Applicable(s.policies, w.Namespace, w.Labels, s.RootNamespace())
-}
-
-// Decide authorizes req against the policies of the state (see policy.Evaluate).
-func (s *State) Decide(req policy.Request) policy.Decision {
-	return policy.Evaluate(s.policies, req, s.RootNamespace())
 }

@@ -18,7 +18,7 @@ import (
 	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
 	"github.com/amesh-dev/amesh/cniplugin"
 	"github.com/amesh-dev/amesh/identity"
-	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/kube"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
@@ -175,7 +175,7 @@ Flags (environment variable in brackets):
 
 // kubeSource builds the Kubernetes state source from a kubeconfig, or the in-cluster service
 // account when kubeconfig is empty.
-func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*workload.KubeSource, error) {
+func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*kube.Source, error) {
 	td, err := spiffeid.TrustDomainFromString(trustDomain)
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
@@ -188,7 +188,7 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*work
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &workload.KubeSource{Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
+	return &kube.Source{Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
 }
 
 // installCNI is `amesh-agent install-cni` (the DaemonSet's init container: put amesh-cni in the

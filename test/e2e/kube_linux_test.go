@@ -29,7 +29,7 @@ import (
 
 	"github.com/amesh-dev/amesh/test/k8s"
 	"github.com/amesh-dev/amesh/test/lab"
-	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/kube"
 )
 
 // kubeCluster is the lab playing a Kubernetes cluster: a real kube-apiserver + etcd in a netns of
@@ -325,7 +325,7 @@ func (c *kubeCluster) namespace(name string, labels map[string]string) {
 }
 
 func (c *kubeCluster) labelNamespace(name, value string) {
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, workload.LabelDataplaneMode, value)
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, kube.LabelDataplaneMode, value)
 	if _, err := c.cs.CoreV1().Namespaces().Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		c.t.Fatal(err)
 	}
@@ -473,12 +473,12 @@ func (c *kubeCluster) logged(node, msg, pod string) bool {
 func TestKubernetes(t *testing.T) {
 	c := newKubeCluster(t)
 	ctx := context.Background()
-	c.namespace("shop", map[string]string{workload.LabelDataplaneMode: "ambient"})
+	c.namespace("shop", map[string]string{kube.LabelDataplaneMode: "ambient"})
 	c.namespace("late", nil)
 	web := c.pod("shop", "web", "node1", podOpts{sa: "web", labels: map[string]string{"app": "web"}})
 	api := c.pod("shop", "api", "node2", podOpts{sa: "api", labels: map[string]string{"app": "api"}, probe: true})
 	api1 := c.pod("shop", "api1", "node1", podOpts{sa: "api", labels: map[string]string{"app": "api"}})
-	optout := c.pod("shop", "batch", "node1", podOpts{sa: "batch", labels: map[string]string{workload.LabelDataplaneMode: "none"}})
+	optout := c.pod("shop", "batch", "node1", podOpts{sa: "batch", labels: map[string]string{kube.LabelDataplaneMode: "none"}})
 	lateA := c.pod("late", "late-a", "node1", podOpts{sa: "a"})
 	lateB := c.pod("late", "late-b", "node2", podOpts{sa: "b"})
 
@@ -557,7 +557,7 @@ func TestKubernetes(t *testing.T) {
 				"rules":    []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"cluster.local/ns/shop/sa/other"}}}}}},
 			},
 		}}
-		res := c.dyn.Resource(workload.AuthorizationPolicyResource).Namespace("shop")
+		res := c.dyn.Resource(kube.AuthorizationPolicyResource).Namespace("shop")
 		asked := time.Now()
 		if _, err := res.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -691,7 +691,7 @@ func TestKubernetes(t *testing.T) {
 			"metadata": map[string]any{"name": "deny-web", "namespace": "shop"},
 			"spec":     map[string]any{"action": "DENY", "rules": []any{map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"cluster.local/ns/shop/sa/web"}}}}}}},
 		}}
-		res := c.dyn.Resource(workload.AuthorizationPolicyResource).Namespace("shop")
+		res := c.dyn.Resource(kube.AuthorizationPolicyResource).Namespace("shop")
 		if _, err := res.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
-	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
 )
 
 // netnsList is `ip netns list`, names only.
@@ -232,7 +232,7 @@ func TestLab(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := workload.Parse(path, data)
+		s, err := file.Parse(path, data)
 		if err != nil {
 			t.Fatal(err)
 		}

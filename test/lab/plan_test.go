@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
 )
 
 // testConfig is the lab of the tests: two pods on node1, one on node2.
@@ -137,7 +138,7 @@ func TestStateYAMLParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := workload.Parse("lab.yaml", l.StateYAML())
+	s, err := file.Parse("lab.yaml", l.StateYAML())
 	if err != nil {
 		t.Fatalf("%v\n%s", err, l.StateYAML())
 	}
@@ -177,7 +178,7 @@ func TestStateYAMLWithoutPods(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := workload.Parse("lab.yaml", l.StateYAML()); err != nil {
+	if _, err := file.Parse("lab.yaml", l.StateYAML()); err != nil {
 		t.Fatalf("%v\n%s", err, l.StateYAML())
 	}
 }
@@ -212,7 +213,7 @@ func TestWriteState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := workload.Parse(path, data)
+	s, err := file.Parse(path, data)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, data)
 	}

@@ -10,10 +10,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/amesh-dev/amesh/workload"
+	"github.com/amesh-dev/amesh/workload/file"
 )
 
-// StateYAML returns the lab as an amesh state file (the format of package workload): its trust
+// StateYAML returns the lab as an amesh state file (the format of package workload/file): its trust
 // domain, its nodes and a workload for every pod, with no services or policies.
 func (l *Lab) StateYAML() []byte {
 	var b bytes.Buffer
@@ -64,7 +64,7 @@ func q(s string) string { return strconv.Quote(s) }
 // (either may be empty), to path, atomically: agents polling the file read the old state or the
 // new, never half of one. A section may start with its key ("services:") or be only its list
 // ("- name: api ..."). A relative path is taken inside l.Dir. The result is checked with
-// workload.Parse first and not written if it is invalid; write a broken file by hand to test an
+// file.Parse first and not written if it is invalid; write a broken file by hand to test an
 // agent's rejection.
 func (l *Lab) WriteState(path, servicesYAML, policiesYAML string) error {
 	data := l.StateYAML()
@@ -73,7 +73,7 @@ func (l *Lab) WriteState(path, servicesYAML, policiesYAML string) error {
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(l.Dir, path)
 	}
-	if _, err := workload.Parse(path, data); err != nil {
+	if _, err := file.Parse(path, data); err != nil {
 		return fmt.Errorf("lab: write state: %w", err)
 	}
 	if err := writeAtomic(path, data); err != nil {

@@ -1,4 +1,4 @@
-package workload
+package file
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/amesh-dev/amesh/workload"
 )
 
 // stateFile returns a valid state file with n workloads on node1.
@@ -68,7 +70,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // nextState waits for a delivery whose state has n workloads, skipping others (coalescing may
 // deliver an intermediate one).
-func nextState(t *testing.T, ch <-chan *State, n int) *State {
+func nextState(t *testing.T, ch <-chan *workload.State, n int) *workload.State {
 	t.Helper()
 	deadline := time.After(5 * time.Second)
 	for {
@@ -83,13 +85,13 @@ func nextState(t *testing.T, ch <-chan *State, n int) *State {
 	}
 }
 
-func TestFileSource(t *testing.T) {
+func TestSource(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.yaml")
 	writeRename(t, path, stateFile(1))
 
 	logs := &syncBuffer{}
-	src := &FileSource{
+	src := &Source{
 		Path:     path,
 		Interval: 5 * time.Millisecond,
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -99,10 +101,10 @@ func TestFileSource(t *testing.T) {
 		t.Fatalf("Load = %v, %v", initial, err)
 	}
 
-	store := NewStore(initial)
+	store := workload.NewStore(initial)
 	updates, cancel := store.Subscribe()
 	defer cancel()
-	if s := recv(t, updates); s != initial {
+	if s := <-updates; s != initial { // Subscribe delivers the current state at once
 		t.Fatal("first delivery is not the loaded state")
 	}
 
@@ -182,20 +184,20 @@ func TestFileSource(t *testing.T) {
 	}
 }
 
-func TestFileSourceLoadErrors(t *testing.T) {
+func TestSourceLoadErrors(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := (&FileSource{Path: filepath.Join(dir, "missing.yaml")}).Load(); !errors.Is(err, os.ErrNotExist) {
+	if _, err := (&Source{Path: filepath.Join(dir, "missing.yaml")}).Load(); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
 	}
 	path := filepath.Join(dir, "bad.yaml")
 	if err := os.WriteFile(path, []byte("trustDomain: cluster.local\nnodes: [{name: n, ip: x}]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := (&FileSource{Path: path}).Load()
+	_, err := (&Source{Path: path}).Load()
 	if err == nil || !strings.Contains(err.Error(), path+":2: node n: ip \"x\" is not an IP address") {
 		t.Errorf("Load(bad) = %v", err)
 	}
-	if err := (&FileSource{Path: path}).Run(context.Background(), nil); err == nil {
+	if err := (&Source{Path: path}).Run(context.Background(), nil); err == nil {
 		t.Error("Run(nil store) = nil")
 	}
 }

@@ -1,4 +1,4 @@
-package workload
+package file
 
 import (
 	"context"
@@ -9,20 +9,22 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/amesh-dev/amesh/workload"
 )
 
-// DefaultInterval is how often a FileSource polls its file when Interval is zero.
+// DefaultInterval is how often a Source polls its file when Interval is zero.
 const DefaultInterval = 250 * time.Millisecond
 
-// FileSource feeds a Store from a state file (local mode). It polls the file by path and compares
-// the content's hash, so any way of updating the file works, including editors and tools that
-// write a new file and rename it over the old one (the atomic way, recommended). A change is
+// Source feeds a workload.Store from a state file (local mode). It polls the file by path and
+// compares the content's hash, so any way of updating the file works, including editors and tools
+// that write a new file and rename it over the old one (the atomic way, recommended). A change is
 // applied once the content has been the same on two polls in a row: a file caught in the middle of
 // an in-place rewrite is not parsed half-written, since a truncated file can be valid YAML that
 // silently drops workloads or DENY policies.
 //
 // An invalid file is rejected whole: the last good state stays in force.
-type FileSource struct {
+type Source struct {
 	// Path of the state file.
 	Path string
 	// Interval between polls; DefaultInterval when zero.
@@ -37,7 +39,7 @@ type FileSource struct {
 
 // Load reads and parses the file once. A Run that follows does not apply the same content again:
 // a reload that changes nothing must not look like a change to subscribers.
-func (f *FileSource) Load() (*State, error) {
+func (f *Source) Load() (*workload.State, error) {
 	data, err := os.ReadFile(f.Path)
 	if err != nil {
 		return nil, fmt.Errorf("workload: read state file: %w", err)
@@ -51,12 +53,12 @@ func (f *FileSource) Load() (*State, error) {
 }
 
 // Rejected returns how many versions of the file Run has rejected as invalid.
-func (f *FileSource) Rejected() uint64 { return f.rejected.Load() }
+func (f *Source) Rejected() uint64 { return f.rejected.Load() }
 
 // Run polls the file and calls store.Replace with each new valid version, the first one included
 // unless it is what Load last returned, until ctx is done; it then returns ctx.Err(). A version that does not parse is logged, counted
 // (Rejected) and otherwise ignored; so is, once per distinct error, a file that cannot be read.
-func (f *FileSource) Run(ctx context.Context, store *Store) error {
+func (f *Source) Run(ctx context.Context, store *workload.Store) error {
 	if store == nil {
 		return errors.New("workload: FileSource.Run: nil store")
 	}
@@ -95,7 +97,7 @@ type poller struct {
 	readErr     string // last read error logged
 }
 
-func (p *poller) poll(f *FileSource, store *Store, log *slog.Logger) {
+func (p *poller) poll(f *Source, store *workload.Store, log *slog.Logger) {
 	data, err := os.ReadFile(f.Path)
 	if err != nil {
 		if msg := err.Error(); msg != p.readErr {
@@ -125,6 +127,6 @@ func (p *poller) poll(f *FileSource, store *Store, log *slog.Logger) {
 		return
 	}
 	store.Replace(st)
-	log.Info("state file applied", "nodes", len(st.nodes), "workloads", len(st.workloads),
-		"services", len(st.services), "policies", len(st.policies))
+	log.Info("state file applied", "nodes", len(st.Nodes()), "workloads", len(st.Workloads()),
+		"services", len(st.Services()), "policies", len(st.PolicySet()))
 }

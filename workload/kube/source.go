@@ -1,4 +1,4 @@
-package workload
+package kube
 
 import (
 	"context"
@@ -20,18 +20,19 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // AuthorizationPolicyResource is the AuthorizationPolicy CRD's resource (deploy/crd.yaml).
 var AuthorizationPolicyResource = schema.GroupVersionResource{Group: "security.amesh.io", Version: "v1", Resource: "authorizationpolicies"}
 
-// KubeSource feeds a Store from the Kubernetes API server: shared informers (resync off) on
+// Source feeds a workload.Store from the Kubernetes API server: shared informers (resync off) on
 // Namespaces, Pods, Services, EndpointSlices and AuthorizationPolicies; every change builds a new
-// State (KubeSpec, then NewState), bursts of events coalesced. Informers keep their cache across
+// State (Spec, then workload.NewState), bursts of events coalesced. Informers keep their cache across
 // API server restarts and resync when it is back, so the agent goes on serving from the last
 // State meanwhile. Create one, call Start, then Run.
-type KubeSource struct {
+type Source struct {
 	// Dynamic reaches the API server. Only the dynamic client is used, with the typed objects
 	// made from what it returns: client-go's typed clientset and informer factory link in every
 	// API group of Kubernetes, which tripled the agent's resident memory.
@@ -79,7 +80,7 @@ func lister[T any](inf cache.SharedIndexInformer) cacheLister[T] {
 // Start starts the informers, which run until ctx is done, and returns the first State once
 // every cache has synced, waiting at most SyncTimeout. A missing AuthorizationPolicy CRD is an
 // error: without it the agent could not see the policies it must enforce.
-func (k *KubeSource) Start(ctx context.Context) (*State, error) {
+func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	if k.Dynamic == nil {
 		return nil, errors.New("workload: kubernetes source needs a dynamic client")
 	}
@@ -146,14 +147,14 @@ func (k *KubeSource) Start(ctx context.Context) (*State, error) {
 
 // Refresh makes Run build a new State at once, without the debounce: for a pod whose CNI ADD
 // waits on it.
-func (k *KubeSource) Refresh() {
+func (k *Source) Refresh() {
 	select {
 	case k.urgent <- struct{}{}:
 	default:
 	}
 }
 
-func (k *KubeSource) poke() {
+func (k *Source) poke() {
 	select {
 	case k.changed <- struct{}{}:
 	default:
@@ -161,9 +162,9 @@ func (k *KubeSource) poke() {
 }
 
 // Run replaces store's State after every change until ctx is done. A State that fails to build
-// (it should not: KubeSpec leaves out what NewState would refuse) is logged and the previous one
+// (it should not: Spec leaves out what workload.NewState would refuse) is logged and the previous one
 // kept.
-func (k *KubeSource) Run(ctx context.Context, store *Store) {
+func (k *Source) Run(ctx context.Context, store *workload.Store) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -191,9 +192,9 @@ func (k *KubeSource) Run(ctx context.Context, store *Store) {
 }
 
 // Problems returns how many objects were left out or replaced (invalid policies) so far.
-func (k *KubeSource) Problems() int64 { return k.problems.Load() }
+func (k *Source) Problems() int64 { return k.problems.Load() }
 
-func (k *KubeSource) build() (*State, error) {
+func (k *Source) build() (*workload.State, error) {
 	objs := Objects{
 		Namespaces: k.nsLister(), Pods: k.podLister(), Services: k.svcLister(),
 		EndpointSlices: k.epsLister(), Policies: k.polLister(),
@@ -201,7 +202,7 @@ func (k *KubeSource) build() (*State, error) {
 	if k.PodIPs != nil {
 		objs.PodIPs = k.PodIPs()
 	}
-	spec, problems := KubeSpec(k.TrustDomain, k.RootNamespace, objs)
+	spec, problems := Spec(k.TrustDomain, k.RootNamespace, objs)
 	if len(problems) > 0 {
 		k.problems.Add(int64(len(problems)))
 		// Logged when they change, not on every rebuild.
@@ -214,7 +215,7 @@ func (k *KubeSource) build() (*State, error) {
 	} else {
 		k.lastReport = ""
 	}
-	st, err := NewState(spec)
+	st, err := workload.NewState(spec)
 	if err != nil {
 		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
 	}
@@ -231,7 +232,7 @@ var (
 
 // informer watches gvr across namespaces, with no resync, storing what transform makes of each
 // object.
-func (k *KubeSource) informer(ctx context.Context, gvr schema.GroupVersionResource, transform cache.TransformFunc) cache.SharedIndexInformer {
+func (k *Source) informer(ctx context.Context, gvr schema.GroupVersionResource, transform cache.TransformFunc) cache.SharedIndexInformer {
 	res := k.Dynamic.Resource(gvr)
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -248,7 +249,7 @@ func (k *KubeSource) informer(ctx context.Context, gvr schema.GroupVersionResour
 	return inf
 }
 
-// typed turns an object of the dynamic client into its typed form (the listers and KubeSpec read
+// typed turns an object of the dynamic client into its typed form (the listers and Spec read
 // those), dropping what the agent never reads (managed fields, annotations such as kubectl's
 // last-applied configuration), which are most of a pod's size.
 func typed[T any, PT interface {

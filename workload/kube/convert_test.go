@@ -1,4 +1,4 @@
-package workload
+package kube
 
 import (
 	"net/netip"
@@ -15,9 +15,14 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/amesh-dev/amesh/policy"
+	"github.com/amesh-dev/amesh/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/goleak"
 )
 
-var kubeTD = td
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var kubeTD = spiffeid.RequireTrustDomainFromString("cluster.local")
 
 func kns(name string, labels map[string]string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
@@ -44,7 +49,7 @@ func podLabels(l map[string]string) podOpt { return func(p *corev1.Pod) { p.Labe
 
 var ambientNS = map[string]string{LabelDataplaneMode: "ambient"}
 
-func TestKubeSpecWorkloads(t *testing.T) {
+func TestSpecWorkloads(t *testing.T) {
 	probe := func(p *corev1.Pod) {
 		p.Spec.Containers = []corev1.Container{{
 			Name:  "app",
@@ -61,8 +66,8 @@ func TestKubeSpecWorkloads(t *testing.T) {
 		name     string
 		ns       []*corev1.Namespace
 		pods     []*corev1.Pod
-		want     map[string]Mode // workload name -> mode; absent: left out
-		problems string          // substring of the reported problems; empty: none
+		want     map[string]workload.Mode // workload name -> mode; absent: left out
+		problems string                   // substring of the reported problems; empty: none
 		cni      map[string][]netip.Addr
 	}{
 		{
@@ -74,7 +79,7 @@ func TestKubeSpecWorkloads(t *testing.T) {
 				kpod("plain", "legacy", "node2", "10.244.2.2"),
 				kpod("plain", "solo", "node2", "10.244.2.3", podLabels(map[string]string{LabelDataplaneMode: "ambient"})),
 			},
-			want: map[string]Mode{"web": ModeAmbient, "batch": ModeNone, "legacy": ModeNone, "solo": ModeAmbient},
+			want: map[string]workload.Mode{"web": workload.ModeAmbient, "batch": workload.ModeNone, "legacy": workload.ModeNone, "solo": workload.ModeAmbient},
 		},
 		{
 			name: "pods without an IP or node, finished or on the host network are left out; a node's IP may be unknown",
@@ -87,14 +92,14 @@ func TestKubeSpecWorkloads(t *testing.T) {
 				kpod("shop", "hostnet", "node1", "10.250.0.1", func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
 				kpod("shop", "web", "node1", "10.244.1.2"),
 			},
-			want: map[string]Mode{"web": ModeAmbient, "nohost": ModeAmbient},
+			want: map[string]workload.Mode{"web": workload.ModeAmbient, "nohost": workload.ModeAmbient},
 		},
 		{
 			name: "a pod being created has its IPs from the CNI plugin before its status does",
 			ns:   []*corev1.Namespace{kns("shop", ambientNS)},
 			pods: []*corev1.Pod{kpod("shop", "pending", "node1", ""), kpod("shop", "other", "node1", "")},
 			cni:  map[string][]netip.Addr{"uid-pending": {netip.MustParseAddr("10.244.1.9")}},
-			want: map[string]Mode{"pending": ModeAmbient},
+			want: map[string]workload.Mode{"pending": workload.ModeAmbient},
 		},
 		{
 			name: "of two pods with one IP the newer keeps it",
@@ -103,27 +108,27 @@ func TestKubeSpecWorkloads(t *testing.T) {
 				kpod("shop", "old", "node1", "10.244.1.2"),
 				kpod("shop", "new", "node1", "10.244.1.2", func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(time.Unix(2000, 0)) }),
 			},
-			want:     map[string]Mode{"new": ModeAmbient},
+			want:     map[string]workload.Mode{"new": workload.ModeAmbient},
 			problems: "ip 10.244.1.2 is also pod shop/new's",
 		},
 		{
 			name: "probe ports",
 			ns:   []*corev1.Namespace{kns("shop", ambientNS)},
 			pods: []*corev1.Pod{kpod("shop", "web", "node1", "10.244.1.2", probe)},
-			want: map[string]Mode{"web": ModeAmbient},
+			want: map[string]workload.Mode{"web": workload.ModeAmbient},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			spec, problems := KubeSpec(kubeTD, "", Objects{Namespaces: tt.ns, Pods: tt.pods, PodIPs: tt.cni})
+			spec, problems := Spec(kubeTD, "", Objects{Namespaces: tt.ns, Pods: tt.pods, PodIPs: tt.cni})
 			if tt.problems == "" && len(problems) > 0 || tt.problems != "" && !strings.Contains(joinErrs(problems), tt.problems) {
 				t.Errorf("problems %q, want %q", joinErrs(problems), tt.problems)
 			}
-			st, err := NewState(spec)
+			st, err := workload.NewState(spec)
 			if err != nil {
-				t.Fatalf("NewState refused KubeSpec's output: %v", err)
+				t.Fatalf("workload.NewState refused Spec's output: %v", err)
 			}
-			got := map[string]Mode{}
+			got := map[string]workload.Mode{}
 			for _, w := range st.Workloads() {
 				got[w.Name] = w.Mode
 				if w.Name == "web" && w.ServiceAccount != "web-sa" {
@@ -158,7 +163,7 @@ func joinErrs(errs []error) string {
 
 func ptr[T any](v T) *T { return &v }
 
-func TestKubeSpecServices(t *testing.T) {
+func TestSpecServices(t *testing.T) {
 	ns := []*corev1.Namespace{kns("shop", ambientNS)}
 	pods := []*corev1.Pod{kpod("shop", "api-1", "node1", "10.244.1.2"), kpod("shop", "api-2", "node2", "10.244.2.2"), kpod("shop", "api-3", "node2", "10.244.2.3")}
 	svc := func(name, clusterIP string, ports ...corev1.ServicePort) *corev1.Service {
@@ -187,11 +192,11 @@ func TestKubeSpecServices(t *testing.T) {
 				ep("10.244.1.2", nil), ep("10.244.2.2", ptr(true)), ep("10.244.2.3", ptr(false)), ep("10.9.9.9", nil)),
 		},
 	}
-	spec, problems := KubeSpec(kubeTD, "", objs)
+	spec, problems := Spec(kubeTD, "", objs)
 	if !strings.Contains(joinErrs(problems), `service shop/noslices: port 80: named targetPort "web" not in its EndpointSlices yet`) {
 		t.Errorf("problems %q: want the unresolvable named port reported", joinErrs(problems))
 	}
-	st, err := NewState(spec)
+	st, err := workload.NewState(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +204,7 @@ func TestKubeSpecServices(t *testing.T) {
 		t.Error("headless or ExternalName service kept: they have no VIP")
 	}
 	api := st.Service("shop", "api")
-	if api == nil || !slices.Equal(api.Ports, []ServicePort{{Port: 80, TargetPort: 8080}}) {
+	if api == nil || !slices.Equal(api.Ports, []workload.ServicePort{{Port: 80, TargetPort: 8080}}) {
 		t.Fatalf("api: %+v, want port 80 -> 8080 through the slice's named port", api)
 	}
 	var eps []string
@@ -209,7 +214,7 @@ func TestKubeSpecServices(t *testing.T) {
 	if !slices.Equal(eps, []string{"api-1", "api-2"}) {
 		t.Errorf("api endpoints %v, want [api-1 api-2] (not-ready api-3 and the non-workload 10.9.9.9 left out)", eps)
 	}
-	if d := st.Service("shop", "dns"); d == nil || !slices.Equal(d.Ports, []ServicePort{{Port: 53, TargetPort: 5353}}) {
+	if d := st.Service("shop", "dns"); d == nil || !slices.Equal(d.Ports, []workload.ServicePort{{Port: 53, TargetPort: 5353}}) {
 		t.Errorf("dns: %+v, want only the TCP port", d)
 	}
 	if n := st.Service("shop", "noslices"); n == nil || len(st.Endpoints(n)) != 0 {
@@ -228,7 +233,7 @@ func kpolicy(spec map[string]any) *unstructured.Unstructured {
 	return u
 }
 
-func TestKubePolicy(t *testing.T) {
+func TestPolicy(t *testing.T) {
 	rules := func(r ...any) []any { return r }
 	tests := []struct {
 		name    string
@@ -280,7 +285,7 @@ func TestKubePolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := KubePolicy(kpolicy(tt.spec))
+			got, err := Policy(kpolicy(tt.spec))
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Fatalf("err %v, want %q", err, tt.wantErr)
 			}

@@ -1,15 +1,20 @@
-package workload
+package file
 
 import (
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/amesh-dev/amesh/policy"
+	"github.com/amesh-dev/amesh/workload"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestParseExample(t *testing.T) {
 	data, err := os.ReadFile("testdata/state.yaml")
@@ -37,19 +42,19 @@ func TestParseExample(t *testing.T) {
 		t.Errorf("workloads = %s, want %s", got, want)
 	}
 	web := s.WorkloadByUID("shop/web-1")
-	want := &Workload{
+	want := &workload.Workload{
 		UID: "shop/web-1", Name: "web-1", Namespace: "shop", ServiceAccount: "web", Node: "node1",
 		IPs: []netip.Addr{netip.MustParseAddr("10.20.1.2")}, Netns: "/run/netns/amesh-lab-web-1",
-		Mode: ModeAmbient, InboundMode: InboundStrict, Labels: map[string]string{"app": "web"},
+		Mode: workload.ModeAmbient, InboundMode: workload.InboundStrict, Labels: map[string]string{"app": "web"},
 	}
-	if web == nil || !equal(web, want) {
+	if web == nil || !reflect.DeepEqual(web, want) {
 		t.Errorf("web-1 = %+v, want %+v", web, want)
 	}
 	if legacy := s.WorkloadByUID("6f1c1b2e-legacy-1"); legacy == nil || legacy.Enrolled() {
 		t.Errorf("legacy-1 = %+v, want present and not enrolled", legacy)
 	}
 	api := s.Service("shop", "api")
-	if api == nil || len(api.Ports) != 1 || api.Ports[0] != (ServicePort{Port: 80, TargetPort: 8080}) {
+	if api == nil || len(api.Ports) != 1 || api.Ports[0] != (workload.ServicePort{Port: 80, TargetPort: 8080}) {
 		t.Errorf("service api = %+v", api)
 	}
 	pols := s.Policies()
@@ -400,6 +405,14 @@ policies:
 			}
 		})
 	}
+}
+
+// unjoin returns the errors errors.Join joined, or err alone.
+func unjoin(err error) []error {
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		return u.Unwrap()
+	}
+	return []error{err}
 }
 
 // FuzzParse checks that no input makes Parse panic, and that what it accepts is a consistent State.

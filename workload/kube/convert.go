@@ -1,4 +1,4 @@
-package workload
+package kube
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/amesh-dev/amesh/policy"
+	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -31,7 +32,8 @@ const (
 	LabelInboundMode = "amesh.io/inbound-mode"
 )
 
-// Objects is what the Kubernetes source reads from the API server; KubeSpec turns it into a Spec.
+// Objects is what the Kubernetes source reads from the API server; Spec turns it into a
+// workload.Spec.
 type Objects struct {
 	Namespaces     []*corev1.Namespace
 	Pods           []*corev1.Pod
@@ -45,14 +47,14 @@ type Objects struct {
 	PodIPs map[string][]netip.Addr
 }
 
-// KubeSpec converts the cluster's objects into a Spec that NewState accepts: objects amesh cannot
+// Spec converts the cluster's objects into a workload.Spec that workload.NewState accepts: objects amesh cannot
 // represent are left out (pods without an IP or node yet, host-network pods, headless services)
 // and conflicts are settled the way the cluster itself would (of two pods with one IP, the newer
 // is the live one). Each object left out for a reason a user should know, and each invalid
 // AuthorizationPolicy, is reported in problems; an invalid policy is not dropped but replaced by
 // one that denies every connection to the workloads it selects, so a typo never opens access.
-func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, problems []error) {
-	spec = Spec{TrustDomain: td, RootNamespace: rootNS}
+func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.Spec, problems []error) {
+	spec = workload.Spec{TrustDomain: td, RootNamespace: rootNS}
 	nsLabels := make(map[string]map[string]string, len(objs.Namespaces))
 	for _, ns := range objs.Namespaces {
 		nsLabels[ns.Name] = ns.Labels
@@ -70,7 +72,7 @@ func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, 
 	nodeIP := map[string]netip.Addr{}
 	nodeOfIP := map[netip.Addr]string{}
 	for _, pod := range pods {
-		w, ok := kubeWorkload(pod, nsLabels[pod.Namespace], objs.PodIPs[string(pod.UID)])
+		w, ok := podWorkload(pod, nsLabels[pod.Namespace], objs.PodIPs[string(pod.UID)])
 		if !ok {
 			continue
 		}
@@ -102,7 +104,7 @@ func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, 
 		spec.Workloads = append(spec.Workloads, w)
 	}
 	for name, ip := range nodeIP {
-		spec.Nodes = append(spec.Nodes, Node{Name: name, IP: ip})
+		spec.Nodes = append(spec.Nodes, workload.Node{Name: name, IP: ip})
 	}
 
 	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
@@ -113,7 +115,7 @@ func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, 
 		}
 	}
 	for _, svc := range objs.Services {
-		s, errs := kubeService(svc, nsLabels[svc.Namespace], slicesBySvc[svc.Namespace+"/"+svc.Name], takenIP)
+		s, errs := service(svc, nsLabels[svc.Namespace], slicesBySvc[svc.Namespace+"/"+svc.Name], takenIP)
 		problems = append(problems, errs...)
 		if s == nil {
 			continue
@@ -125,7 +127,7 @@ func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, 
 	}
 
 	for _, u := range objs.Policies {
-		p, err := KubePolicy(u)
+		p, err := Policy(u)
 		if err != nil {
 			problems = append(problems, err)
 		}
@@ -134,18 +136,18 @@ func KubeSpec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec Spec, 
 	return spec, problems
 }
 
-// kubeWorkload converts a pod; ok is false for pods amesh does not represent.
-func kubeWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Addr) (Workload, bool) {
+// podWorkload converts a pod; ok is false for pods amesh does not represent.
+func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Addr) (workload.Workload, bool) {
 	if pod.Spec.HostNetwork || pod.Spec.NodeName == "" ||
 		pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		return Workload{}, false
+		return workload.Workload{}, false
 	}
-	w := Workload{
+	w := workload.Workload{
 		UID: string(pod.UID), Name: pod.Name, Namespace: pod.Namespace,
 		ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
 		Node:           pod.Spec.NodeName, Labels: pod.Labels,
-		Mode:        ModeNone,
-		InboundMode: InboundStrict,
+		Mode:        workload.ModeNone,
+		InboundMode: workload.InboundStrict,
 		Waypoint:    cmp.Or(pod.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
 	}
 	if w.UID == "" {
@@ -154,14 +156,14 @@ func kubeWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Ad
 	switch pod.Labels[LabelDataplaneMode] {
 	case "none":
 	case "ambient":
-		w.Mode = ModeAmbient
+		w.Mode = workload.ModeAmbient
 	default:
 		if nsLabels[LabelDataplaneMode] == "ambient" {
-			w.Mode = ModeAmbient
+			w.Mode = workload.ModeAmbient
 		}
 	}
 	if cmp.Or(pod.Labels[LabelInboundMode], nsLabels[LabelInboundMode]) == "permissive" {
-		w.InboundMode = InboundPermissive
+		w.InboundMode = workload.InboundPermissive
 	}
 	for _, pip := range pod.Status.PodIPs {
 		if ip, err := netip.ParseAddr(pip.IP); err == nil {
@@ -177,7 +179,7 @@ func kubeWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Ad
 		w.IPs = slices.Clone(cniIPs)
 	}
 	if len(w.IPs) == 0 {
-		return Workload{}, false // no IP yet: its sandbox is not set up
+		return workload.Workload{}, false // no IP yet: its sandbox is not set up
 	}
 	if ip, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
 		w.HostIP = ip.Unmap()
@@ -230,14 +232,14 @@ func resolvePort(p intstr.IntOrString, ports []corev1.ContainerPort) uint16 {
 	return 0
 }
 
-// kubeService converts a service with its EndpointSlices; nil for services without a VIP.
-func kubeService(svc *corev1.Service, nsLabels map[string]string, eps []*discoveryv1.EndpointSlice, taken map[netip.Addr]string) (*Service, []error) {
+// service converts a service with its EndpointSlices; nil for services without a VIP.
+func service(svc *corev1.Service, nsLabels map[string]string, eps []*discoveryv1.EndpointSlice, taken map[netip.Addr]string) (*workload.Service, []error) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil, nil
 	}
 	key := svc.Namespace + "/" + svc.Name
 	var problems []error
-	out := &Service{
+	out := &workload.Service{
 		Name: svc.Name, Namespace: svc.Namespace,
 		Waypoint:    cmp.Or(svc.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
 		EndpointIPs: []netip.Addr{}, // endpoints come from EndpointSlices only, even when there are none
@@ -293,7 +295,7 @@ func kubeService(svc *corev1.Service, nsLabels map[string]string, eps []*discove
 				continue
 			}
 		}
-		out.Ports = append(out.Ports, ServicePort{Port: uint16(sp.Port), TargetPort: target})
+		out.Ports = append(out.Ports, workload.ServicePort{Port: uint16(sp.Port), TargetPort: target})
 	}
 	seen := map[netip.Addr]bool{}
 	for _, es := range eps {
@@ -318,7 +320,7 @@ func kubeService(svc *corev1.Service, nsLabels map[string]string, eps []*discove
 
 // The AuthorizationPolicy spec, Istio's L4 shape; deploy/crd.yaml is its schema.
 type (
-	kubePolicySpec struct {
+	policySpec struct {
 		Selector *struct {
 			MatchLabels map[string]string `json:"matchLabels"`
 		} `json:"selector"`
@@ -342,11 +344,11 @@ type (
 	}
 )
 
-// KubePolicy converts an AuthorizationPolicy object. Fields amesh does not know (L7 ones such as
+// Policy converts an AuthorizationPolicy object. Fields amesh does not know (L7 ones such as
 // methods or paths, which the CRD's schema already refuses) and invalid values are an error; the
 // Policy returned with an error denies every connection to the workloads it selects (an ALLOW
 // with no rules), so that a policy amesh cannot enforce as written fails closed.
-func KubePolicy(u *unstructured.Unstructured) (policy.Policy, error) {
+func Policy(u *unstructured.Unstructured) (policy.Policy, error) {
 	p := policy.Policy{Name: u.GetName(), Namespace: u.GetNamespace()}
 	failClosed := func(err error) (policy.Policy, error) {
 		closed := policy.Policy{Name: p.Name, Namespace: p.Namespace, Selector: p.Selector, Action: policy.Allow, Rules: []policy.Rule{}}
@@ -363,7 +365,7 @@ func KubePolicy(u *unstructured.Unstructured) (policy.Policy, error) {
 	if err != nil {
 		return failClosed(err)
 	}
-	var spec kubePolicySpec
+	var spec policySpec
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&spec); err != nil && raw != nil {
