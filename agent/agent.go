@@ -42,7 +42,7 @@ type Config struct {
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
 	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and
-	// /healthz/live; none when empty. The DaemonSet uses :15021.
+	// /healthz/live; none when empty. The DaemonSet uses DefaultHealthAddr.
 	HealthAddr string
 	// StatePoll is how often the state file is polled; file.DefaultInterval when zero.
 	StatePoll time.Duration
@@ -50,9 +50,9 @@ type Config struct {
 	CADir string
 	// SVIDTTL is the lifetime of issued SVIDs; identity.DefaultSVIDTTL when zero.
 	SVIDTTL time.Duration
-	// PinDir is the agent's bpffs directory; /sys/fs/bpf/amesh/<node> when empty.
+	// PinDir is the agent's bpffs directory; DefaultPinDir(Node) when empty.
 	PinDir string
-	// DrainTimeout bounds the graceful drain on shutdown; 5s when zero.
+	// DrainTimeout bounds the graceful drain on shutdown; DefaultDrainTimeout when zero.
 	DrainTimeout time.Duration
 	// SameNode is how a connection between two pods of this node travels: SameNodeSplice
 	// (authorized here, where both identities are known, then spliced socket to socket in the
@@ -102,6 +102,19 @@ type Agent struct {
 	conns     sync.WaitGroup
 }
 
+// Defaults of Config, which cmd/amesh-agent's flags show.
+const (
+	// DefaultDrainTimeout bounds the graceful drain on shutdown.
+	DefaultDrainTimeout = 5 * time.Second
+	// DefaultHealthAddr is where a cluster's agent serves readiness (the port Istio's ztunnel
+	// uses for it, DESIGN §3).
+	DefaultHealthAddr = ":15021"
+)
+
+// DefaultPinDir is the bpffs directory of the agent of node: one per node, so that several
+// agents of a lab can share a host.
+func DefaultPinDir(node string) string { return filepath.Join("/sys/fs/bpf/amesh", node) }
+
 // New loads the state file, the CA and the eBPF programs (re-adopting pinned ones). Any failure,
 // a missing kernel feature among them, is an error that names it.
 func New(cfg Config) (_ *Agent, err error) {
@@ -109,10 +122,10 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, errors.New("agent: a node name and either a state file or Kubernetes are required")
 	}
 	if cfg.PinDir == "" {
-		cfg.PinDir = filepath.Join("/sys/fs/bpf/amesh", cfg.Node)
+		cfg.PinDir = DefaultPinDir(cfg.Node)
 	}
 	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 5 * time.Second
+		cfg.DrainTimeout = DefaultDrainTimeout
 	}
 	switch cfg.SameNode {
 	case "":

@@ -13,6 +13,7 @@ import (
 
 	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
+	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
 )
 
@@ -200,7 +201,7 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 	if err6 != nil {
 		a.log.Warn("no IPv6 loopback in the pod: IPv6 connections will be refused", "pod", w.UID, "err", err6)
 	}
-	hbone, err := listen(fmt.Sprintf("127.0.0.1:%d", redirect.HBONEPort))
+	hbone, err := listen(fmt.Sprintf("127.0.0.1:%d", tunnel.HBONEPort))
 	if err != nil {
 		return nil, err
 	}

@@ -25,11 +25,12 @@ const Mark = 0x539
 // replies inherit it and are routed back to the agent (see SetupTransparentRouting).
 const TransparentMark = 0x53a
 
-// Ports of the agent's per-pod listeners.
+// Ports of the agent's per-pod listeners that the programs steer to, as bpf/amesh.h defines
+// them; its third, HBONE's, is tunnel.HBONEPort (an agent test checks all three against the
+// header).
 const (
 	OutboundPort  = 15001
 	PlaintextPort = 15006
-	HBONEPort     = 15008
 )
 
 // Config configures a Redirector.

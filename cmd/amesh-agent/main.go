@@ -12,7 +12,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/amesh-dev/amesh/agent"
 	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
@@ -72,7 +71,7 @@ Flags (environment variable in brackets):
 	caDir := fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key); created when empty [AMESH_CA_DIR]")
 	pinDir := fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
 	ttl := fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
-	drain := fs.Duration("drain-timeout", 5*time.Second, "how long SIGTERM waits for open connections")
+	drain := fs.Duration("drain-timeout", agent.DefaultDrainTimeout, "how long SIGTERM waits for open connections")
 	sameNode := fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
 	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
 	uninstall := fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
@@ -86,8 +85,8 @@ Flags (environment variable in brackets):
 	hostConf := fs.String("host-cni-conf-dir", "/etc/cni/net.d", "with --cni-conf-dir: that directory as the node sees it")
 	pluginBin := fs.String("plugin-binary", "", "with --cni-conf-dir: the amesh-cni binary (default: beside this program)")
 	pluginKubeconfig := fs.String("plugin-kubeconfig", "", "with --cni-conf-dir: the plugin's kubeconfig (a node path); default: one written from this pod's service account and refreshed as its token rotates")
-	keepEvery := fs.Duration("cni-keep-interval", 15*time.Second, "how often --cni-conf-dir is re-checked")
-	health := fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default :15021) [AMESH_HEALTH_ADDR]")
+	keepEvery := fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
+	health := fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -101,7 +100,7 @@ Flags (environment variable in brackets):
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	if *pinDir == "" && *node != "" {
-		*pinDir = filepath.Join("/sys/fs/bpf/amesh", *node)
+		*pinDir = agent.DefaultPinDir(*node)
 	}
 	if *uninstall {
 		if *pinDir == "" {
@@ -135,7 +134,7 @@ Flags (environment variable in brackets):
 			cfg.CNISocket = cniv1.DefaultSocket
 		}
 		if cfg.HealthAddr == "" {
-			cfg.HealthAddr = ":15021"
+			cfg.HealthAddr = agent.DefaultHealthAddr
 		}
 	}
 	a, err := agent.New(cfg)
