@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/amesh-dev/amesh/agent"
 	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
@@ -44,6 +45,77 @@ func run() int {
 			return createCA(os.Args[2:])
 		}
 	}
+	o, code := parseFlags(os.Args[1:])
+	if o == nil {
+		return code
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*o.level)); err != nil {
+		fmt.Fprintf(os.Stderr, "amesh-agent: --log-level %q: %v\n", *o.level, err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *o.pinDir == "" && *o.node != "" {
+		*o.pinDir = agent.DefaultPinDir(*o.node)
+	}
+	if *o.uninstall {
+		return uninstall(*o.pinDir, log)
+	}
+	if *o.node == "" || (*o.state == "") == !*o.kube {
+		fmt.Fprintln(os.Stderr, "amesh-agent: --node and one of --state or --kube are required (see --help)")
+		return 2
+	}
+	cfg, code := agentConfig(o, log)
+	if code != 0 {
+		return code
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if *o.kube && *o.keepConf != "" {
+		if code := keepCNI(ctx, o, cfg.CNISocket, log); code != 0 {
+			return code
+		}
+	}
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// options are the agent's flags, as parsed.
+type options struct {
+	node             *string
+	state            *string
+	caDir            *string
+	pinDir           *string
+	ttl              *time.Duration
+	drain            *time.Duration
+	sameNode         *string
+	level            *string
+	uninstall        *bool
+	kube             *bool
+	kubeconfig       *string
+	trustDomain      *string
+	rootNS           *string
+	cniSocket        *string
+	keepConf         *string
+	keepBin          *string
+	hostConf         *string
+	pluginBin        *string
+	pluginKubeconfig *string
+	keepEvery        *time.Duration
+	health           *string
+}
+
+// parseFlags parses the agent's flags; a nil result means exit with the code.
+func parseFlags(args []string) (*options, int) {
+	o := &options{}
 	fs := flag.NewFlagSet("amesh-agent", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `amesh-agent: the amesh node agent.
@@ -66,109 +138,96 @@ Flags (environment variable in brackets):
 `)
 		fs.PrintDefaults()
 	}
-	node := fs.String("node", env("AMESH_NODE", ""), "name of this node in the state file [AMESH_NODE]")
-	state := fs.String("state", env("AMESH_STATE", ""), "YAML state file (local mode), re-read when it changes [AMESH_STATE]")
-	caDir := fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key); created when empty [AMESH_CA_DIR]")
-	pinDir := fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
-	ttl := fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
-	drain := fs.Duration("drain-timeout", agent.DefaultDrainTimeout, "how long SIGTERM waits for open connections")
-	sameNode := fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
-	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
-	uninstall := fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
-	kube := fs.Bool("kube", os.Getenv("AMESH_KUBE") == "true", "take the state from the Kubernetes API server (in-cluster config, or --kubeconfig) instead of --state [AMESH_KUBE=true]")
-	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file for --kube (default: in-cluster service account) [KUBECONFIG]")
-	trustDomain := fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
-	rootNS := fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace whose AuthorizationPolicies apply mesh-wide, with --kube [AMESH_ROOT_NAMESPACE]")
-	cniSocket := fs.String("cni-socket", env("AMESH_CNI_SOCKET", ""), "unix socket of the enrollment API for amesh-cni (with --kube default "+cniv1.DefaultSocket+") [AMESH_CNI_SOCKET]")
-	keepConf := fs.String("cni-conf-dir", env("AMESH_CNI_CONF_DIR", ""), "with --kube: keep amesh-cni chained into the node's CNI configuration in this directory (as mounted here), re-checked every --cni-keep-interval; off when empty [AMESH_CNI_CONF_DIR]")
-	keepBin := fs.String("cni-bin-dir", env("AMESH_CNI_BIN_DIR", "/host/opt/cni/bin"), "with --cni-conf-dir: the node's CNI bin directory, as mounted here [AMESH_CNI_BIN_DIR]")
-	hostConf := fs.String("host-cni-conf-dir", "/etc/cni/net.d", "with --cni-conf-dir: that directory as the node sees it")
-	pluginBin := fs.String("plugin-binary", "", "with --cni-conf-dir: the amesh-cni binary (default: beside this program)")
-	pluginKubeconfig := fs.String("plugin-kubeconfig", "", "with --cni-conf-dir: the plugin's kubeconfig (a node path); default: one written from this pod's service account and refreshed as its token rotates")
-	keepEvery := fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
-	health := fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	o.node = fs.String("node", env("AMESH_NODE", ""), "name of this node in the state file [AMESH_NODE]")
+	o.state = fs.String("state", env("AMESH_STATE", ""), "YAML state file (local mode), re-read when it changes [AMESH_STATE]")
+	o.caDir = fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key); created when empty [AMESH_CA_DIR]")
+	o.pinDir = fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
+	o.ttl = fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
+	o.drain = fs.Duration("drain-timeout", agent.DefaultDrainTimeout, "how long SIGTERM waits for open connections")
+	o.sameNode = fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
+	o.level = fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
+	o.uninstall = fs.Bool("uninstall", false, "remove every eBPF program, link, map and pin of this agent, then exit")
+	o.kube = fs.Bool("kube", os.Getenv("AMESH_KUBE") == "true", "take the state from the Kubernetes API server (in-cluster config, or --kubeconfig) instead of --state [AMESH_KUBE=true]")
+	o.kubeconfig = fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file for --kube (default: in-cluster service account) [KUBECONFIG]")
+	o.trustDomain = fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
+	o.rootNS = fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace whose AuthorizationPolicies apply mesh-wide, with --kube [AMESH_ROOT_NAMESPACE]")
+	o.cniSocket = fs.String("cni-socket", env("AMESH_CNI_SOCKET", ""), "unix socket of the enrollment API for amesh-cni (with --kube default "+cniv1.DefaultSocket+") [AMESH_CNI_SOCKET]")
+	o.keepConf = fs.String("cni-conf-dir", env("AMESH_CNI_CONF_DIR", ""), "with --kube: keep amesh-cni chained into the node's CNI configuration in this directory (as mounted here), re-checked every --cni-keep-interval; off when empty [AMESH_CNI_CONF_DIR]")
+	o.keepBin = fs.String("cni-bin-dir", env("AMESH_CNI_BIN_DIR", "/host/opt/cni/bin"), "with --cni-conf-dir: the node's CNI bin directory, as mounted here [AMESH_CNI_BIN_DIR]")
+	o.hostConf = fs.String("host-cni-conf-dir", "/etc/cni/net.d", "with --cni-conf-dir: that directory as the node sees it")
+	o.pluginBin = fs.String("plugin-binary", "", "with --cni-conf-dir: the amesh-cni binary (default: beside this program)")
+	o.pluginKubeconfig = fs.String("plugin-kubeconfig", "", "with --cni-conf-dir: the plugin's kubeconfig (a node path); default: one written from this pod's service account and refreshed as its token rotates")
+	o.keepEvery = fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
+	o.health = fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
+	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
-			return 0
+			return nil, 0
 		}
+		return nil, 2
+	}
+	return o, 0
+}
+
+// uninstall is --uninstall: every program, link, map and pin under pinDir goes.
+func uninstall(pinDir string, log *slog.Logger) int {
+	if pinDir == "" {
+		fmt.Fprintln(os.Stderr, "amesh-agent: --uninstall needs --node or --pin-dir")
 		return 2
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		fmt.Fprintf(os.Stderr, "amesh-agent: --log-level %q: %v\n", *level, err)
-		return 2
+	if err := agent.Uninstall(pinDir); err != nil {
+		log.Error("uninstall failed", "err", err)
+		return 1
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	if *pinDir == "" && *node != "" {
-		*pinDir = agent.DefaultPinDir(*node)
+	log.Info("uninstalled", "pin_dir", pinDir)
+	return 0
+}
+
+// agentConfig is the agent's configuration from its flags; a non-zero code means exit with it.
+func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
+	cfg := agent.Config{
+		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
+		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
+		CNISocket: *o.cniSocket, HealthAddr: *o.health,
 	}
-	if *uninstall {
-		if *pinDir == "" {
-			fmt.Fprintln(os.Stderr, "amesh-agent: --uninstall needs --node or --pin-dir")
-			return 2
-		}
-		if err := agent.Uninstall(*pinDir); err != nil {
-			log.Error("uninstall failed", "err", err)
+	if !*o.kube {
+		return cfg, 0
+	}
+	src, err := kubeSource(*o.kubeconfig, *o.trustDomain, *o.rootNS, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+		return cfg, 2
+	}
+	cfg.Kube = src
+	if cfg.CNISocket == "" {
+		cfg.CNISocket = cniv1.DefaultSocket
+	}
+	if cfg.HealthAddr == "" {
+		cfg.HealthAddr = agent.DefaultHealthAddr
+	}
+	return cfg, 0
+}
+
+// keepCNI is --cni-conf-dir: it keeps amesh-cni chained, and its kubeconfig fresh, until ctx ends.
+func keepCNI(ctx context.Context, o *options, socket string, log *slog.Logger) int {
+	ic := cniplugin.InstallConfig{BinDir: *o.keepBin, ConfDir: *o.keepConf, PluginBinary: *o.pluginBin, AgentSocket: socket, Kubeconfig: *o.pluginKubeconfig}
+	if ic.PluginBinary == "" {
+		self, err := os.Executable()
+		if err != nil {
+			log.Error("cannot start", "err", err)
 			return 1
 		}
-		log.Info("uninstalled", "pin_dir", *pinDir)
-		return 0
+		ic.PluginBinary = filepath.Join(filepath.Dir(self), "amesh-cni")
 	}
-	if *node == "" || (*state == "") == !*kube {
-		fmt.Fprintln(os.Stderr, "amesh-agent: --node and one of --state or --kube are required (see --help)")
-		return 2
-	}
-	cfg := agent.Config{
-		Node: *node, StatePath: *state, CADir: *caDir, PinDir: *pinDir, SVIDTTL: *ttl,
-		DrainTimeout: *drain, SameNode: agent.SameNodeMode(*sameNode), Logger: log,
-		CNISocket: *cniSocket, HealthAddr: *health,
-	}
-	if *kube {
-		src, err := kubeSource(*kubeconfig, *trustDomain, *rootNS, log)
+	var sa *cniplugin.ServiceAccount
+	if *o.pluginKubeconfig == "" {
+		s, err := cniplugin.InClusterServiceAccount()
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+			log.Error("cannot start: --cni-conf-dir without --plugin-kubeconfig needs the in-cluster service account", "err", err)
 			return 2
 		}
-		cfg.Kube = src
-		if cfg.CNISocket == "" {
-			cfg.CNISocket = cniv1.DefaultSocket
-		}
-		if cfg.HealthAddr == "" {
-			cfg.HealthAddr = agent.DefaultHealthAddr
-		}
+		sa = &s
 	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if *kube && *keepConf != "" {
-		ic := cniplugin.InstallConfig{BinDir: *keepBin, ConfDir: *keepConf, PluginBinary: *pluginBin, AgentSocket: cfg.CNISocket, Kubeconfig: *pluginKubeconfig}
-		if ic.PluginBinary == "" {
-			self, err := os.Executable()
-			if err != nil {
-				log.Error("cannot start", "err", err)
-				return 1
-			}
-			ic.PluginBinary = filepath.Join(filepath.Dir(self), "amesh-cni")
-		}
-		var sa *cniplugin.ServiceAccount
-		if *pluginKubeconfig == "" {
-			s, err := cniplugin.InClusterServiceAccount()
-			if err != nil {
-				log.Error("cannot start: --cni-conf-dir without --plugin-kubeconfig needs the in-cluster service account", "err", err)
-				return 2
-			}
-			sa = &s
-		}
-		go cniplugin.Keep(ctx, ic, sa, *hostConf, *keepEvery, log)
-	}
-	if err := a.Run(ctx); err != nil {
-		log.Error("agent failed", "err", err)
-		return 1
-	}
+	go cniplugin.Keep(ctx, ic, sa, *o.hostConf, *o.keepEvery, log)
 	return 0
 }
 
