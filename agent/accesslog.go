@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/amesh-dev/amesh/tunnel"
+)
+
+// accessEntry is one access-log line.
+type accessEntry struct {
+	direction, path string
+	src             netip.Addr
+	dst, upstream   netip.AddrPort
+	srcID, dstID    string
+	sent, received  int64
+}
+
+func (e *accessEntry) done(l *slog.Logger, start time.Time, result, reason string) {
+	e.log(l, time.Since(start), result, reason)
+}
+
+func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string) {
+	attrs := []any{
+		"direction", e.direction, "path", e.path, "src_addr", e.src.String(), "dst_addr", e.dst.String(),
+		"src_id", e.srcID, "dst_id", e.dstID, "bytes_sent", e.sent, "bytes_received", e.received,
+		"duration_ms", float64(d.Microseconds()) / 1000, "result", result,
+	}
+	if e.upstream.IsValid() && e.upstream != e.dst {
+		attrs = append(attrs, "upstream_addr", e.upstream.String())
+	}
+	if reason != "" {
+		attrs = append(attrs, "reason", reason)
+	}
+	l.Info("access", attrs...)
+}
+
+func resultOf(err error) string {
+	switch tunnel.ReasonOf(err) {
+	case tunnel.ReasonDenied:
+		return "denied"
+	case tunnel.ReasonNone:
+		return "error"
+	}
+	return "refused"
+}
+
+func relayResult(err error) string {
+	if err != nil {
+		return "reset"
+	}
+	return "ok"
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
