@@ -99,22 +99,36 @@ func (p *Plugin) run(name string, args *skel.CmdArgs, cmd func(context.Context, 
 	return err
 }
 
-func (p *Plugin) add(ctx context.Context, c *call) error {
-	prev, err := c.prevResult()
+// meshPod is what ADD and CHECK start with: the previous plugin's result and the pod of the
+// call. skip is set, with c.outcome saying why, when the call is for no pod (no
+// K8S_POD_NAMESPACE) or for a pod of an excluded namespace: amesh has nothing to do for it.
+func (c *call) meshPod(why string) (prev *types100.Result, pod Pod, skip bool, err error) {
+	prev, err = c.prevResult()
 	if err != nil {
-		return err
+		return nil, Pod{}, false, err
 	}
-	pod, err := parsePod(c.args.Args)
+	pod, err = parsePod(c.args.Args)
 	switch {
 	case errors.Is(err, errNotAPod):
-		c.outcome = "not a pod (no K8S_POD_NAMESPACE): passed through"
-		return p.print(c.conf, c.conf.PrevResult)
+		c.outcome = "not a pod (no K8S_POD_NAMESPACE): " + why
+		return nil, Pod{}, true, nil
 	case err != nil:
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "amesh-cni: "+err.Error(), "")
+		return nil, Pod{}, false, types.NewError(types.ErrInvalidEnvironmentVariables, "amesh-cni: "+err.Error(), "")
 	}
 	c.pod = pod
 	if c.conf.Excluded(pod.Namespace) {
-		c.outcome = "excluded namespace: passed through"
+		c.outcome = "excluded namespace: " + why
+		return nil, Pod{}, true, nil
+	}
+	return prev, pod, false, nil
+}
+
+func (p *Plugin) add(ctx context.Context, c *call) error {
+	prev, pod, skip, err := c.meshPod("passed through")
+	if err != nil {
+		return err
+	}
+	if skip {
 		return p.print(c.conf, c.conf.PrevResult)
 	}
 	reply, err := callAgent(ctx, c.conf.AgentSocket, agentBudget(c.conf.Timeout), func(ctx context.Context, e cniv1.EnrollmentClient) (*cniv1.AddPodReply, error) {
@@ -138,22 +152,9 @@ func (p *Plugin) add(ctx context.Context, c *call) error {
 
 func (p *Plugin) check(ctx context.Context, c *call) error {
 	c.check = true
-	prev, err := c.prevResult()
-	if err != nil {
+	prev, pod, skip, err := c.meshPod("nothing to check")
+	if err != nil || skip {
 		return err
-	}
-	pod, err := parsePod(c.args.Args)
-	switch {
-	case errors.Is(err, errNotAPod):
-		c.outcome = "not a pod: nothing to check"
-		return nil
-	case err != nil:
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "amesh-cni: "+err.Error(), "")
-	}
-	c.pod = pod
-	if c.conf.Excluded(pod.Namespace) {
-		c.outcome = "excluded namespace: nothing to check"
-		return nil
 	}
 	reply, err := callAgent(ctx, c.conf.AgentSocket, agentBudget(c.conf.Timeout), func(ctx context.Context, e cniv1.EnrollmentClient) (*cniv1.CheckPodReply, error) {
 		return e.CheckPod(ctx, &cniv1.CheckPodRequest{Pod: pod.ref(), Netns: c.args.Netns, Ips: resultIPs(prev)})

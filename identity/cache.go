@@ -95,9 +95,7 @@ func (c *Cache) Warm(ctx context.Context, id spiffeid.ID) error {
 }
 
 func (c *Cache) first(e *cacheEntry) {
-	ctx, cancel := context.WithTimeout(c.ctx, issueTimeout)
-	defer cancel()
-	s, err := c.issue(ctx, e.id)
+	s, err := c.issue(e.id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -116,7 +114,11 @@ func (c *Cache) first(e *cacheEntry) {
 	}
 }
 
-func (c *Cache) issue(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
+// issue asks the issuer for id's SVID, within issueTimeout and the cache's life, and checks
+// that it is id's. first and renew both come here, outside c.mu: issuing may take a while.
+func (c *Cache) issue(id spiffeid.ID) (*x509svid.SVID, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, issueTimeout)
+	defer cancel()
 	s, err := c.issuer.Issue(ctx, id)
 	if err != nil {
 		c.failures.Add(1)
@@ -141,9 +143,7 @@ func (c *Cache) scheduleLocked(e *cacheEntry, d time.Duration) {
 }
 
 func (c *Cache) renew(e *cacheEntry) {
-	ctx, cancel := context.WithTimeout(c.ctx, issueTimeout)
-	defer cancel()
-	s, err := c.issue(ctx, e.id)
+	s, err := c.issue(e.id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.entries[e.id] != e {
