@@ -99,7 +99,9 @@ type Agent struct {
 	byIP       map[netip.Addr]*pod
 
 	lbCounter atomic.Uint64
-	conns     sync.WaitGroup
+	// acceptErrors counts accept errors of the pods' listeners (each retried).
+	acceptErrors atomic.Uint64
+	conns        sync.WaitGroup
 }
 
 // Defaults of Config, which cmd/amesh-agent's flags show.

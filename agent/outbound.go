@@ -84,7 +84,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		// Not in the mesh (outside the cluster, or a pod with dataplane-mode none): as Istio
 		// ambient does, pass it through, from the pod's netns, marked so it is not captured again.
 		entry.path = "passthrough"
-		up, err = netns.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String(), net.Dialer{Control: redirect.MarkControl})
+		up, err = netns.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String(), redirect.MarkControl)
 		if err != nil {
 			a.refuse(c, &entry, start, "error", err.Error())
 			return
@@ -101,5 +101,5 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, addr netip.AddrPo
 	if p == nil {
 		return nil, fmt.Errorf("no enrolled pod with IP %s on this node", src)
 	}
-	return netns.DialContext(ctx, p.w.Netns, "tcp", addr.String(), net.Dialer{Control: redirect.MarkControl})
+	return netns.DialContext(ctx, p.w.Netns, "tcp", addr.String(), redirect.MarkControl)
 }

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"syscall"
+	"time"
 
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -66,20 +69,133 @@ func ListenTCP(path, addr string, lc net.ListenConfig) (*net.TCPListener, error)
 	return l.(*net.TCPListener), nil
 }
 
-// DialContext connects to addr from inside the namespace at path with d (MPTCP off, as for
-// ListenTCP).
-func DialContext(ctx context.Context, path, network, addr string, d net.Dialer) (net.Conn, error) {
-	d.SetMultipathTCP(false)
-	var c net.Conn
-	err := Do(path, func() error {
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
+// DialContext connects to addr (an IP literal and port) from inside the namespace at path.
+// control, when set, configures the socket before it connects, as net.Dialer.Control does
+// (a mark, a transparent bind). The connection is plain TCP (no MPTCP) with keep-alives on, as
+// a net.Dialer's.
+//
+// Only the socket is made on a thread inside the namespace (a socket belongs to the namespace
+// it was created in, for good); the connect itself runs on an ordinary goroutine, waiting in
+// the netpoller. A dial that hangs for its whole timeout, to a black-holed address, say, so
+// costs a goroutine and a socket, never a locked OS thread: a thousand of them cannot push
+// the process towards the Go runtime's 10,000-thread limit.
+func DialContext(ctx context.Context, path, network, addr string, control func(network, address string, c syscall.RawConn) error) (net.Conn, error) {
+	c, err := dial(ctx, path, network, addr, control)
 	if err != nil {
 		return nil, fmt.Errorf("netns: dial %s from %s: %w", addr, path, err)
 	}
 	return c, nil
+}
+
+func dial(ctx context.Context, path, network, addr string, control func(string, string, syscall.RawConn) error) (net.Conn, error) {
+	dst, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().Unmap().As4()})
+	if network == "tcp6" || (network != "tcp4" && dst.Addr().Is6() && !dst.Addr().Is4In6()) {
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
+	}
+	if network == "tcp4" && dst.Addr().Is6() && !dst.Addr().Is4In6() {
+		return nil, fmt.Errorf("%s is not an IPv4 address", dst.Addr())
+	}
+	var f *os.File
+	err = Do(path, func() error {
+		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		if err != nil {
+			return fmt.Errorf("socket: %w", err)
+		}
+		// A non-blocking descriptor: os.NewFile puts it in the netpoller.
+		f = os.NewFile(uintptr(fd), "tcp:"+addr)
+		if control == nil {
+			return nil
+		}
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return err
+		}
+		return control(network, addr, rc)
+	})
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, err
+	}
+	defer f.Close() // net.FileConn holds a duplicate
+	if err := connect(ctx, f, sa); err != nil {
+		return nil, err
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("not a TCP connection: %T", c)
+	}
+	_ = tc.SetKeepAlive(true)
+	return tc, nil
+}
+
+// aLongTimeAgo is a deadline in the past, to wake a connect when its context ends.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// connect connects the non-blocking socket f to sa, waiting in the netpoller until it is
+// connected, refused, or ctx ends.
+func connect(ctx context.Context, f *os.File, sa unix.Sockaddr) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cerr = unix.Connect(int(fd), sa) }); err != nil {
+		return err
+	}
+	switch cerr {
+	case nil:
+		return nil
+	case unix.EINPROGRESS, unix.EALREADY, unix.EINTR:
+	default:
+		return os.NewSyscallError("connect", cerr)
+	}
+	if d, ok := ctx.Deadline(); ok {
+		_ = f.SetWriteDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetWriteDeadline(aLongTimeAgo) })
+	defer stop()
+	werr := rc.Write(func(fd uintptr) bool {
+		// Writable means connected or failed; SO_ERROR says which. While the handshake is
+		// still on, SO_ERROR is 0 and the socket has no peer yet (as Go's net checks).
+		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case err != nil:
+			cerr = os.NewSyscallError("getsockopt", err)
+			return true
+		case soerr != 0 && unix.Errno(soerr) != unix.EINPROGRESS && unix.Errno(soerr) != unix.EALREADY && unix.Errno(soerr) != unix.EINTR:
+			cerr = os.NewSyscallError("connect", unix.Errno(soerr))
+			return true
+		}
+		if _, err := unix.Getpeername(int(fd)); err == nil {
+			cerr = nil
+			return true
+		} else if err != unix.ENOTCONN {
+			cerr = os.NewSyscallError("getpeername", err)
+			return true
+		}
+		return false
+	})
+	if werr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			return context.DeadlineExceeded
+		}
+		return werr
+	}
+	return cerr
 }
 
 // Cookie returns the cookie of the namespace at path: the kernel's id for it, which eBPF

@@ -4,11 +4,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,7 +86,7 @@ func TestNamespaces(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := DialContext(ctx, path, "tcp", ln.Addr().String(), net.Dialer{})
+	c, err := DialContext(ctx, path, "tcp", ln.Addr().String(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,4 +125,109 @@ func mustCookie(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// threads is the process's OS thread count.
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no Threads: in /proc/self/status")
+	return 0
+}
+
+// TestDialBlackholeThreads is the attacker's test for the thread exhaustion of the hostile
+// peers issue: many dials that hang (to an address nobody answers) must not each hold a
+// locked OS thread for their whole timeout, or a pod connecting to a black-holed address
+// drives the agent to the Go runtime's 10,000-thread abort.
+func TestDialBlackholeThreads(t *testing.T) {
+	path := newNetns(t, "10.99.10.2")
+	n, timeout := 300, 1500*time.Millisecond
+	if testing.Short() {
+		n = 150
+	}
+	before := threads(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := time.Now()
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			// 10.99.10.0/24 is on the veth; nobody has .77, so the SYN never leaves (no ARP
+			// answer) and the connect hangs until the context ends.
+			c, err := DialContext(ctx, path, "tcp", "10.99.10.77:80", nil)
+			if err == nil {
+				c.Close()
+			}
+			errs <- err
+		}()
+	}
+	peak := before
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+			peak = max(peak, threads(t))
+		}
+	}
+	elapsed := time.Since(start)
+	t.Logf("%d hanging dials: threads %d before, %d at peak; all returned in %v", n, before, peak, elapsed)
+	if peak-before > 40 {
+		t.Fatalf("%d hanging dials raised the thread count from %d to %d: dials hold OS threads", n, before, peak)
+	}
+	close(errs)
+	for err := range errs {
+		if err == nil {
+			t.Fatal("a dial to a black-holed address succeeded")
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial error %v, want the context's deadline", err)
+		}
+	}
+	if elapsed > timeout+2*time.Second {
+		t.Fatalf("dials took %v to give up, want about their %v timeout", elapsed, timeout)
+	}
+}
+
+// TestDialControlAndRefusal: the control function runs on the socket before it connects, and
+// a refused connect is an error at once.
+func TestDialControlAndRefusal(t *testing.T) {
+	path := newNetns(t, "10.99.11.2")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var ran bool
+	_, err := DialContext(ctx, path, "tcp", "10.99.11.2:1", func(network, address string, c syscall.RawConn) error {
+		ran = network == "tcp" && address == "10.99.11.2:1"
+		return nil
+	})
+	if !ran {
+		t.Fatal("control did not run with the dial's network and address")
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial to a closed port: %v, want ECONNREFUSED", err)
+	}
+	boom := errors.New("boom")
+	if _, err := DialContext(ctx, path, "tcp", "10.99.11.2:1", func(string, string, syscall.RawConn) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("control's error: got %v, want it returned", err)
+	}
+	if _, err := DialContext(ctx, path, "tcp", "example.com:80", nil); err == nil {
+		t.Fatal("a host name was dialed; only IP literals are")
+	}
 }

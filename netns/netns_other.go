@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 // errNotLinux is what every entry point returns off Linux: network namespaces are Linux's.
@@ -19,7 +20,7 @@ func Do(string, func() error) error { return errNotLinux }
 func ListenTCP(string, string, net.ListenConfig) (*net.TCPListener, error) { return nil, errNotLinux }
 
 // DialContext fails off Linux.
-func DialContext(context.Context, string, string, string, net.Dialer) (net.Conn, error) {
+func DialContext(context.Context, string, string, string, func(string, string, syscall.RawConn) error) (net.Conn, error) {
 	return nil, errNotLinux
 }
 

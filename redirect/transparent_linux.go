@@ -72,7 +72,7 @@ func SetupTransparentRouting(path string) error {
 // ambient. SetupTransparentRouting must have run in that netns.
 func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	var release func()
-	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+	control := func(network, address string, rc syscall.RawConn) error {
 		var cerr error
 		err := rc.Control(func(fd uintptr) {
 			cerr = func() error {
@@ -114,17 +114,12 @@ func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip
 			return err
 		}
 		return cerr
-	}}
-	var c net.Conn
+	}
 	network := "tcp4"
 	if dst.Addr().Is6() && !dst.Addr().Is4In6() {
 		network = "tcp6"
 	}
-	err := netns.Do(path, func() error {
-		var err error
-		c, err = d.DialContext(ctx, network, dst.String())
-		return err
-	})
+	c, err := netns.DialContext(ctx, path, network, dst.String(), control)
 	if release != nil {
 		release()
 	}

@@ -39,7 +39,7 @@ func listenIn(path, addr string) (*net.TCPListener, error) {
 }
 
 func dialIn(ctx context.Context, path, addr string) (net.Conn, error) {
-	c, err := netns.DialContext(ctx, path, "tcp", addr, net.Dialer{})
+	c, err := netns.DialContext(ctx, path, "tcp", addr, nil)
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
