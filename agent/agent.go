@@ -101,6 +101,8 @@ type Agent struct {
 	lbCounter atomic.Uint64
 	// acceptErrors counts accept errors of the pods' listeners (each retried).
 	acceptErrors atomic.Uint64
+	// dialsRefused counts connections refused over a pod's dial budget (maxPodDials).
+	dialsRefused atomic.Uint64
 	conns        sync.WaitGroup
 }
 
@@ -192,7 +194,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
 		Source:       a.src,
 		Authorize:    a.authorizeHBONE,
-		DialUpstream: a.dialApp,
+		DialUpstream: a.dialHBONEApp,
 		OnStream:     a.logInbound,
 		Logger:       log,
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // handlePlaintext serves TCP for the pod that did not come over HBONE (:15006): only when the
@@ -32,7 +33,7 @@ func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	up, err := a.red.DialTransparent(dctx, w.Netns, client.Addr(), dst)
+	up, err := a.dialApp(dctx, p, client.Addr(), dst)
 	if err != nil {
 		a.refuse(c, &entry, start, "error", err.Error())
 		return
@@ -52,21 +53,91 @@ func (a *Agent) authorizeHBONE(ctx context.Context, req *tunnel.Request) error {
 	if a.podByIP(req.Authority.Addr()) != p {
 		return fmt.Errorf("CONNECT to %s arrived at the listener of %s (%v)", req.Authority, p.w.UID, p.w.IPs)
 	}
-	d := a.decide(a.store.Load(), req.Peer.String(), p, req.Authority.Port())
+	st, err := a.awaitSource(ctx, req.Client.Addr(), req.Peer)
+	if err != nil {
+		return err
+	}
+	d := a.decide(st, req.Peer.String(), p, req.Authority.Port())
 	if !d.Allowed {
 		return errors.New(d.Reason)
 	}
 	return nil
 }
 
-// dialApp connects to the app inside the destination pod from the client pod's own IP, so the
-// app sees the real client address.
-func (a *Agent) dialApp(ctx context.Context, req *tunnel.Request) (net.Conn, error) {
+// sourceHolds checks that the HBONE client at address client may present peer: the
+// workload of the mesh with that address must be the one whose identity peer is. HBONE is
+// dialed from inside the source pod's network namespace, so a genuine client always connects
+// from its pod's IP; a certificate presented from any other address (a node's, another pod's)
+// is a stolen or minted one, and is refused before any policy is asked.
+func sourceHolds(st *workload.State, client netip.Addr, peer spiffeid.ID) error {
+	w := st.WorkloadByIP(client.Unmap())
+	if w == nil {
+		return fmt.Errorf("source identity: %s presented from %s, and no workload of the mesh has the address", peer, client)
+	}
+	if !w.Enrolled() {
+		return fmt.Errorf("source identity: %s presented from %s, which is the address of %s/%s, a workload outside the mesh", peer, client, w.Namespace, w.Name)
+	}
+	id, err := w.ID(st.TrustDomain())
+	if err != nil {
+		return fmt.Errorf("source identity: %w", err)
+	}
+	if id != peer {
+		return fmt.Errorf("source identity: %s presented from %s, which is the address of %s/%s (%s)", peer, client, w.Namespace, w.Name, id)
+	}
+	return nil
+}
+
+// sourceWait bounds how long a CONNECT whose source does not (yet) hold its identity waits for
+// the state to say it does: a pod's first connection can reach another node before that
+// node's agent has heard of the pod's IP (the informers take tens of milliseconds).
+const sourceWait = 2 * time.Second
+
+// awaitSource returns the state in which the client at client holds peer (sourceHolds),
+// waiting up to sourceWait for a state update that makes it so; else sourceHolds' refusal.
+func (a *Agent) awaitSource(ctx context.Context, client netip.Addr, peer spiffeid.ID) (*workload.State, error) {
+	st := a.store.Load()
+	err := sourceHolds(st, client, peer)
+	if err == nil {
+		return st, nil
+	}
+	updates, cancel := a.store.Subscribe()
+	defer cancel()
+	timeout := time.NewTimer(sourceWait)
+	defer timeout.Stop()
+	for {
+		select {
+		case next := <-updates:
+			if err = sourceHolds(next, client, peer); err == nil {
+				return next, nil
+			}
+		case <-timeout.C:
+			return nil, err
+		case <-ctx.Done():
+			return nil, err
+		}
+	}
+}
+
+// dialHBONEApp is the tunnel server's upstream dial: to the app of the pod whose HBONE
+// listener the stream came in on.
+func (a *Agent) dialHBONEApp(ctx context.Context, req *tunnel.Request) (net.Conn, error) {
 	p := podFrom(ctx)
 	if p == nil {
 		return nil, errors.New("no pod for this listener")
 	}
-	return a.red.DialTransparent(ctx, p.w.Netns, req.Client.Addr(), req.Authority)
+	return a.dialApp(ctx, p, req.Client.Addr(), req.Authority)
+}
+
+// dialApp connects to the app inside pod p from the client's own IP, so the app sees the real
+// client address, within p's dial budget.
+func (a *Agent) dialApp(ctx context.Context, p *pod, client netip.Addr, dst netip.AddrPort) (net.Conn, error) {
+	release, err := p.acquireDial()
+	if err != nil {
+		a.dialsRefused.Add(1)
+		return nil, err
+	}
+	defer release()
+	return a.red.DialTransparent(ctx, p.w.Netns, client, dst)
 }
 
 // logInbound writes the access line of an HBONE stream this node served or refused.

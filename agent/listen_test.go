@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -66,5 +67,34 @@ func TestServeSurvivesAcceptErrors(t *testing.T) {
 	case <-served:
 	case <-time.After(5 * time.Second):
 		t.Fatal("serve did not return after its listener closed")
+	}
+}
+
+// TestPodDialBudget: a pod's dials in flight are bounded, and a refused one leaves the budget
+// as it was.
+func TestPodDialBudget(t *testing.T) {
+	p := &pod{dials: make(chan struct{}, maxPodDials)}
+	var releases []func()
+	for range maxPodDials {
+		r, err := p.acquireDial()
+		if err != nil {
+			t.Fatalf("dial %d of %d refused: %v", len(releases)+1, maxPodDials, err)
+		}
+		releases = append(releases, r)
+	}
+	if _, err := p.acquireDial(); !errors.Is(err, errDialBudget) {
+		t.Fatalf("dial over the budget: %v, want errDialBudget", err)
+	}
+	releases[0]()
+	r, err := p.acquireDial()
+	if err != nil {
+		t.Fatalf("a dial after one finished was refused: %v", err)
+	}
+	r()
+	for _, r := range releases[1:] {
+		r()
+	}
+	if len(p.dials) != 0 {
+		t.Fatalf("%d tokens held after every dial finished", len(p.dials))
 	}
 }

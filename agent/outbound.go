@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/amesh-dev/amesh/netns"
@@ -33,6 +34,14 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		return
 	}
 	entry.upstream = rt.addr
+	release, err := p.acquireDial()
+	if err != nil {
+		a.dialsRefused.Add(1)
+		a.refuse(c, &entry, start, "refused", err.Error())
+		return
+	}
+	dialed := sync.OnceFunc(release)
+	defer dialed()
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
@@ -90,6 +99,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			return
 		}
 	}
+	dialed()
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
 	entry.done(a.access, start, relayResult(err), errString(err))
 }
