@@ -103,7 +103,9 @@ type Agent struct {
 	acceptErrors atomic.Uint64
 	// dialsRefused counts connections refused over a pod's dial budget (maxPodDials).
 	dialsRefused atomic.Uint64
-	conns        sync.WaitGroup
+	// enrollRefused counts enrollment-API connections from a user other than the agent's.
+	enrollRefused atomic.Uint64
+	conns         sync.WaitGroup
 }
 
 // Defaults of Config, which cmd/amesh-agent's flags show.

@@ -46,7 +46,7 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		wg.Go(func() { <-ctx.Done(); srv.Close() })
 	}
 	if a.cfg.CNISocket != "" {
-		ln, err := listenUnix(a.cfg.CNISocket)
+		ln, err := a.listenEnrollment(a.cfg.CNISocket)
 		if err != nil {
 			return nil, err
 		}
@@ -67,11 +67,18 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 	return &wg, nil
 }
 
-// listenUnix listens on a unix socket only root can reach: its directory is made 0700 and the
-// socket 0600, since whoever can connect can take pods in and out of the mesh.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+// listenEnrollment listens on the enrollment API's unix socket, which only the agent's own
+// user may reach, since whoever can connect can take pods in and out of the mesh: its directory
+// is made 0700 (an existing one too: a hostPath the runtime created is 0755) and the socket
+// 0600, and every connection's peer credentials (SO_PEERCRED) are checked, in case a mount or a
+// hand loosened those modes.
+func (a *Agent) listenEnrollment(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: enrollment socket directory: %w", err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: enrollment socket: remove stale %s: %w", path, err)
@@ -84,7 +91,31 @@ func listenUnix(path string) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
 	}
-	return ln, nil
+	return &ownerOnly{Listener: ln, uid: os.Geteuid(), a: a}, nil
+}
+
+// ownerOnly is a unix listener that serves only peers running as uid, closing others unserved.
+type ownerOnly struct {
+	net.Listener
+	uid int
+	a   *Agent
+}
+
+// Accept returns the next connection from a peer running as l.uid.
+func (l *ownerOnly) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uid, err := peerUID(c)
+		if err == nil && uid == l.uid {
+			return c, nil
+		}
+		l.a.enrollRefused.Add(1)
+		l.a.log.Warn("enrollment API: connection refused: the peer is not the agent's user", "peer_uid", uid, "err", err)
+		c.Close()
+	}
 }
 
 // enrollment is the agent's side of amesh-cni's calls.

@@ -61,9 +61,11 @@ func checkArgs(t *testing.T, file, name string, command, args []string) {
 		t.Errorf("%s: container %s runs %q, want amesh-agent", file, name, command)
 		return
 	}
+	// The downward-API variables the DaemonSet sets, as kubelet expands them.
+	expand := strings.NewReplacer("$(NODE_NAME)", "node1", "$(HOST_IP)", "10.0.0.1")
 	argv := make([]string, 0, len(args)+1)
 	for _, a := range args {
-		argv = append(argv, strings.ReplaceAll(a, "$(NODE_NAME)", "node1"))
+		argv = append(argv, expand.Replace(a))
 	}
 	out, err := exec.Command(agentBin, append(argv, "--help")...).CombinedOutput()
 	if err != nil {
