@@ -37,7 +37,7 @@ var scenarios = []scenario{
 
 func BenchmarkLab(b *testing.B) {
 	// splice explicitly: under the default (kernel) the one measured connection of a pair would be
-	// its spliced first one anyway; test/benchsuite measures the kernel path with a warm-up.
+	// its spliced first one anyway; bench/ measures the kernel path with a warm-up.
 	c := newCluster(b, "--same-node", "splice")
 	p50s, p99s := map[string]float64{}, map[string]float64{}
 	b.Run("rr", func(b *testing.B) {
