@@ -478,21 +478,13 @@ func clientCPS(args []string) int {
 	return 0
 }
 
-// echo runs a TCP echo on :9000 in the pod.
+// echo runs the lab's echo on :9000 in the pod.
 func echo(p *lab.Pod) (func(), error) {
-	ln, err := p.Listen(":9000")
+	ln, err := p.Listen(":" + lab.EchoPort)
 	if err != nil {
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go lab.Echo(ln, nil)
 	return func() { ln.Close() }, nil
 }
 

@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -189,7 +187,7 @@ func run(ctx context.Context) error {
 		{"amesh, same node", "web", "api1"},
 		{"amesh, cross-node (HBONE)", "web", "api2"},
 	} {
-		p50, p99, err := rr(ctx, l.Pod(c.from), l.Pod(c.to), 2000)
+		p50, p99, err := lab.RR(ctx, l.Pod(c.from), l.Pod(c.to), lab.RROptions{Requests: 2000})
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
@@ -208,44 +206,13 @@ func serveApps(p *lab.Pod) (func(), error) {
 		fmt.Fprintf(w, "hello from %s (%s/%s); the app sees client %s\n", p.Name, p.Namespace, p.ServiceAccount, r.RemoteAddr)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(hl)
-	el, err := p.Listen(":9000")
+	el, err := p.Listen(":" + lab.EchoPort)
 	if err != nil {
 		srv.Close()
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := el.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go lab.Echo(el, nil)
 	return func() { srv.Close(); el.Close() }, nil
-}
-
-// rr measures request/response latency from one pod to another's echo port.
-func rr(ctx context.Context, from, to *lab.Pod, n int) (p50, p99 time.Duration, err error) {
-	c, err := from.Dial(ctx, net.JoinHostPort(to.IP.String(), "9000"))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer c.Close()
-	msg, buf := make([]byte, 1024), make([]byte, 1024)
-	lat := make([]time.Duration, 0, n)
-	for range n {
-		start := time.Now()
-		if _, err := c.Write(msg); err != nil {
-			return 0, 0, err
-		}
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return 0, 0, err
-		}
-		lat = append(lat, time.Since(start))
-	}
-	slices.Sort(lat)
-	return lat[n/2], lat[n*99/100], nil
 }
 
 func waitEnrolled(ctx context.Context, logs map[string]string, want map[string]int) error {
