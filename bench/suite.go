@@ -131,13 +131,60 @@ type scenario struct {
 	base      string // the direct scenario of the same placement, for ratios
 }
 
+// The direct scenarios, which the others are compared with.
+const sameDirect, crossDirect = "direct same-node (no mesh)", "direct cross-node (no mesh)"
+
+// suite is one run's lab and the agents on its nodes.
+type suite struct {
+	lab      *lab.Lab
+	self     []string // the command line that reaches Main again, for the load clients
+	agentBin string
+	state    string               // the lab's state file, which the agents read
+	caDir    string               // the CA's files, which the agents issue from
+	agents   map[string]*lab.Proc // by node name
+	mode     string               // the agents' --same-node; "" until they first start
+}
+
 func run(ctx context.Context, self []string, agentBin, outDir string, d time.Duration, runs int, ghost string) error {
 	tmp, err := os.MkdirTemp("", "amesh-demo-bench-") // `make clean-lab` removes leftovers
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
+	l, err := newLab(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeLab(l, agentBin)
+	stopEchoes, err := serveEchoes(l)
+	if err != nil {
+		return err
+	}
+	defer stopEchoes()
+	s := &suite{lab: l, self: self, agentBin: agentBin, agents: map[string]*lab.Proc{}}
+	ca, err := s.writeConfig()
+	if err != nil {
+		return err
+	}
+	defer s.stopAgents()
+	scenarios := labScenarios(l)
+	peers, stopPeers, err := startPeers(ctx, l, ca, ghost)
+	if err != nil {
+		return err
+	}
+	defer stopPeers()
+	scenarios = append(scenarios, peers...)
+	all, err := s.rounds(ctx, scenarios, d, runs)
+	if err != nil {
+		return err
+	}
+	return writeResults(outDir, d, runs, all)
+}
+
+// newLab builds the suite's lab: on node1 a meshed client (web) and server (api1) and two
+// unmeshed pods (c1, c1b); on node2 a meshed server (api2) and an unmeshed one (s2).
+func newLab(ctx context.Context) (*lab.Lab, error) {
+	return lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
 		{Name: "node1", Pods: []lab.PodSpec{
 			{Name: "web", Namespace: "shop", ServiceAccount: "web"},
 			{Name: "api1", Namespace: "shop", ServiceAccount: "api"},
@@ -149,82 +196,109 @@ func run(ctx context.Context, self []string, agentBin, outDir string, d time.Dur
 			{Name: "s2", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
 		}},
 	}})
-	if err != nil {
-		return err
+}
+
+// closeLab removes what the agents left in each node (their pins), then the lab.
+func closeLab(l *lab.Lab, agentBin string) {
+	for _, n := range l.Nodes {
+		exec.Command(agentBin, "--uninstall", "--pin-dir", n.PinDir).Run()
 	}
-	defer func() {
-		for _, n := range l.Nodes {
-			exec.Command(agentBin, "--uninstall", "--pin-dir", n.PinDir).Run()
+	l.Close()
+}
+
+// serveEchoes runs the lab's echo on :9000 in every pod; the function returned stops them.
+func serveEchoes(l *lab.Lab) (func(), error) {
+	var lns []net.Listener
+	stop := func() {
+		for _, ln := range slices.Backward(lns) {
+			ln.Close()
 		}
-		l.Close()
-	}()
+	}
 	for _, p := range l.Pods() {
-		stopEcho, err := echo(p)
+		ln, err := p.Listen(":" + lab.EchoPort)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		go lab.Echo(ln, nil)
+		lns = append(lns, ln)
+	}
+	return stop, nil
+}
+
+// writeConfig writes the agents' state file and a new CA, which it returns.
+func (s *suite) writeConfig() (*identity.CA, error) {
+	s.state = filepath.Join(s.lab.Dir, "state.yaml")
+	if err := s.lab.WriteState(s.state, "", ""); err != nil {
+		return nil, err
+	}
+	s.caDir = filepath.Join(s.lab.Dir, "ca")
+	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(s.lab.TrustDomain), identity.CAConfig{})
+	if err != nil {
+		return nil, err
+	}
+	if err := ca.WriteFiles(s.caDir); err != nil {
+		return nil, err
+	}
+	return ca, nil
+}
+
+// startAgents stops the agents that run, starts one per node with --same-node sameNode, and
+// waits until the mesh carries traffic.
+func (s *suite) startAgents(ctx context.Context, sameNode string) error {
+	for name, p := range s.agents {
+		p.Signal(syscall.SIGTERM)
+		<-p.Done()
+		delete(s.agents, name)
+	}
+	for _, n := range s.lab.Nodes {
+		p, err := s.lab.Start(ctx, n.Netns, filepath.Join(s.lab.Dir, n.Name+"-agent.log"), s.agentBin, "--node", n.Name,
+			"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn")
 		if err != nil {
 			return err
 		}
-		defer stopEcho()
+		s.agents[n.Name] = p
 	}
-	state := filepath.Join(l.Dir, "state.yaml")
-	if err := l.WriteState(state, "", ""); err != nil {
-		return err
-	}
-	caDir := filepath.Join(l.Dir, "ca")
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(l.TrustDomain), identity.CAConfig{})
-	if err != nil {
-		return err
-	}
-	if err := ca.WriteFiles(caDir); err != nil {
-		return err
-	}
-	agents := map[string]*lab.Proc{}
-	startAgents := func(sameNode string) error {
-		for name, p := range agents {
-			p.Signal(syscall.SIGTERM)
-			<-p.Done()
-			delete(agents, name)
-		}
-		for _, n := range l.Nodes {
-			p, err := l.Start(ctx, n.Netns, filepath.Join(l.Dir, n.Name+"-agent.log"), agentBin, "--node", n.Name,
-				"--state", state, "--ca-dir", caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn")
-			if err != nil {
-				return err
-			}
-			agents[n.Name] = p
-		}
-		// Ready when web reaches api2 through the mesh.
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			c, err := l.Pod("web").Dial(ctx, net.JoinHostPort(l.Pod("api2").IP.String(), "9000"))
-			if err == nil {
-				c.Write([]byte("x"))
-				c.SetReadDeadline(time.Now().Add(time.Second))
-				_, err = c.Read(make([]byte, 1))
-				c.Close()
-				if err == nil {
-					return nil
-				}
-			}
-			if time.Now().After(deadline) {
-				return errors.New("agents did not come up")
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	defer func() {
-		for _, p := range agents {
-			p.Signal(syscall.SIGTERM)
-			select {
-			case <-p.Done():
-			case <-time.After(3 * time.Second):
-				p.Kill()
-			}
-		}
-	}()
+	return s.waitMesh(ctx)
+}
 
+// waitMesh waits, up to 20s, until web reaches api2 through the mesh (an echo of one byte).
+func (s *suite) waitMesh(ctx context.Context) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := s.lab.Pod("web").Dial(ctx, net.JoinHostPort(s.lab.Pod("api2").IP.String(), "9000"))
+		if err == nil {
+			c.Write([]byte("x"))
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return errors.New("agents did not come up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stopAgents stops the agents, each given 3s to exit before it is killed.
+func (s *suite) stopAgents() {
+	for _, p := range s.agents {
+		p.Signal(syscall.SIGTERM)
+		select {
+		case <-p.Done():
+		case <-time.After(3 * time.Second):
+			p.Kill()
+		}
+	}
+}
+
+// labScenarios are the paths within the lab: direct and through amesh, on one node and across.
+func labScenarios(l *lab.Lab) []scenario {
 	ip := func(pod string) string { return l.Pod(pod).IP.String() }
-	const sameDirect, crossDirect = "direct same-node (no mesh)", "direct cross-node (no mesh)"
-	scenarios := []scenario{
+	return []scenario{
 		{name: sameDirect, from: "c1", rrAddr: ip("c1b") + ":9000", iperfAddr: ip("c1b") + ":5201", iperfPod: "c1b"},
 		{name: crossDirect, from: "c1", rrAddr: ip("s2") + ":9000", iperfAddr: ip("s2") + ":5201", iperfPod: "s2"},
 		{name: "amesh same-node (splice)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
@@ -232,29 +306,31 @@ func run(ctx context.Context, self []string, agentBin, outDir string, d time.Dur
 		{name: "amesh same-node (hbone)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
 		{name: "amesh cross-node (HBONE)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: crossDirect},
 	}
-	peers, stopPeers, err := startPeers(ctx, l, ca, ghost)
-	if err != nil {
-		return err
-	}
-	defer stopPeers()
-	scenarios = append(scenarios, peers...)
+}
 
-	// Rounds go over every scenario in turn, so a slow spell of this noisy machine hits them all
-	// alike; each figure reported is the median over the rounds.
+// rounds measures every scenario runs times and returns each one's results, round by round.
+// Rounds go over every scenario in turn, so a slow spell of this noisy machine hits them all
+// alike; each figure reported is the median over the rounds.
+func (s *suite) rounds(ctx context.Context, scenarios []scenario, d time.Duration, runs int) ([][]Result, error) {
 	all := make([][]Result, len(scenarios))
-	current := ""
 	for round := range runs {
-		for i, s := range scenarios {
-			r, err := runScenario(ctx, l, self, s, agents, d, &current, startAgents)
+		for i, sc := range scenarios {
+			r, err := s.runScenario(ctx, sc, d)
 			if err != nil {
-				return err
+				return nil, err
 			}
-			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s done\n", round+1, runs, s.name)
+			fmt.Fprintf(os.Stderr, "bench: round %d/%d: %s done\n", round+1, runs, sc.name)
 			all[i] = append(all[i], r)
 		}
 	}
-	results := make([]Result, len(scenarios))
-	for i := range scenarios {
+	return all, nil
+}
+
+// writeResults writes the medians of all to results.json (with every round), results.md and
+// results.png in outDir, and prints the Markdown.
+func writeResults(outDir string, d time.Duration, runs int, all [][]Result) error {
+	results := make([]Result, len(all))
+	for i := range all {
 		results[i] = median(all[i])
 	}
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
@@ -277,27 +353,26 @@ func run(ctx context.Context, self []string, agentBin, outDir string, d time.Dur
 }
 
 // runScenario (re)starts the agents in the mode the scenario needs, then measures it.
-func runScenario(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration,
-	current *string, startAgents func(string) error) (Result, error) {
+func (s *suite) runScenario(ctx context.Context, sc scenario, d time.Duration) (Result, error) {
 	mode := "splice"
 	for _, m := range []string{"hbone", "kernel"} {
-		if strings.Contains(s.name, "("+m+")") {
+		if strings.Contains(sc.name, "("+m+")") {
 			mode = m
 		}
 	}
-	if *current == "" || (s.agents != nil && *current != mode) {
-		if err := startAgents(mode); err != nil {
+	if s.mode == "" || (sc.agents != nil && s.mode != mode) {
+		if err := s.startAgents(ctx, mode); err != nil {
 			return Result{}, err
 		}
-		*current = mode
+		s.mode = mode
 		if mode == "kernel" {
 			// The pair's first connection is decided by the agent; measure the ones after it.
-			warm(ctx, l, s)
+			warm(ctx, s.lab, sc)
 		}
 	}
-	r, err := measure(ctx, l, self, s, agents, d)
+	r, err := measure(ctx, s.lab, s.self, sc, s.agents, d)
 	if err != nil {
-		return r, fmt.Errorf("%s: %w", s.name, err)
+		return r, fmt.Errorf("%s: %w", sc.name, err)
 	}
 	return r, nil
 }
@@ -478,16 +553,6 @@ func clientCPS(args []string) int {
 	return 0
 }
 
-// echo runs the lab's echo on :9000 in the pod.
-func echo(p *lab.Pod) (func(), error) {
-	ln, err := p.Listen(":" + lab.EchoPort)
-	if err != nil {
-		return nil, err
-	}
-	go lab.Echo(ln, nil)
-	return func() { ln.Close() }, nil
-}
-
 // agentCPU is the user+system CPU seconds the named agents have used.
 func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 	total := 0.0
@@ -569,7 +634,7 @@ func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) 
 				return nil, stop, err
 			}
 		}
-		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
+		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: crossDirect})
 	} else {
 		fmt.Fprintf(os.Stderr, "bench: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
 	}
@@ -621,7 +686,7 @@ checkIP = %[1]s
 		if err := start("c1", path, cli); err != nil {
 			return nil, stop, err
 		}
-		out = append(out, scenario{name: "stunnel pair", from: "c1", rrAddr: "127.0.0.1:8001", iperfAddr: "127.0.0.1:8101", iperfPod: "s2", base: "direct cross-node (no mesh)"})
+		out = append(out, scenario{name: "stunnel pair", from: "c1", rrAddr: "127.0.0.1:8001", iperfAddr: "127.0.0.1:8101", iperfPod: "s2", base: crossDirect})
 	} else {
 		fmt.Fprintln(os.Stderr, "bench: no stunnel4 (make peers installs it): scenario left out")
 	}
