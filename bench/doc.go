@@ -12,6 +12,10 @@
 // there (`... rr|cps ...`), since sockets belong to the netns of the thread that made them.
 // Every run is bounded in time; all traffic stays inside the lab. Needs root.
 //
+// suite.go builds the lab, starts the agents and runs the scenarios; client.go holds the load
+// clients it re-executes inside pods; peers.go the ghostunnel and stunnel pairs; report.go and
+// plot.go the outputs.
+//
 // # Imports
 //
 // bench is linked into the ameshctl binary, so it is not test code and it lives outside test/.

@@ -2,13 +2,9 @@ package bench
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"os"
@@ -21,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"fortio.org/fortio/periodic"
-	"fortio.org/fortio/tcprunner"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/amesh-dev/amesh/identity"
@@ -326,32 +320,6 @@ func (s *suite) rounds(ctx context.Context, scenarios []scenario, d time.Duratio
 	return all, nil
 }
 
-// writeResults writes the medians of all to results.json (with every round), results.md and
-// results.png in outDir, and prints the Markdown.
-func writeResults(outDir string, d time.Duration, runs int, all [][]Result) error {
-	results := make([]Result, len(all))
-	for i := range all {
-		results[i] = median(all[i])
-	}
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
-		return err
-	}
-	js, _ := json.MarshalIndent(map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "duration": d.String(), "runs": runs,
-		"results": results, "rounds": all}, "", "  ")
-	if err := os.WriteFile(filepath.Join(outDir, "results.json"), js, 0o644); err != nil {
-		return err
-	}
-	md := markdown(results, d, runs)
-	if err := os.WriteFile(filepath.Join(outDir, "results.md"), []byte(md), 0o644); err != nil {
-		return err
-	}
-	if err := writePlot(filepath.Join(outDir, "results.png"), results); err != nil {
-		return err
-	}
-	fmt.Print(md)
-	return nil
-}
-
 // runScenario (re)starts the agents in the mode the scenario needs, then measures it.
 func (s *suite) runScenario(ctx context.Context, sc scenario, d time.Duration) (Result, error) {
 	mode := "splice"
@@ -375,30 +343,6 @@ func (s *suite) runScenario(ctx context.Context, sc scenario, d time.Duration) (
 		return r, fmt.Errorf("%s: %w", sc.name, err)
 	}
 	return r, nil
-}
-
-// median takes each figure's median over the rounds of one scenario.
-func median(rs []Result) Result {
-	med := func(get func(Result) float64) float64 {
-		v := make([]float64, len(rs))
-		for i, r := range rs {
-			v[i] = get(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
-	out := Result{Scenario: rs[0].Scenario, Base: rs[0].Base, RR1000: map[string]float64{}, RRMax: map[string]float64{}}
-	for _, p := range []string{"p50", "p90", "p99", "p99.9"} {
-		out.RR1000[p] = med(func(r Result) float64 { return r.RR1000[p] })
-		out.RRMax[p] = med(func(r Result) float64 { return r.RRMax[p] })
-	}
-	out.RRMaxQPS = med(func(r Result) float64 { return r.RRMaxQPS })
-	out.Gbps1 = med(func(r Result) float64 { return r.Gbps1 })
-	out.Gbps4 = med(func(r Result) float64 { return r.Gbps4 })
-	out.CPS = med(func(r Result) float64 { return r.CPS })
-	out.AgentCPU = med(func(r Result) float64 { return r.AgentCPU })
-	out.AgentRSSMiB = med(func(r Result) float64 { return r.AgentRSSMiB })
-	return out
 }
 
 // warm makes one connection of the scenario (echo and iperf3 ports), so that the kernel path's
@@ -456,103 +400,6 @@ func pct(m map[string]float64) map[string]float64 {
 	return map[string]float64{"p50": m["p50"], "p90": m["p90"], "p99": m["p99"], "p99.9": m["p99.9"]}
 }
 
-// runClient re-executes the suite's command inside the pod's netns as a load client.
-func runClient(ctx context.Context, l *lab.Lab, self []string, pod, mode string, args ...string) (map[string]float64, error) {
-	cctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	argv := append(append(slices.Clone(self[1:]), mode), args...)
-	out, err := l.Command(cctx, l.Pod(pod).Netns, self[0], argv...).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%s client in %s: %v %s", mode, pod, err, out)
-	}
-	var m map[string]float64
-	if err := json.Unmarshal(out, &m); err != nil {
-		return nil, fmt.Errorf("%s client output %q: %w", mode, out, err)
-	}
-	return m, nil
-}
-
-// replot is `bench plot -in results.json -out results.png`: redraw a saved run.
-func replot(args []string) int {
-	fs := flag.NewFlagSet("plot", flag.ExitOnError)
-	in := fs.String("in", "bench-out/results.json", "results of a run")
-	out := fs.String("out", "bench-out/results.png", "PNG to write")
-	fs.Parse(args)
-	b, err := os.ReadFile(*in)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	var saved struct{ Results []Result }
-	if err := json.Unmarshal(b, &saved); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := writePlot(*out, saved.Results); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return 0
-}
-
-// clientRR is `bench rr`: fortio's TCP echo runner at a QPS (-1: max) on one connection.
-func clientRR(args []string) int {
-	fs := flag.NewFlagSet("rr", flag.ExitOnError)
-	dest := fs.String("dest", "", "echo server host:port")
-	qps := fs.Float64("qps", 1000, "requests per second (-1 for max)")
-	d := fs.Duration("duration", 3*time.Second, "duration")
-	fs.Parse(args)
-	o := tcprunner.RunnerOptions{
-		RunnerOptions: periodic.RunnerOptions{QPS: *qps, Duration: *d, NumThreads: 1, Percentiles: []float64{50, 90, 99, 99.9}, Resolution: 1e-6, Out: io.Discard},
-		TCPOptions:    tcprunner.TCPOptions{Destination: *dest, Payload: make([]byte, 1024), ReqTimeout: 5 * time.Second},
-	}
-	res, err := tcprunner.RunTCPTest(&o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if res.RetCodes[tcprunner.TCPStatusOK] == 0 || len(res.RetCodes) > 1 {
-		fmt.Fprintf(os.Stderr, "rr: results %v\n", res.RetCodes)
-		return 1
-	}
-	out := map[string]float64{"qps": res.ActualQPS}
-	for _, p := range res.DurationHistogram.Percentiles {
-		out["p"+strconv.FormatFloat(p.Percentile, 'f', -1, 64)] = p.Value * 1e6
-	}
-	json.NewEncoder(os.Stdout).Encode(out)
-	return 0
-}
-
-// clientCPS is `bench cps`: new connections per second, each a 1 KiB echo then close.
-func clientCPS(args []string) int {
-	fs := flag.NewFlagSet("cps", flag.ExitOnError)
-	dest := fs.String("dest", "", "echo server host:port")
-	d := fs.Duration("duration", 3*time.Second, "duration")
-	fs.Parse(args)
-	msg, buf := make([]byte, 1024), make([]byte, 1024)
-	n, start := 0, time.Now()
-	for time.Since(start) < *d {
-		c, err := net.DialTimeout("tcp", *dest, 5*time.Second)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Write(msg)
-		if err == nil {
-			_, err = io.ReadFull(c, buf)
-		}
-		c.Close()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		n++
-	}
-	json.NewEncoder(os.Stdout).Encode(map[string]float64{"cps": float64(n) / time.Since(start).Seconds()})
-	return 0
-}
-
 // agentCPU is the user+system CPU seconds the named agents have used.
 func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 	total := 0.0
@@ -572,195 +419,4 @@ func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 		total += (ut + st) / 100 // USER_HZ
 	}
 	return total
-}
-
-// startPeers runs the L4 mTLS peers between c1 (node1) and s2 (node2), both out of the mesh:
-// client proxy in c1 on 127.0.0.1, server proxy in s2 on its pod IP, target s2's echo/iperf3.
-func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) ([]scenario, func(), error) {
-	var procs []*lab.Proc
-	stop := func() {
-		for _, p := range procs {
-			p.Kill()
-		}
-	}
-	dir := filepath.Join(l.Dir, "peers")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, stop, err
-	}
-	s2 := l.Pod("s2").IP
-	write := func(name, typ string, der []byte) string {
-		p := filepath.Join(dir, name)
-		os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
-		return p
-	}
-	issue := func(name, sa string, ips []net.IP) (string, string, string, error) {
-		id := spiffeid.RequireFromString("spiffe://" + l.TrustDomain + "/ns/plain/sa/" + sa)
-		s, err := ca.IssueWithIPs(ctx, id, ips)
-		if err != nil {
-			return "", "", "", err
-		}
-		key, err := x509.MarshalPKCS8PrivateKey(s.PrivateKey)
-		if err != nil {
-			return "", "", "", err
-		}
-		return write(name+".crt", "CERTIFICATE", s.Certificates[0].Raw), write(name+".key", "PRIVATE KEY", key), id.String(), nil
-	}
-	caFile := write("ca.crt", "CERTIFICATE", ca.Root().Raw)
-	scrt, skey, _, err := issue("server", "server", []net.IP{s2.AsSlice()})
-	if err != nil {
-		return nil, stop, err
-	}
-	ccrt, ckey, cid, err := issue("client", "client", nil)
-	if err != nil {
-		return nil, stop, err
-	}
-	start := func(pod string, name string, args ...string) error {
-		p, err := l.Start(ctx, l.Pod(pod).Netns, "", name, args...)
-		if err == nil {
-			procs = append(procs, p)
-		}
-		return err
-	}
-	var out []scenario
-	// Ports: 7001/7002 echo, 7101/7102 iperf3 for ghostunnel; 8001/8002, 8101/8102 for stunnel.
-	if _, err := os.Stat(ghost); err == nil {
-		for _, pp := range [][3]string{{"7001", "7002", "9000"}, {"7101", "7102", "5201"}} {
-			if err := start("s2", ghost, "server", "--quiet=all", "--listen", s2.String()+":"+pp[1], "--target", "127.0.0.1:"+pp[2],
-				"--cert", scrt, "--key", skey, "--cacert", caFile, "--allow-uri", cid); err != nil {
-				return nil, stop, err
-			}
-			if err := start("c1", ghost, "client", "--quiet=all", "--listen", "127.0.0.1:"+pp[0], "--target", s2.String()+":"+pp[1],
-				"--cert", ccrt, "--key", ckey, "--cacert", caFile, "--verify-uri", "spiffe://"+l.TrustDomain+"/ns/plain/sa/server"); err != nil {
-				return nil, stop, err
-			}
-		}
-		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: crossDirect})
-	} else {
-		fmt.Fprintf(os.Stderr, "bench: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
-	}
-	if path, err := exec.LookPath("stunnel4"); err == nil {
-		conf := func(name, body string) string {
-			p := filepath.Join(dir, name)
-			os.WriteFile(p, []byte("foreground = yes\npid =\n"+body), 0o600)
-			return p
-		}
-		srv := conf("stunnel-server.conf", fmt.Sprintf(`[echo]
-accept = %[1]s:8002
-connect = 127.0.0.1:9000
-cert = %[2]s
-key = %[3]s
-CAfile = %[4]s
-verifyChain = yes
-requireCert = yes
-[iperf]
-accept = %[1]s:8102
-connect = 127.0.0.1:5201
-cert = %[2]s
-key = %[3]s
-CAfile = %[4]s
-verifyChain = yes
-requireCert = yes
-`, s2, scrt, skey, caFile))
-		cli := conf("stunnel-client.conf", fmt.Sprintf(`[echo]
-client = yes
-accept = 127.0.0.1:8001
-connect = %[1]s:8002
-cert = %[2]s
-key = %[3]s
-CAfile = %[4]s
-verifyChain = yes
-checkIP = %[1]s
-[iperf]
-client = yes
-accept = 127.0.0.1:8101
-connect = %[1]s:8102
-cert = %[2]s
-key = %[3]s
-CAfile = %[4]s
-verifyChain = yes
-checkIP = %[1]s
-`, s2, ccrt, ckey, caFile))
-		if err := start("s2", path, srv); err != nil {
-			return nil, stop, err
-		}
-		if err := start("c1", path, cli); err != nil {
-			return nil, stop, err
-		}
-		out = append(out, scenario{name: "stunnel pair", from: "c1", rrAddr: "127.0.0.1:8001", iperfAddr: "127.0.0.1:8101", iperfPod: "s2", base: crossDirect})
-	} else {
-		fmt.Fprintln(os.Stderr, "bench: no stunnel4 (make peers installs it): scenario left out")
-	}
-	// Wait for the client proxies to listen.
-	for _, s := range out {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			c, err := l.Pod("c1").Dial(ctx, s.rrAddr)
-			if err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, stop, fmt.Errorf("%s did not listen on %s", s.name, s.rrAddr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return out, stop, nil
-}
-
-// markdown renders the results with ratios to the direct case of the same placement and to the
-// best peer (the peers run across nodes).
-func markdown(rs []Result, d time.Duration, runs int) string {
-	// The best peer is chosen per measure: the lowest p50 for latency, the highest for throughput.
-	var best, bestThr *Result
-	byName := map[string]*Result{}
-	for i := range rs {
-		r := &rs[i]
-		byName[r.Scenario] = r
-		if strings.HasSuffix(r.Scenario, "pair") {
-			if best == nil || r.RR1000["p50"] < best.RR1000["p50"] {
-				best = r
-			}
-			if bestThr == nil || r.Gbps1 > bestThr.Gbps1 {
-				bestThr = r
-			}
-		}
-	}
-	ratio := func(v, base float64) string {
-		if base == 0 {
-			return "–"
-		}
-		return fmt.Sprintf("%.2f", v/base)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v, medians of %d rounds. \"× direct\" compares with two unmeshed pods in the same placement; best peer: the lowest 1,000 RPS p50 (%s) for latency, the highest one-stream throughput (%s) for throughput.\n\n", time.Now().UTC().Format("2006-01-02"), d, runs, name(best), name(bestThr))
-	b.WriteString("| scenario | p50 µs | p90 | p99 | p99.9 | p50 × direct | p50 × best peer | max RPS | 1 stream Gbit/s | × direct | × best peer | 4 streams Gbit/s | new conn/s | agent vCPU / 1k RPS | agent RSS MiB |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, r := range rs {
-		cpu, rss := "–", "–"
-		if r.AgentRSSMiB > 0 {
-			cpu, rss = fmt.Sprintf("%.3f", r.AgentCPU), fmt.Sprintf("%.1f", r.AgentRSSMiB)
-		}
-		var dp50, bp50, dg, bg float64
-		if direct := byName[r.Base]; direct != nil {
-			dp50, dg = direct.RR1000["p50"], direct.Gbps1
-		} else if r.Base == "" {
-			dp50, dg = r.RR1000["p50"], r.Gbps1
-		}
-		if best != nil {
-			bp50, bg = best.RR1000["p50"], bestThr.Gbps1
-		}
-		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.0f | %.2f | %s | %s | %.2f | %.0f | %s | %s |\n",
-			r.Scenario, r.RR1000["p50"], r.RR1000["p90"], r.RR1000["p99"], r.RR1000["p99.9"],
-			ratio(r.RR1000["p50"], dp50), ratio(r.RR1000["p50"], bp50), r.RRMaxQPS,
-			r.Gbps1, ratio(r.Gbps1, dg), ratio(r.Gbps1, bg), r.Gbps4, r.CPS, cpu, rss)
-	}
-	return b.String()
-}
-
-func name(r *Result) string {
-	if r == nil {
-		return "none"
-	}
-	return r.Scenario
 }
