@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/internal/testenv"
 )
 
 // TestMain fails the run if tests leak goroutines or sockets (every connection and listener the
@@ -244,11 +245,5 @@ func (s staticSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 // waitFor polls cond for up to 5s.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, what, 5*time.Second, cond)
 }

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/amesh-dev/amesh/test/benchsuite"
+	"github.com/amesh-dev/amesh/bench"
 )
 
 const usage = `ameshctl: amesh's operator tool.
@@ -29,7 +29,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "ameshctl:", err)
 			os.Exit(1)
 		}
-		os.Exit(benchsuite.Main([]string{self, "bench"}, os.Args[2:]))
+		os.Exit(bench.Main([]string{self, "bench"}, os.Args[2:]))
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:

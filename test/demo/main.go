@@ -9,8 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -54,14 +52,58 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(bin)
-	agent := filepath.Join(bin, "amesh-agent")
+	agent, err := buildAgent(ctx, bin)
+	if err != nil {
+		return err
+	}
+	l, err := buildLab(ctx)
+	if err != nil {
+		return err
+	}
+	defer tearDown(l, agent)
+	printPods(l)
+	state := filepath.Join(l.Dir, "state.yaml")
+	if err := l.WriteState(state, "", policies); err != nil {
+		return err
+	}
+	stopApps, err := serveAllApps(l)
+	if err != nil {
+		return err
+	}
+	defer stopApps()
+	d := &demo{lab: l, logs: map[string]string{}}
+	stopAgents, err := d.startAgents(ctx, agent, state)
+	if err != nil {
+		return err
+	}
+	defer stopAgents()
+	if err := waitEnrolled(ctx, d.logs, map[string]int{"node1": 2, "node2": 2}); err != nil {
+		return err
+	}
+	d.printEnrolled()
+	for _, scenario := range []func(context.Context) error{d.crossNode, d.sameNode, d.policyDenies, d.strictRefusesPlaintext, d.latency} {
+		if err := scenario(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildAgent builds amesh-agent into dir and returns its path.
+func buildAgent(ctx context.Context, dir string) (string, error) {
+	agent := filepath.Join(dir, "amesh-agent")
 	step("building amesh-agent")
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		return fmt.Errorf("build amesh-agent: %v\n%s", err, out)
+		return "", fmt.Errorf("build amesh-agent: %v\n%s", err, out)
 	}
+	return agent, nil
+}
 
+// buildLab builds the demo's two nodes: on each a client or servers of the shop in the mesh, and
+// a pod out of it; node2 also holds an intruder, in the mesh but not allowed to call api.
+func buildLab(ctx context.Context) (*lab.Lab, error) {
 	step("building the lab: 2 nodes on an underlay bridge, 5 pods, each its own netns")
-	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
+	return lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
 		{Name: "node1", Pods: []lab.PodSpec{
 			{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
 			{Name: "api1", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
@@ -73,17 +115,20 @@ func run(ctx context.Context) error {
 			{Name: "plain2", Namespace: "legacy", ServiceAccount: "default", Mode: "none"},
 		}},
 	}})
-	if err != nil {
-		return err
+}
+
+// tearDown removes what the agents left in each node (their pins), then the lab.
+func tearDown(l *lab.Lab, agent string) {
+	step("tearing down")
+	for _, n := range l.Nodes {
+		exec.Command(agent, "--uninstall", "--pin-dir", n.PinDir).Run()
 	}
-	defer func() {
-		step("tearing down")
-		for _, n := range l.Nodes {
-			exec.Command(agent, "--uninstall", "--pin-dir", n.PinDir).Run()
-		}
-		l.Close()
-		fmt.Println("  namespaces, links, pins and agents removed")
-	}()
+	l.Close()
+	fmt.Println("  namespaces, links, pins and agents removed")
+}
+
+// printPods lists the lab's pods: node, name, IP, identity and whether they are in the mesh.
+func printPods(l *lab.Lab) {
 	for _, n := range l.Nodes {
 		for _, p := range n.Pods {
 			mode := "mesh (ambient, STRICT)"
@@ -93,95 +138,136 @@ func run(ctx context.Context) error {
 			fmt.Printf("  %-6s %-9s %-10s %-15s %s\n", n.Name, p.Name, p.IP, p.Namespace+"/"+p.ServiceAccount, mode)
 		}
 	}
-	state := filepath.Join(l.Dir, "state.yaml")
-	if err := l.WriteState(state, "", policies); err != nil {
-		return err
+}
+
+// serveAllApps runs serveApps in every pod; the function returned stops them.
+func serveAllApps(l *lab.Lab) (func(), error) {
+	var stops []func()
+	stop := func() {
+		for _, s := range slices.Backward(stops) {
+			s()
+		}
 	}
 	for _, p := range l.Pods() {
-		stopApp, err := serveApps(p)
+		s, err := serveApps(p)
 		if err != nil {
-			return err
+			stop()
+			return nil, err
 		}
-		defer stopApp()
+		stops = append(stops, s)
 	}
+	return stop, nil
+}
 
+// demo is the running lab the scenarios use, with the agents' logs.
+type demo struct {
+	lab  *lab.Lab
+	logs map[string]string // node name -> its agent's JSON log
+}
+
+// startAgents starts one agent per node; the function returned stops them, each given 3s to exit
+// before it is killed, in the reverse order.
+func (d *demo) startAgents(ctx context.Context, agent, state string) (func(), error) {
 	step("starting one amesh-agent per node (eBPF capture in each pod's netns, HBONE on :15008)")
-	logs := map[string]string{}
-	for _, n := range l.Nodes {
-		logs[n.Name] = filepath.Join(l.Dir, n.Name+"-agent.log")
-		p, err := l.Start(ctx, n.Netns, logs[n.Name], agent, "--node", n.Name, "--state", state,
-			"--ca-dir", filepath.Join(l.Dir, "ca"), "--pin-dir", n.PinDir, "--drain-timeout", "1s")
-		if err != nil {
-			return err
-		}
-		defer func() {
+	var procs []*lab.Proc
+	stop := func() {
+		for _, p := range slices.Backward(procs) {
 			p.Signal(syscall.SIGTERM)
 			select {
 			case <-p.Done():
 			case <-time.After(3 * time.Second):
 				p.Kill()
 			}
-		}()
+		}
 	}
-	if err := waitEnrolled(ctx, logs, map[string]int{"node1": 2, "node2": 2}); err != nil {
-		return err
+	for _, n := range d.lab.Nodes {
+		d.logs[n.Name] = filepath.Join(d.lab.Dir, n.Name+"-agent.log")
+		p, err := d.lab.Start(ctx, n.Netns, d.logs[n.Name], agent, "--node", n.Name, "--state", state,
+			"--ca-dir", filepath.Join(d.lab.Dir, "ca"), "--pin-dir", n.PinDir, "--drain-timeout", "1s")
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		procs = append(procs, p)
 	}
+	return stop, nil
+}
+
+// printEnrolled shows each agent's enrolment of its pods: the SPIFFE ID and how long it took.
+func (d *demo) printEnrolled() {
 	for _, n := range []string{"node1", "node2"} {
-		for _, m := range logLines(logs[n]) {
+		for _, m := range logLines(d.logs[n]) {
 			if m["msg"] == "pod enrolled" {
 				fmt.Printf("  %s: enrolled %-13v as %v in %.2f ms\n", n, m["pod"], m["id"], toMS(m["took"]))
 			}
 		}
 	}
+}
 
-	curl := func(from, to string) (string, error) {
-		url := fmt.Sprintf("http://%s:8080/", l.Pod(to).IP)
-		fmt.Printf("  $ kubectl exec %s -- curl -s %s\n", from, url)
-		c, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		out, err := l.Command(c, l.Pod(from).Netns, "curl", "-sS", "--max-time", "3", url).CombinedOutput()
-		fmt.Printf("    %s\n", strings.TrimSpace(string(out)))
-		return string(out), err
-	}
-	// showAccess prints the newest access line of node's agent for a connection from src.
-	showAccess := func(node, src string) {
-		time.Sleep(100 * time.Millisecond)
-		for _, m := range slices.Backward(logLines(logs[node])) {
-			if m["msg"] == "access" && m["src_addr"] == src {
-				fmt.Printf("    %s access log: %v %v -> %v path=%v src_id=%v dst_id=%v result=%v", node, m["direction"], m["src_addr"], m["dst_addr"], m["path"], m["src_id"], m["dst_id"], m["result"])
-				if r, ok := m["reason"]; ok {
-					fmt.Printf(" reason=%q", r)
-				}
-				fmt.Println()
-				return
+// curl runs the real curl in pod from against to's app, showing the command and its output.
+func (d *demo) curl(ctx context.Context, from, to string) (string, error) {
+	url := fmt.Sprintf("http://%s:8080/", d.lab.Pod(to).IP)
+	fmt.Printf("  $ kubectl exec %s -- curl -s %s\n", from, url)
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := d.lab.Command(c, d.lab.Pod(from).Netns, "curl", "-sS", "--max-time", "3", url).CombinedOutput()
+	fmt.Printf("    %s\n", strings.TrimSpace(string(out)))
+	return string(out), err
+}
+
+// showAccess prints the newest access line of node's agent for a connection from pod src.
+func (d *demo) showAccess(node, src string) {
+	srcIP := d.lab.Pod(src).IP.String()
+	time.Sleep(100 * time.Millisecond)
+	for _, m := range slices.Backward(logLines(d.logs[node])) {
+		if m["msg"] == "access" && m["src_addr"] == srcIP {
+			fmt.Printf("    %s access log: %v %v -> %v path=%v src_id=%v dst_id=%v result=%v", node, m["direction"], m["src_addr"], m["dst_addr"], m["path"], m["src_id"], m["dst_id"], m["result"])
+			if r, ok := m["reason"]; ok {
+				fmt.Printf(" reason=%q", r)
 			}
+			fmt.Println()
+			return
 		}
 	}
+}
 
+func (d *demo) crossNode(ctx context.Context) error {
 	step("1. web (node1) -> api2 (node2): HBONE across the underlay, mutual TLS with SPIFFE IDs")
-	if _, err := curl("web", "api2"); err != nil {
+	if _, err := d.curl(ctx, "web", "api2"); err != nil {
 		return fmt.Errorf("cross-node curl failed: %w", err)
 	}
-	showAccess("node2", l.Pod("web").IP.String())
+	d.showAccess("node2", "web")
+	return nil
+}
 
+func (d *demo) sameNode(ctx context.Context) error {
 	step("2. web -> api1, both on node1: authorized by node1's agent, which holds both identities, then spliced")
-	if _, err := curl("web", "api1"); err != nil {
+	if _, err := d.curl(ctx, "web", "api1"); err != nil {
 		return fmt.Errorf("same-node curl failed: %w", err)
 	}
-	showAccess("node1", l.Pod("web").IP.String())
+	d.showAccess("node1", "web")
+	return nil
+}
 
+func (d *demo) policyDenies(ctx context.Context) error {
 	step("3. intruder -> api2: the AuthorizationPolicy allows only spiffe://cluster.local/ns/shop/sa/web")
-	if _, err := curl("intruder", "api2"); err == nil {
+	if _, err := d.curl(ctx, "intruder", "api2"); err == nil {
 		return errors.New("the intruder got through")
 	}
-	showAccess("node2", l.Pod("intruder").IP.String())
+	d.showAccess("node2", "intruder")
+	return nil
+}
 
+func (d *demo) strictRefusesPlaintext(ctx context.Context) error {
 	step("4. plain2 (not in the mesh) -> api2 in plaintext: api2 is STRICT")
-	if _, err := curl("plain2", "api2"); err == nil {
+	if _, err := d.curl(ctx, "plain2", "api2"); err == nil {
 		return errors.New("plaintext reached a STRICT pod")
 	}
-	showAccess("node2", l.Pod("plain2").IP.String())
+	d.showAccess("node2", "plain2")
+	return nil
+}
 
+func (d *demo) latency(ctx context.Context) error {
 	step("5. latency, 1 KiB request/response, 2,000 round trips on one connection each")
 	fmt.Printf("  %-42s %9s %9s\n", "path", "p50", "p99")
 	for _, c := range []struct{ name, from, to string }{
@@ -189,7 +275,7 @@ func run(ctx context.Context) error {
 		{"amesh, same node", "web", "api1"},
 		{"amesh, cross-node (HBONE)", "web", "api2"},
 	} {
-		p50, p99, err := rr(ctx, l.Pod(c.from), l.Pod(c.to), 2000)
+		p50, p99, err := lab.RR(ctx, d.lab.Pod(c.from), d.lab.Pod(c.to), lab.RROptions{Requests: 2000})
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
@@ -208,44 +294,13 @@ func serveApps(p *lab.Pod) (func(), error) {
 		fmt.Fprintf(w, "hello from %s (%s/%s); the app sees client %s\n", p.Name, p.Namespace, p.ServiceAccount, r.RemoteAddr)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(hl)
-	el, err := p.Listen(":9000")
+	el, err := p.Listen(":" + lab.EchoPort)
 	if err != nil {
 		srv.Close()
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := el.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	go lab.Echo(el, nil)
 	return func() { srv.Close(); el.Close() }, nil
-}
-
-// rr measures request/response latency from one pod to another's echo port.
-func rr(ctx context.Context, from, to *lab.Pod, n int) (p50, p99 time.Duration, err error) {
-	c, err := from.Dial(ctx, net.JoinHostPort(to.IP.String(), "9000"))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer c.Close()
-	msg, buf := make([]byte, 1024), make([]byte, 1024)
-	lat := make([]time.Duration, 0, n)
-	for range n {
-		start := time.Now()
-		if _, err := c.Write(msg); err != nil {
-			return 0, 0, err
-		}
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return 0, 0, err
-		}
-		lat = append(lat, time.Since(start))
-	}
-	slices.Sort(lat)
-	return lat[n/2], lat[n*99/100], nil
 }
 
 func waitEnrolled(ctx context.Context, logs map[string]string, want map[string]int) error {

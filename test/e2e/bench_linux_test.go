@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"testing"
@@ -37,13 +36,16 @@ var scenarios = []scenario{
 
 func BenchmarkLab(b *testing.B) {
 	// splice explicitly: under the default (kernel) the one measured connection of a pair would be
-	// its spliced first one anyway; test/benchsuite measures the kernel path with a warm-up.
+	// its spliced first one anyway; bench/ measures the kernel path with a warm-up.
 	c := newCluster(b, "--same-node", "splice")
 	p50s, p99s := map[string]float64{}, map[string]float64{}
 	b.Run("rr", func(b *testing.B) {
 		for _, s := range scenarios {
 			b.Run(s.name, func(b *testing.B) {
-				p50, p99, err := fixedRateRR(c.lab.Pod(s.from), c.lab.Pod(s.to), rrRate, rrDuration)
+				ctx, cancel := context.WithTimeout(context.Background(), rrDuration+5*time.Second)
+				defer cancel()
+				p50, p99, err := lab.RR(ctx, c.lab.Pod(s.from), c.lab.Pod(s.to),
+					lab.RROptions{Requests: rrRate * int(rrDuration/time.Second), Rate: rrRate})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -113,35 +115,4 @@ func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 func toMS(v any) float64 {
 	f, _ := v.(float64)
 	return f / 1e6
-}
-
-// fixedRateRR sends 1 KiB requests to the echo port of to at rate per second for d, on one
-// connection, and returns the p50 and p99 of the round trips. Bounded by d and rate·d requests.
-func fixedRateRR(from, to *lab.Pod, rate int, d time.Duration) (p50, p99 time.Duration, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), d+5*time.Second)
-	defer cancel()
-	conn, err := from.Dial(ctx, net.JoinHostPort(to.IP.String(), "9000"))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(d + 5*time.Second))
-	msg, buf := make([]byte, 1024), make([]byte, 1024)
-	n := rate * int(d/time.Second)
-	lat := make([]time.Duration, 0, n)
-	tick := time.NewTicker(time.Second / time.Duration(rate))
-	defer tick.Stop()
-	for range n {
-		<-tick.C
-		start := time.Now()
-		if _, err := conn.Write(msg); err != nil {
-			return 0, 0, err
-		}
-		if _, err := io.ReadFull(conn, buf); err != nil {
-			return 0, 0, err
-		}
-		lat = append(lat, time.Since(start))
-	}
-	slices.Sort(lat)
-	return lat[len(lat)/2], lat[len(lat)*99/100], nil
 }

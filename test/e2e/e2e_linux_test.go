@@ -196,19 +196,11 @@ func (c *cluster) stopAgent(node string) {
 
 // serveApp runs an HTTP app on :8080 in the pod that tells who called it, and an echo on :9000.
 func (c *cluster) serveApp(p *lab.Pod) {
-	el, err := p.Listen(":9000")
+	el, err := p.Listen(":" + lab.EchoPort)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	go func() {
-		for {
-			conn, err := el.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(conn, conn); conn.Close() }()
-		}
-	}()
+	go lab.Echo(el, nil)
 	c.echoes = append(c.echoes, el)
 	// :9001 reads four bytes and resets the connection (SO_LINGER 0).
 	rl, err := p.Listen(":9001")
@@ -255,7 +247,7 @@ func (c *cluster) url(pod string) string {
 
 // waitReady waits until every agent has logged the enrollment of each of its node's mesh pods.
 func (c *cluster) waitReady() {
-	waitFor(c.t, "every agent to enroll its pods", 20*time.Second, func() bool {
+	testenv.WaitFor(c.t, "every agent to enroll its pods", 20*time.Second, func() bool {
 		for _, n := range c.lab.Nodes {
 			want := 0
 			for _, p := range n.Pods {
@@ -329,17 +321,6 @@ func anyLine(lines []map[string]any, want map[string]string) bool {
 	return false
 }
 
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestMesh(t *testing.T) {
 	c := newCluster(t)
 	web, api1, api2 := c.lab.Pod("web"), c.lab.Pod("api1"), c.lab.Pod("api2")
@@ -380,7 +361,7 @@ func TestMesh(t *testing.T) {
 		if !seen["api1"] || !seen["api2"] {
 			t.Errorf("6 requests to the VIP reached %v, want both endpoints", seen)
 		}
-		waitFor(t, "node1's outbound HBONE access line for the VIP", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "node1's outbound HBONE access line for the VIP", 3*time.Second, func() bool {
 			return c.hasAccess("node1", map[string]string{"direction": "outbound", "path": "hbone", "dst_addr": "10.96.0.10:80", "result": "ok"})
 		})
 	})
@@ -389,12 +370,12 @@ func TestMesh(t *testing.T) {
 		want := map[string]string{"direction": "inbound", "result": "ok",
 			"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
 			"dst_addr": api2.IP.String() + ":8080"}
-		waitFor(t, "node2's access log of web -> api2", 3*time.Second, func() bool { return c.hasAccess("node2", want) })
+		testenv.WaitFor(t, "node2's access log of web -> api2", 3*time.Second, func() bool { return c.hasAccess("node2", want) })
 		// Same node: decided by node1's agent, which holds both identities.
 		want = map[string]string{"direction": "outbound", "path": "splice", "result": "ok",
 			"src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api",
 			"dst_addr": api1.IP.String() + ":8080"}
-		waitFor(t, "node1's access log of web -> api1", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
+		testenv.WaitFor(t, "node1's access log of web -> api1", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
 	})
 
 	t.Run("an ALLOW policy naming another principal denies", func(t *testing.T) {
@@ -403,14 +384,14 @@ func TestMesh(t *testing.T) {
 		if err == nil {
 			t.Fatalf("nosy -> api2 succeeded (%q); the policy allows only web", out)
 		}
-		waitFor(t, "the denial in node2's access log", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "the denial in node2's access log", 3*time.Second, func() bool {
 			return c.hasAccess("node2", map[string]string{"direction": "inbound", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/nosy"})
 		})
 		// other -> api2, both on node2: denied by node2's agent before any connection is made.
 		if out, err := c.curl("other", c.url("api2")); err == nil {
 			t.Fatalf("other -> api2 succeeded (%q); the policy allows only web", out)
 		}
-		waitFor(t, "the same-node denial in node2's access log", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "the same-node denial in node2's access log", 3*time.Second, func() bool {
 			return c.hasAccess("node2", map[string]string{"direction": "outbound", "path": "splice", "result": "denied", "src_id": "spiffe://cluster.local/ns/shop/sa/other"})
 		})
 		// other -> perm has no policy: allowed.
@@ -426,7 +407,7 @@ func TestMesh(t *testing.T) {
 		if out, err := c.curl("legacy", c.url("api2")); err == nil {
 			t.Errorf("legacy -> api2 (strict) succeeded in plaintext: %q", out)
 		}
-		waitFor(t, "the plaintext refusal in node2's access log", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "the plaintext refusal in node2's access log", 3*time.Second, func() bool {
 			return c.hasAccess("node2", map[string]string{"direction": "inbound_plaintext", "result": "refused"})
 		})
 	})
@@ -560,7 +541,7 @@ func TestAgentKilled(t *testing.T) {
 func TestEnrollByEditingState(t *testing.T) {
 	c := newCluster(t)
 	c.writeState(map[string]string{"web": "none"})
-	waitFor(t, "web's capture to stop", 5*time.Second, func() bool {
+	testenv.WaitFor(t, "web's capture to stop", 5*time.Second, func() bool {
 		_, err := c.curl("web", c.url("api2"), "--max-time", "1")
 		return err != nil
 	})
@@ -576,7 +557,7 @@ func TestEnrollByEditingState(t *testing.T) {
 		t.Error("an unenrolled pod's traffic was not plaintext on the underlay: still captured?")
 	}
 	c.writeState(map[string]string{"web": "ambient"})
-	waitFor(t, "web's capture to start again", 5*time.Second, func() bool {
+	testenv.WaitFor(t, "web's capture to start again", 5*time.Second, func() bool {
 		out, err := c.curl("web", c.url("api2"), "--max-time", "1")
 		return err == nil && strings.Contains(out, "hello from api2")
 	})
@@ -650,7 +631,7 @@ func TestRestartRepairsDrift(t *testing.T) {
 		t.Fatal("with its agent dead, web's pinned capture let a connection through")
 	}
 	c.startAgent("node1")
-	waitFor(t, "the agent to drop web's stale enrollment", 10*time.Second, func() bool {
+	testenv.WaitFor(t, "the agent to drop web's stale enrollment", 10*time.Second, func() bool {
 		for _, m := range c.logLines("node1") {
 			if m["msg"] == "removing stale enrollment" {
 				return true
@@ -682,7 +663,7 @@ func TestSameNodeModes(t *testing.T) {
 			}
 			echoBothWays(t, web, net.JoinHostPort(api1.IP.String(), "9000"))
 			want := map[string]string{"direction": "outbound", "path": mode, "result": "ok", "src_id": "spiffe://cluster.local/ns/shop/sa/web"}
-			waitFor(t, "the "+mode+" access line", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
+			testenv.WaitFor(t, "the "+mode+" access line", 3*time.Second, func() bool { return c.hasAccess("node1", want) })
 		})
 	}
 }
@@ -700,7 +681,7 @@ func TestKernelPath(t *testing.T) {
 			t.Fatalf("web -> api1 #%d: %q, %v", i, out, err)
 		}
 	}
-	waitFor(t, "a kernel-path access line", 3*time.Second, func() bool {
+	testenv.WaitFor(t, "a kernel-path access line", 3*time.Second, func() bool {
 		for _, m := range c.accessLines("node1") {
 			if m["path"] == "kernel" && m["src_id"] == "spiffe://cluster.local/ns/shop/sa/web" &&
 				m["dst_id"] == "spiffe://cluster.local/ns/shop/sa/api" && fmt.Sprint(m["bytes_sent"]) != "0" {
@@ -729,7 +710,7 @@ func TestKernelPath(t *testing.T) {
 	c.agents["node1"].Kill()
 	c.agents["node1"].Wait()
 	delete(c.agents, "node1")
-	waitFor(t, "the kernel path to stop with the agent", 3*time.Second, func() bool {
+	testenv.WaitFor(t, "the kernel path to stop with the agent", 3*time.Second, func() bool {
 		_, err := c.curl("web", c.url("api1"), "--max-time", "1")
 		return err != nil
 	})

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/k8s"
 	"github.com/amesh-dev/amesh/test/lab"
 	"github.com/amesh-dev/amesh/workload/kube"
@@ -260,7 +261,7 @@ func (c *kubeCluster) startAgent(node string) {
 		c.t.Fatal(err)
 	}
 	c.agents[node] = p
-	waitFor(c.t, node+"'s agent to be ready", 30*time.Second, func() bool {
+	testenv.WaitFor(c.t, node+"'s agent to be ready", 30*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		out, err := c.lab.Command(ctx, n.Netns, "curl", "-sf", "http://127.0.0.1:15021/healthz/ready").CombinedOutput()
@@ -487,7 +488,7 @@ func TestKubernetes(t *testing.T) {
 		if err != nil || !strings.Contains(out, "hello from api, client "+web.ip.String()+":") {
 			t.Fatalf("web -> api: %q, %v", out, err)
 		}
-		waitFor(t, "web -> api over HBONE in node1's access log", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "web -> api over HBONE in node1's access log", 3*time.Second, func() bool {
 			return c.hasAccess("node1", map[string]string{"path": "hbone", "src_id": "spiffe://cluster.local/ns/shop/sa/web", "dst_id": "spiffe://cluster.local/ns/shop/sa/api", "result": "ok"})
 		})
 		if !c.logged("node1", "pod enrolled", string(web.uid)) {
@@ -503,7 +504,7 @@ func TestKubernetes(t *testing.T) {
 		if err := os.WriteFile(conf, c.primary["node1"], 0o644); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "amesh-cni chained again", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "amesh-cni chained again", 3*time.Second, func() bool {
 			b, _ := os.ReadFile(conf)
 			return strings.Contains(string(b), `"amesh-cni"`)
 		})
@@ -524,17 +525,17 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("labelling a namespace enrolls its running pods; unlabelling takes them out", func(t *testing.T) {
 		c.labelNamespace("late", `"ambient"`)
-		waitFor(t, "late-a and late-b enrolled", 5*time.Second, func() bool {
+		testenv.WaitFor(t, "late-a and late-b enrolled", 5*time.Second, func() bool {
 			return c.logged("node1", "pod enrolled", string(lateA.uid)) && c.logged("node2", "pod enrolled", string(lateB.uid))
 		})
 		if out, err := c.curl(lateA, kurl(lateB)); err != nil || !strings.Contains(out, "hello from late-b") {
 			t.Fatalf("late-a -> late-b after labelling: %q, %v", out, err)
 		}
-		waitFor(t, "late-a -> late-b over HBONE", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "late-a -> late-b over HBONE", 3*time.Second, func() bool {
 			return c.hasAccess("node1", map[string]string{"path": "hbone", "src_id": "spiffe://cluster.local/ns/late/sa/a", "result": "ok"})
 		})
 		c.labelNamespace("late", "null")
-		waitFor(t, "late-a and late-b unenrolled", 5*time.Second, func() bool {
+		testenv.WaitFor(t, "late-a and late-b unenrolled", 5*time.Second, func() bool {
 			return c.logged("node1", "pod unenrolled", string(lateA.uid)) && c.logged("node2", "pod unenrolled", string(lateB.uid))
 		})
 		before := len(c.accessLines("node1"))
@@ -566,7 +567,7 @@ func TestKubernetes(t *testing.T) {
 		t.Logf("Create took %v", created.Sub(asked).Round(time.Millisecond))
 		var deniedAfter time.Duration
 		var attempts []string
-		waitFor(t, "web -> api denied", 3*time.Second, func() bool {
+		testenv.WaitFor(t, "web -> api denied", 3*time.Second, func() bool {
 			s := time.Now()
 			out, err := c.curl(web, kurl(api))
 			deniedAfter = time.Since(created)
@@ -580,7 +581,7 @@ func TestKubernetes(t *testing.T) {
 		if err := res.Delete(ctx, "api-only-other", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "web -> api allowed again", time.Second, func() bool {
+		testenv.WaitFor(t, "web -> api allowed again", time.Second, func() bool {
 			out, err := c.curl(web, kurl(api))
 			return err == nil && strings.Contains(out, "hello from api")
 		})
@@ -635,7 +636,7 @@ func TestKubernetes(t *testing.T) {
 			}
 			return got
 		}
-		waitFor(t, "both endpoints answering the VIP", 5*time.Second, func() bool {
+		testenv.WaitFor(t, "both endpoints answering the VIP", 5*time.Second, func() bool {
 			got := seen(6)
 			return got["api"] > 0 && got["api1"] > 0
 		})
@@ -648,7 +649,7 @@ func TestKubernetes(t *testing.T) {
 		if _, err := c.cs.DiscoveryV1().EndpointSlices("shop").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "only api1 answering the VIP", 5*time.Second, func() bool {
+		testenv.WaitFor(t, "only api1 answering the VIP", 5*time.Second, func() bool {
 			got := seen(6)
 			return got["api"] == 0 && got["api1"] == 6
 		})
@@ -695,12 +696,12 @@ func TestKubernetes(t *testing.T) {
 		if _, err := res.Create(ctx, pol, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the agents to resync and deny web", 15*time.Second, func() bool {
+		testenv.WaitFor(t, "the agents to resync and deny web", 15*time.Second, func() bool {
 			_, err := c.curl(web, kurl(api))
 			return err != nil
 		})
 		res.Delete(ctx, "deny-web", metav1.DeleteOptions{})
-		waitFor(t, "web allowed again", 5*time.Second, func() bool {
+		testenv.WaitFor(t, "web allowed again", 5*time.Second, func() bool {
 			_, err := c.curl(web, kurl(api))
 			return err == nil
 		})

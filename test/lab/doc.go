@@ -31,6 +31,13 @@
 // clean-lab`, removes them. Sockets from Listen and Dial keep their namespace (and its links)
 // alive, unnamed, until they are closed: close them before Close.
 //
+// # Traffic
+//
+// Package lab is the shared test lab: what the e2e tests, `make demo` and the bench suite need on
+// top of the cluster lives here once. Echo is the echo server they run in every pod (on EchoPort),
+// RR the request/response latency loop they time against it (back to back or at a fixed rate),
+// Iperf the throughput run and RSSMiB an agent's memory.
+//
 // The package works on Linux only (and as root); elsewhere New and Capture fail, and only the
 // pure parts (StateYAML, ContainsPayload) run.
 package lab

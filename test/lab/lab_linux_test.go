@@ -88,21 +88,18 @@ func echo(t *testing.T, from interface {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	peer := make(chan netip.AddrPort, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			peer <- netip.AddrPort{}
-			return
-		}
-		defer c.Close()
-		peer <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
-		io.Copy(c, c)
+		Echo(ln, func(c net.Conn) {
+			select {
+			case peer <- c.RemoteAddr().(*net.TCPAddr).AddrPort():
+			default: // only the first connection is the one checked
+			}
+		})
 	}()
-	defer func() { <-done }()
+	defer func() { ln.Close(); <-done }()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	c, err := from.Dial(ctx, netip.AddrPortFrom(to.IP, 8080).String())
@@ -221,6 +218,34 @@ func TestLab(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Close()
+	})
+	t.Run("rr against echo", func(t *testing.T) {
+		ln, err := api2.Listen(":" + EchoPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { defer close(done); Echo(ln, nil) }()
+		defer func() { ln.Close(); <-done }()
+		for _, o := range []RROptions{{Requests: 200}, {Requests: 200, Rate: 1000}} {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			start := time.Now()
+			p50, p99, err := RR(ctx, web1, api2, o)
+			took := time.Since(start)
+			cancel()
+			if err != nil {
+				t.Fatalf("%+v: %v", o, err)
+			}
+			if p50 <= 0 || p99 < p50 {
+				t.Errorf("%+v: p50 %v, p99 %v", o, p50, p99)
+			}
+			if o.Rate > 0 && took < 190*time.Millisecond {
+				t.Errorf("%+v: took %v, faster than the rate allows", o, took)
+			}
+		}
+		if _, _, err := RR(t.Context(), web1, api2, RROptions{}); err == nil {
+			t.Error("RR with no requests did not fail")
+		}
 	})
 
 	t.Run("state", func(t *testing.T) {

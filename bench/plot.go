@@ -1,6 +1,8 @@
-package benchsuite
+package bench
 
 import (
+	"encoding/json"
+	"flag"
 	"fmt"
 	"image/color"
 	"os"
@@ -89,6 +91,29 @@ func writePlot(path string, rs []Result) error {
 		return fmt.Errorf("plot: %w", err)
 	}
 	return f.Close()
+}
+
+// replot is `bench plot -in results.json -out results.png`: redraw a saved run.
+func replot(args []string) int {
+	fs := flag.NewFlagSet("plot", flag.ExitOnError)
+	in := fs.String("in", "bench-out/results.json", "results of a run")
+	out := fs.String("out", "bench-out/results.png", "PNG to write")
+	fs.Parse(args)
+	b, err := os.ReadFile(*in)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var saved struct{ Results []Result }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := writePlot(*out, saved.Results); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 // shortName fits a scenario under its bar group.
