@@ -1,8 +1,11 @@
 # amesh — `make demo` shows it, `make test` checks it. See README.md.
 SHELL := /bin/bash
 GO    ?= go
-# Debian packages the build, the tests and the benchmarks need.
-APT_PKGS := clang llvm libbpf-dev bpftool iperf3 curl iproute2 tcpdump protobuf-compiler
+# Debian packages: what `make demo` runs (the lab's ip/nsenter and the curl it shows), and what
+# the tests and benchmarks need besides (clang and libbpf to check the committed eBPF objects,
+# protoc for the API's generated code, iperf3, tcpdump).
+DEMO_PKGS := curl iproute2 util-linux
+APT_PKGS  := $(DEMO_PKGS) clang llvm libbpf-dev bpftool iperf3 tcpdump protobuf-compiler
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 60s
 BENCHTIME ?= 3s
@@ -20,13 +23,24 @@ K8S_BIN  := $(CACHE)/k8s
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: all deps cni-plugins k8s-bins build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: all deps demo-deps base-deps soak cni-plugins k8s-bins build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
 ## deps: install what build and tests need (idempotent, quiet when done)
-deps:
-	@missing=""; for p in $(APT_PKGS); do \
+deps: PKGS = $(APT_PKGS)
+deps: base-deps
+	@$(GO) build -o /dev/null tool
+	@$(MAKE) --no-print-directory cni-plugins k8s-bins
+
+## demo-deps: only what `make demo` runs: its Debian packages, bpffs, the Go modules
+demo-deps: PKGS = $(DEMO_PKGS)
+demo-deps: base-deps
+
+# base-deps installs $(PKGS) (set by the target that asks for it), mounts bpffs and downloads
+# the Go modules.
+base-deps:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -38,8 +52,6 @@ deps:
 	  echo "deps: mounting bpffs on /sys/fs/bpf"; $(SUDO) mount -t bpf bpf /sys/fs/bpf || exit 1; \
 	fi
 	@$(GO) mod download
-	@$(GO) build -o /dev/null tool
-	@$(MAKE) --no-print-directory cni-plugins k8s-bins
 
 ## cni-plugins: the reference CNI plugins (bridge, host-local, loopback) and cnitool, pinned
 cni-plugins: $(CNI_BIN)/bridge $(CNI_BIN)/host-local $(CNI_BIN)/loopback $(CNI_BIN)/cnitool
@@ -94,6 +106,10 @@ staticcheck:
 generate:
 	$(GO) generate ./...
 
+## soak: the adversarial tunnel suite at full counts (make test runs it with short ones)
+soak:
+	AMESH_SOAK=1 $(GO) test -count=1 -timeout 30m ./tunnel/
+
 ## fuzz: run the HBONE request parser and frame fuzzers for FUZZTIME each
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
@@ -124,8 +140,9 @@ $(GHOSTUNNEL):
 	cd $(CACHE)/src/ghostunnel && GONOSUMDB=github.com/landlock-lsm/go-landlock $(GO) build -o $(GHOSTUNNEL) github.com/ghostunnel/ghostunnel
 
 ## demo: a 2-node netns lab with one agent per node: curl across and within nodes with the
-## SPIFFE identities used, a policy denial, a STRICT refusal, latency direct vs mesh (root)
-demo: deps
+## SPIFFE identities used, a policy denial, a STRICT refusal, latency direct vs mesh (root).
+## It needs only the agent and the lab, not the Kubernetes parts the tests build.
+demo: demo-deps
 	$(GO) run ./test/demo
 
 clean: clean-lab

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/workload"
 )
 
@@ -54,18 +55,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-// waitFor polls cond until it holds or 5s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // nextState waits for a delivery whose state has n workloads, skipping others (coalescing may
@@ -140,7 +129,7 @@ func TestSource(t *testing.T) {
 	// An invalid edit is rejected, counted and logged with its line; the good state stays.
 	bad := stateFile(2) + "  - {name: w9, namespace: shop, serviceAccount: sa, node: node1, ips: [10.0.0.x]}\n"
 	writeRename(t, path, bad)
-	waitFor(t, "the rejection", func() bool { return src.Rejected() == 1 })
+	testenv.WaitFor(t, "the rejection", 5*time.Second, func() bool { return src.Rejected() == 1 })
 	if store.Load() != good {
 		t.Fatal("an invalid file replaced the state")
 	}
@@ -168,7 +157,7 @@ func TestSource(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the read error log", func() bool { return strings.Contains(logs.String(), "state file unreadable") })
+	testenv.WaitFor(t, "the read error log", 5*time.Second, func() bool { return strings.Contains(logs.String(), "state file unreadable") })
 	if n := len(store.Load().Workloads()); n != 3 {
 		t.Errorf("state after the file vanished has %d workloads, want 3", n)
 	}

@@ -1,0 +1,124 @@
+package layering
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/amesh-dev/amesh/"
+
+// allowed is, for every package of the module, the packages of the module its non-test code
+// may import. Lower rooms never import higher ones: identity, policy, netns and the workload
+// model at the bottom; tunnel (HBONE, knows identity) and redirect (eBPF, knows netns, nothing
+// of TLS) in the middle; the agent on top, the one room that joins them; cmd/ only wires.
+// Nothing imports cmd/; nothing that is not a test imports test/..., except bench/, which
+// builds its side-by-side lab with test/lab (ameshctl bench ships it).
+var allowed = map[string][]string{
+	"identity":          {},
+	"identity/casecret": {"identity"},
+	"policy":            {},
+	"netns":             {},
+	"workload":          {"identity", "policy"},
+	"workload/file":     {"identity", "policy", "workload"},
+	"workload/kube":     {"identity", "policy", "workload"},
+	"tunnel":            {"identity"},
+	"redirect":          {"netns"},
+	"api/cni/v1":        {},
+	"cniplugin":         {"api/cni/v1"},
+	"agent":             {"api/cni/v1", "identity", "netns", "policy", "redirect", "tunnel", "workload", "workload/file", "workload/kube"},
+	"bench":             {"identity", "netns", "test/lab", "tunnel"},
+	"cmd/amesh-agent":   {"agent", "api/cni/v1", "cniplugin", "identity", "identity/casecret", "workload/kube"},
+	"cmd/amesh-cni":     {"cniplugin"},
+	"cmd/ameshctl":      {"bench"},
+	"internal/testenv":  {},
+	"internal/layering": {},
+	// The test harness: labs, control planes and end-to-end tests, which may use any room
+	// (but nothing of cmd/, whose binaries they run as a user would).
+	"test/lab":  {"identity", "netns", "policy", "workload", "workload/file"},
+	"test/k8s":  {"netns"},
+	"test/demo": {"identity", "netns", "test/lab"},
+	"test/e2e":  {"internal/testenv", "netns", "test/k8s", "test/lab"},
+}
+
+type pkg struct {
+	ImportPath                         string
+	Imports, TestImports, XTestImports []string
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-json", module+"...").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("go list: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatalf("go list: %v", err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for {
+		var p pkg
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if len(pkgs) < len(allowed)/2 {
+		t.Fatalf("go list found %d packages; the table names %d", len(pkgs), len(allowed))
+	}
+	return pkgs
+}
+
+// ours returns the module-relative paths of the module's packages in imports.
+func ours(imports []string) []string {
+	var out []string
+	for _, imp := range imports {
+		if rel, ok := strings.CutPrefix(imp, module); ok {
+			out = append(out, rel)
+		}
+	}
+	return out
+}
+
+func TestImportRules(t *testing.T) {
+	for _, p := range listPackages(t) {
+		rel := strings.TrimPrefix(p.ImportPath, module)
+		may, ok := allowed[rel]
+		if !ok {
+			t.Errorf("package %s is not in the import table: add it, with what it may import, to internal/layering and ARCHITECTURE.md", rel)
+			continue
+		}
+		for _, imp := range ours(p.Imports) {
+			if !slices.Contains(may, imp) {
+				t.Errorf("%s imports %s, which the house does not allow (see ARCHITECTURE.md; allowed: %v)", rel, imp, may)
+			}
+		}
+		for _, imp := range ours(append(p.TestImports, p.XTestImports...)) {
+			if strings.HasPrefix(imp, "cmd/") {
+				t.Errorf("a test of %s imports %s: tests run the binaries, never import them", rel, imp)
+			}
+		}
+	}
+}
+
+// TestTableNamesRealPackages keeps the table honest the other way: an entry for a package that
+// no longer exists is a stale rule.
+func TestTableNamesRealPackages(t *testing.T) {
+	have := map[string]bool{}
+	for _, p := range listPackages(t) {
+		have[strings.TrimPrefix(p.ImportPath, module)] = true
+	}
+	for rel := range allowed {
+		if !have[rel] {
+			t.Errorf("the import table names %s, which is not a package of the module", rel)
+		}
+	}
+}
