@@ -87,7 +87,7 @@ type Agent struct {
 	store      *workload.Store
 	cniPods    cniRegistry
 	netnsCache netns.Scanner
-	ready      atomic.Bool
+	synced     atomic.Bool // the state has been reconciled once
 	src        *identity.Cache
 	red        *redirect.Redirector
 	srv        *tunnel.Server
@@ -292,10 +292,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		source = "kubernetes"
 	}
 	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", source, "same_node", a.cfg.SameNode)
+	// A failed enrollment (a netns not there yet, a transient kernel error) is retried with
+	// backoff, not left until the next state change, which may never come for a running pod.
+	var retry enrollRetry
 	for {
 		select {
 		case <-ctx.Done():
-			a.ready.Store(false)
+			a.synced.Store(false)
+			retry.stop()
 			cancel()
 			<-kernelDone
 			a.shutdown()
@@ -307,7 +311,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			a.reconcile(runCtx, st)
-			a.ready.Store(true)
+			a.synced.Store(true)
+			retry.after(a.failedEnrollments())
+		case <-retry.c:
+			a.reconcile(runCtx, a.store.Load())
+			retry.after(a.failedEnrollments())
 		case <-a.cniPods.changed:
 			// amesh-cni reported a pod: its IPs are in the next State (Kubernetes) or its netns
 			// resolves now (either source).

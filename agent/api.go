@@ -35,8 +35,8 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "live") })
 		mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
-			if !a.ready.Load() {
-				http.Error(w, "not ready: state not synced or pods not enrolled yet", http.StatusServiceUnavailable)
+			if ok, why := a.readiness(); !ok {
+				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 				return
 			}
 			fmt.Fprintln(w, "ready")

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -299,4 +301,67 @@ func (a *Agent) podByIP(ip netip.Addr) *pod {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.byIP[ip.Unmap()]
+}
+
+// failedEnrollments returns how many of the node's mesh pods failed their last enrollment.
+func (a *Agent) failedEnrollments() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.enrollErrs)
+}
+
+// readiness says whether the agent is ready, and why not: the state reconciled once and every
+// pod of the node that is in the mesh enrolled. A pod whose enrollment keeps failing holds
+// readiness down, so that a rollout stops on the node rather than leaving the pod's traffic
+// refused while the agent reports ready.
+func (a *Agent) readiness() (bool, string) {
+	if !a.synced.Load() {
+		return false, "state not synced yet"
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.enrollErrs) == 0 {
+		return true, ""
+	}
+	uids := slices.Sorted(maps.Keys(a.enrollErrs))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d pod(s) not enrolled (retrying):", len(uids))
+	for _, uid := range uids[:min(len(uids), 5)] {
+		fmt.Fprintf(&b, " %s: %v;", uid, a.enrollErrs[uid])
+	}
+	return false, b.String()
+}
+
+// Enrollment retry backoff: from 200 ms doubling to 30 s while enrollments keep failing.
+const (
+	enrollRetryMin = 200 * time.Millisecond
+	enrollRetryMax = 30 * time.Second
+)
+
+// enrollRetry schedules the next reconcile while enrollments fail. The zero value is idle; it
+// is used by Run's loop only.
+type enrollRetry struct {
+	timer   *time.Timer
+	c       <-chan time.Time // nil while idle: a select on it never fires
+	backoff time.Duration
+}
+
+// after arms the retry when failed > 0 (backing off from the last delay), and idles it, with
+// the backoff reset, when nothing failed.
+func (r *enrollRetry) after(failed int) {
+	r.stop()
+	if failed == 0 {
+		r.backoff = 0
+		return
+	}
+	r.backoff = min(max(2*r.backoff, enrollRetryMin), enrollRetryMax)
+	r.timer = time.NewTimer(r.backoff)
+	r.c = r.timer.C
+}
+
+func (r *enrollRetry) stop() {
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	r.timer, r.c = nil, nil
 }
