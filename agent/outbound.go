@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/amesh-dev/amesh/netns"
-	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 )
 
@@ -93,7 +92,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		// Not in the mesh (outside the cluster, or a pod with dataplane-mode none): as Istio
 		// ambient does, pass it through, from the pod's netns, marked so it is not captured again.
 		entry.path = "passthrough"
-		up, err = netns.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String(), redirect.MarkControl)
+		up, err = netns.DialContext(dctx, p.w.Netns, "tcp", rt.addr.String(), a.red.AgentControl)
 		if err != nil {
 			a.refuse(c, &entry, start, "error", err.Error())
 			return
@@ -111,5 +110,5 @@ func (a *Agent) dialHBONE(ctx context.Context, src netip.Addr, addr netip.AddrPo
 	if p == nil {
 		return nil, fmt.Errorf("no enrolled pod with IP %s on this node", src)
 	}
-	return netns.DialContext(ctx, p.w.Netns, "tcp", addr.String(), redirect.MarkControl)
+	return netns.DialContext(ctx, p.w.Netns, "tcp", addr.String(), a.red.AgentControl)
 }

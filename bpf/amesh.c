@@ -42,6 +42,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } enrolled SEC(".maps");
 
+/* The agent's own sockets, by socket cookie, registered by the agent just before their
+ * connect() and consumed by it: the capture leaves exactly these alone (the passthrough and
+ * HBONE dials it makes from inside a pod's netns). LRU, so a registered socket that never
+ * connects cannot fill it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u8);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agent_socks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, __u64);
@@ -133,7 +145,7 @@ static __always_inline int is_loopback4(__u32 ip_be)
 	return (bpf_ntohl(ip_be) >> 24) == 127;
 }
 
-/* common checks: TCP, not the agent's own socket, from an enrolled netns. */
+/* common checks: TCP, not one of the agent's own sockets (agent_socks), from an enrolled netns. */
 static __always_inline struct enrolled_pod *enrolled_tcp(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != 1 /* SOCK_STREAM */ || (ctx->protocol != 0 && ctx->protocol != IPPROTO_TCP))
@@ -142,9 +154,10 @@ static __always_inline struct enrolled_pod *enrolled_tcp(struct bpf_sock_addr *c
 	struct enrolled_pod *pod = bpf_map_lookup_elem(&enrolled, &ns);
 	if (!pod)
 		return 0;
-	struct bpf_sock *sk = ctx->sk;
-	if (sk && (sk->mark == AMESH_MARK || sk->mark == AMESH_TRANSPARENT_MARK)) {
-		count(STAT_CONNECT_SKIPPED_MARK);
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (bpf_map_lookup_elem(&agent_socks, &cookie)) {
+		bpf_map_delete_elem(&agent_socks, &cookie);
+		count(STAT_CONNECT_SKIPPED_AGENT);
 		return 0;
 	}
 	return pod;

@@ -4,8 +4,11 @@
 
 #include <linux/types.h>
 
-/* The agent marks its own sockets (SO_MARK) so the capture skips them; its connections to apps
- * from a client's IP carry the transparent mark, which the app's replies inherit. */
+/* The agent marks its own sockets (SO_MARK), for routing: its listeners' accepted connections
+ * reply by the main table, and its connections to apps from a client's IP carry the
+ * transparent mark, which the app's replies inherit. The capture does NOT trust marks (any pod
+ * with CAP_NET_RAW can set one): it skips a socket only when the agent registered its cookie in
+ * agent_socks, which no pod can write. */
 #define AMESH_MARK 0x539
 #define AMESH_TRANSPARENT_MARK 0x53a
 
@@ -113,7 +116,7 @@ enum listener_kind {
 enum stat {
 	STAT_CONNECT4_REDIRECTED = 0,
 	STAT_CONNECT6_REDIRECTED,
-	STAT_CONNECT_SKIPPED_MARK,
+	STAT_CONNECT_SKIPPED_AGENT,
 	STAT_CONNECT_SKIPPED_LOCAL,
 	STAT_SOCKOPS_REKEYED,
 	STAT_LOOKUP_ASSIGNED,

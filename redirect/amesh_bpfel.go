@@ -89,6 +89,7 @@ type ameshVerdictKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ameshMapAgentSocks         = "agent_socks"
 	ameshMapEnrolled           = "enrolled"
 	ameshMapEvents             = "events"
 	ameshMapHeartbeat          = "heartbeat"
@@ -163,6 +164,7 @@ type ameshProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ameshMapSpecs struct {
+	AgentSocks    *ebpf.MapSpec `ebpf:"agent_socks"`
 	Enrolled      *ebpf.MapSpec `ebpf:"enrolled"`
 	Events        *ebpf.MapSpec `ebpf:"events"`
 	Heartbeat     *ebpf.MapSpec `ebpf:"heartbeat"`
@@ -203,6 +205,7 @@ func (o *ameshObjects) Close() error {
 //
 // It can be passed to loadAmeshObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ameshMaps struct {
+	AgentSocks    *ebpf.Map `ebpf:"agent_socks"`
 	Enrolled      *ebpf.Map `ebpf:"enrolled"`
 	Events        *ebpf.Map `ebpf:"events"`
 	Heartbeat     *ebpf.Map `ebpf:"heartbeat"`
@@ -218,6 +221,7 @@ type ameshMaps struct {
 
 func (m *ameshMaps) Close() error {
 	return _AmeshClose(
+		m.AgentSocks,
 		m.Enrolled,
 		m.Events,
 		m.Heartbeat,

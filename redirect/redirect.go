@@ -18,7 +18,9 @@ import (
 	"time"
 )
 
-// Mark is the SO_MARK the agent sets on its own sockets; the capture skips marked sockets.
+// Mark is the SO_MARK the agent sets on its own sockets, for routing (replies of its listeners'
+// connections go by the main table). The capture does not trust it: a pod with CAP_NET_RAW can
+// set any mark. It skips only the sockets the agent registers (Redirector.AgentControl).
 const Mark = 0x539
 
 // TransparentMark marks the agent's connections to apps made from a client's IP; the app's
@@ -76,7 +78,7 @@ func (k Kind) String() string {
 var statNames = []string{
 	"connect4_redirected",
 	"connect6_redirected",
-	"connect_skipped_mark",
+	"connect_skipped_agent",
 	"connect_skipped_local",
 	"sockops_rekeyed",
 	"lookup_assigned",

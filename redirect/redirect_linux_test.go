@@ -95,19 +95,12 @@ func serve(l net.Listener) {
 	}
 }
 
-func dialIn(t *testing.T, ns, addr string, mark bool) (net.Conn, error) {
+// dialIn connects from inside ns, with control (nil for an app's plain socket).
+func dialIn(t *testing.T, ns, addr string, control func(string, string, syscall.RawConn) error) (net.Conn, error) {
 	t.Helper()
-	var c net.Conn
-	err := netns.Do(ns, func() error {
-		d := net.Dialer{Timeout: 500 * time.Millisecond}
-		if mark {
-			d.Control = MarkControl
-		}
-		var err error
-		c, err = d.Dial("tcp", addr)
-		return err
-	})
-	return c, err
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	return netns.DialContext(ctx, ns, "tcp", addr, control)
 }
 
 // agentListen opens a listener as the agent does: marked, so its connections skip the capture.
@@ -166,7 +159,7 @@ func TestRedirect(t *testing.T) {
 
 	t.Run("outbound is captured with its original destination", func(t *testing.T) {
 		before := stat(t, r, "connect4_redirected")
-		c, err := dialIn(t, p.pod, peerDst.String(), false)
+		c, err := dialIn(t, p.pod, peerDst.String(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -237,15 +230,35 @@ func TestRedirect(t *testing.T) {
 		}
 	})
 
-	t.Run("marked sockets, loopback and the pod's own IP are not captured", func(t *testing.T) {
-		c, err := dialIn(t, p.pod, peerDst.String(), true)
+	t.Run("a socket with the agent's mark but not registered by it is captured", func(t *testing.T) {
+		// A pod with CAP_NET_RAW sets SO_MARK to the agent's own mark to skip the mesh.
+		c, err := dialIn(t, p.pod, peerDst.String(), MarkControl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		out.SetDeadline(time.Now().Add(2 * time.Second))
+		defer out.SetDeadline(time.Time{})
+		a, err := out.AcceptTCP()
+		if err != nil {
+			t.Fatalf("a pod socket with the agent's mark was not captured (the agent's :15001 accepted nothing: %v)", err)
+		}
+		defer a.Close()
+		orig, err := r.OriginalDst(pod.Cookie, netip.MustParseAddrPort(a.RemoteAddr().String()))
+		if err != nil || orig != peerDst {
+			t.Fatalf("marked pod socket: OriginalDst = %v, %v; want it captured for %v", orig, err, peerDst)
+		}
+	})
+
+	t.Run("the agent's registered sockets, loopback and the pod's own IP are not captured", func(t *testing.T) {
+		c, err := dialIn(t, p.pod, peerDst.String(), r.AgentControl)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got, _ := io.ReadAll(c)
 		c.Close()
 		if string(got) != peerDst.String() {
-			t.Errorf("marked connection reached %q, want the real server", got)
+			t.Errorf("the agent's connection reached %q, want the real server", got)
 		}
 		own, err := agentListen(p.pod, netip.AddrPortFrom(p.podIP, 9090).String())
 		if err != nil {
@@ -260,7 +273,7 @@ func TestRedirect(t *testing.T) {
 		defer lo.Close()
 		go serve(lo)
 		for _, dst := range []string{netip.AddrPortFrom(p.podIP, 9090).String(), "127.0.0.1:9091"} {
-			c, err := dialIn(t, p.pod, dst, false)
+			c, err := dialIn(t, p.pod, dst, nil)
 			if err != nil {
 				s, _ := r.Stats()
 				t.Fatalf("%s: %v (stats %v)", dst, err, s)
@@ -290,7 +303,7 @@ func TestRedirect(t *testing.T) {
 		if string(got) != hostLn.Addr().String() {
 			t.Errorf("host connection reached %q", got)
 		}
-		c, err = dialIn(t, p.peer, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+		c, err = dialIn(t, p.peer, netip.AddrPortFrom(p.peerIP, 8080).String(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +341,7 @@ func TestRedirect(t *testing.T) {
 		go serve(pt)
 		for _, port := range []uint16{15008, 80, 443} {
 			dst := netip.AddrPortFrom(p.podIP, port).String()
-			c, err := dialIn(t, p.peer, dst, false)
+			c, err := dialIn(t, p.peer, dst, nil)
 			if err != nil {
 				t.Fatalf("dial %s: %v", dst, err)
 			}
@@ -352,7 +365,7 @@ func TestRedirect(t *testing.T) {
 		hb.Close()
 		pt.Close()
 		before := stat(t, r, "lookup_dropped_no_listener")
-		c, err := dialIn(t, p.peer, netip.AddrPortFrom(p.podIP, 80).String(), false)
+		c, err := dialIn(t, p.peer, netip.AddrPortFrom(p.podIP, 80).String(), nil)
 		if err == nil {
 			got, _ := io.ReadAll(c)
 			c.Close()
@@ -443,7 +456,7 @@ func TestFailClosedAcrossRestart(t *testing.T) {
 	go serve(peerLn)
 	r.Close() // as if the agent died: only the pins remain
 
-	_, err = dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	_, err = dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), nil)
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("with no agent, the enrolled pod's connect = %v, want connection refused", err)
 	}
@@ -456,7 +469,7 @@ func TestFailClosedAcrossRestart(t *testing.T) {
 	if err := r2.Unenroll(pod.Cookie); err != nil {
 		t.Fatal(err)
 	}
-	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), nil)
 	if err != nil {
 		t.Fatalf("after unenroll the pod's connect failed: %v", err)
 	}
@@ -518,7 +531,7 @@ func TestUninstallRemovesEverything(t *testing.T) {
 	}
 	defer peerLn.Close()
 	go serve(peerLn)
-	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), false)
+	c, err := dialIn(t, p.pod, netip.AddrPortFrom(p.peerIP, 8080).String(), nil)
 	if err != nil {
 		t.Fatalf("after Uninstall the pod's connect failed: %v", err)
 	}

@@ -82,3 +82,6 @@ func (*Redirector) SetProbeExemptions(netip.Addr, []netip.Addr, []uint16) error 
 
 // MarkControl fails off Linux.
 func MarkControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }
+
+// AgentControl fails off Linux.
+func (*Redirector) AgentControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }
