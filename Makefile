@@ -5,7 +5,7 @@ GO    ?= go
 # the tests and benchmarks need besides (clang and libbpf to check the committed eBPF objects,
 # protoc for the API's generated code, iperf3, tcpdump).
 DEMO_PKGS := curl iproute2 util-linux
-APT_PKGS  := $(DEMO_PKGS) clang llvm libbpf-dev bpftool iperf3 tcpdump protobuf-compiler
+APT_PKGS  := $(DEMO_PKGS) procps clang llvm libbpf-dev bpftool iperf3 tcpdump protobuf-compiler
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 60s
 BENCHTIME ?= 3s

@@ -2,13 +2,23 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/test/lab"
 )
 
 // readiness asks node's agent for /healthz/ready (it listens on 127.0.0.1:15021 of the node's
@@ -65,5 +75,379 @@ func TestEnrollRetry(t *testing.T) {
 	testenv.WaitFor(t, "node2 ready again", 5*time.Second, func() bool { return strings.HasSuffix(c.readiness("node2"), " 200") })
 	if out, err := c.curl("web", c.url("other")); err != nil || !strings.Contains(out, "hello from other") {
 		t.Fatalf("web -> other after the retry: %q, %v", out, err)
+	}
+}
+
+// soak is set by `make soak` (AMESH_SOAK=1): the hostile-pod tests then run the counts of the
+// hardening issue; `make test` runs them with counts a tenth of those.
+func soak() bool { return os.Getenv("AMESH_SOAK") == "1" }
+
+// procStat is what the hostile-pod tests watch of an agent process.
+type procStat struct {
+	rssMiB  float64
+	threads int
+	fds     int
+}
+
+func statOf(t testing.TB, pid int) procStat {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s procStat
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		switch f[0] {
+		case "VmRSS:":
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			s.rssMiB = kb / 1024
+		case "Threads:":
+			s.threads, _ = strconv.Atoi(f[1])
+		}
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fds = len(fds)
+	return s
+}
+
+func (c *cluster) agentPid(node string) int { return c.agents[node].Cmd.Process.Pid }
+
+// watch samples the agents of nodes every 100 ms and, every 500 ms, checks that pod from still
+// gets an echo from pod to within 1 s, until stop is closed; it returns the peaks and the
+// failed checks.
+type watch struct {
+	peak   map[string]procStat
+	base   map[string]procStat
+	failed []string
+	checks int
+}
+
+func (c *cluster) watch(t *testing.T, nodes []string, from, to string, stop <-chan struct{}) *watch {
+	w := &watch{peak: map[string]procStat{}, base: map[string]procStat{}}
+	for _, n := range nodes {
+		w.base[n] = statOf(t, c.agentPid(n))
+		w.peak[n] = w.base[n]
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			for _, n := range nodes {
+				s, p := statOf(t, c.agentPid(n)), w.peak[n]
+				w.peak[n] = procStat{max(s.rssMiB, p.rssMiB), max(s.threads, p.threads), max(s.fds, p.fds)}
+			}
+			if i%5 == 0 {
+				w.checks++
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_, _, err := lab.RR(ctx, c.lab.Pod(from), c.lab.Pod(to), lab.RROptions{Requests: 3})
+				cancel()
+				if err != nil {
+					w.failed = append(w.failed, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { <-done })
+	return w
+}
+
+// Budgets the hostile-pod tests hold an agent to, over its own baseline.
+const (
+	rssBudgetMiB  = 64
+	threadsBudget = 100 // absolute
+)
+
+func (w *watch) check(t *testing.T, what string) {
+	t.Helper()
+	for n, p := range w.peak {
+		b := w.base[n]
+		t.Logf("%s: agent %s: RSS %.1f -> peak %.1f MiB, threads %d -> %d, fds %d -> %d; %d health checks, %d failed",
+			what, n, b.rssMiB, p.rssMiB, b.threads, p.threads, b.fds, p.fds, w.checks, len(w.failed))
+		if p.rssMiB-b.rssMiB > rssBudgetMiB {
+			t.Errorf("%s: agent %s RSS rose %.1f MiB (budget %d MiB)", what, n, p.rssMiB-b.rssMiB, rssBudgetMiB)
+		}
+		if p.threads > threadsBudget {
+			t.Errorf("%s: agent %s ran %d OS threads (budget %d)", what, n, p.threads, threadsBudget)
+		}
+	}
+	if len(w.failed) > 0 {
+		t.Errorf("%s: other pods lost service during the attack (%d of %d checks failed): %v", what, len(w.failed), w.checks, w.failed[:min(len(w.failed), 5)])
+	}
+	if w.checks == 0 {
+		t.Errorf("%s: no health check ran during the attack", what)
+	}
+}
+
+// TestHostileBlackholeFlood: a meshed pod opens thousands of connections to an address that
+// never answers (its SYNs leave, nobody replies). Each costs its node's agent a pending dial
+// until the address is found unreachable; the agent must stay under its thread and memory
+// budgets (a dial holds no OS thread; a pod's dials in flight are bounded), and other pods on
+// both nodes keep being served.
+func TestHostileBlackholeFlood(t *testing.T) {
+	c := newCluster(t)
+	n, conc := 2000, 1500
+	if soak() {
+		n = 20000
+	}
+	nosy := c.lab.Pod("nosy")
+	// In node2's pod range, with no pod: node2 asks ARP for it and gives up after seconds.
+	hole := "10.20.2.200:80"
+	stop := make(chan struct{})
+	w := c.watch(t, []string{"node1", "node2"}, "web", "other", stop)
+	start := time.Now()
+	var opened, refusedFast atomic.Int64
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			conn, err := nosy.Dial(ctx, hole)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			opened.Add(1)
+			began := time.Now()
+			conn.SetDeadline(time.Now().Add(20 * time.Second))
+			io.Copy(io.Discard, conn) // until the agent gives up on the dial and resets
+			if time.Since(began) < 500*time.Millisecond {
+				refusedFast.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	t.Logf("%d connections to a black hole (%d at a time) in %v: %d accepted by the agent, %d refused at once (dial budget)",
+		n, conc, time.Since(start).Round(time.Millisecond), opened.Load(), refusedFast.Load())
+	w.check(t, "black-hole flood")
+	if refusedFast.Load() == 0 {
+		t.Errorf("no connection was refused at once with %d at a time: the dial budget (%d) did not apply", conc, 1024)
+	}
+	base := w.base["node1"].fds
+	testenv.WaitFor(t, "node1's agent back to its baseline of descriptors", 15*time.Second, func() bool {
+		return statOf(t, c.agentPid("node1")).fds <= base+8
+	})
+}
+
+// TestHostileTrickle: a meshed pod trickles 1-byte writes to a destination on another node that
+// accepts and never reads. Each write can become its own HBONE DATA frame; queued at the
+// destination agent, tiny frames must be charged for the memory they take, not the byte they
+// carry, so that neither agent goes over its memory budget, and other pods keep being served.
+func TestHostileTrickle(t *testing.T) {
+	c := newCluster(t)
+	writes, conns := 20000, 8
+	if soak() {
+		writes = 200000
+	}
+	// api2's app accepts on :9002 and never reads; its kernel buffers are small (the agent's
+	// connection to the app is a socket of api2's netns, so tcp_wmem there bounds its send
+	// buffer too), so what the app does not take queues in the destination agent, not in the
+	// kernel: the case of a destination that reads slowly.
+	api2 := c.lab.Pod("api2")
+	for _, kv := range []string{"net.ipv4.tcp_wmem=4096 16384 16384", "net.ipv4.tcp_rmem=4096 16384 16384"} {
+		if out, err := c.lab.Command(context.Background(), api2.Netns, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+			t.Fatalf("sysctl %s in api2: %v: %s", kv, err, out)
+		}
+	}
+	ln, err := api2.Listen(":9002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, conn)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, conn := range held {
+			conn.Close()
+		}
+		mu.Unlock()
+	}()
+	stop := make(chan struct{})
+	w := c.watch(t, []string{"node1", "node2"}, "web", "other", stop)
+	start := time.Now()
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			conn, err := c.lab.Pod("web").Dial(ctx, net.JoinHostPort(api2.IP.String(), "9002"))
+			if err != nil {
+				t.Errorf("dial api2:9002: %v", err)
+				return
+			}
+			defer conn.Close()
+			// Flow control stops the writer long before the count when nothing reads: the
+			// deadline ends the attack then.
+			conn.SetWriteDeadline(time.Now().Add(15 * time.Second))
+			// First enough to fill the kernel buffers on the way to the app, then one byte at
+			// a time, paced, so that the source agent reads each byte on its own and sends it
+			// as its own DATA frame, as a chatty app's small writes are.
+			if _, err := conn.Write(make([]byte, 256<<10)); err != nil {
+				t.Errorf("prefill: %v", err)
+				return
+			}
+			one := []byte{'x'}
+			for range writes / conns {
+				if _, err := conn.Write(one); err != nil {
+					return
+				}
+				sent.Add(1)
+				time.Sleep(50 * time.Microsecond)
+			}
+		})
+	}
+	wg.Wait()
+	time.Sleep(500 * time.Millisecond) // let the last frames land before the peak is read
+	close(stop)
+	t.Logf("%d one-byte writes on %d connections to a non-reading app in %v", sent.Load(), conns, time.Since(start).Round(time.Millisecond))
+	w.check(t, "trickle")
+}
+
+// TestManyConnections: 10,000 tunneled connections open at once from one pod to another node
+// (1,000 under make test), each echoing 16 KiB checked by SHA-256; the agents' memory per open
+// connection is reported, and afterwards their descriptors and the pods' CLOSE_WAIT sockets are
+// back to their baseline.
+func TestManyConnections(t *testing.T) {
+	c := newCluster(t)
+	n := 1000
+	if soak() {
+		n = 10000
+	}
+	web, api2 := c.lab.Pod("web"), c.lab.Pod("api2")
+	addr := net.JoinHostPort(api2.IP.String(), lab.EchoPort)
+	base := map[string]procStat{"node1": statOf(t, c.agentPid("node1")), "node2": statOf(t, c.agentPid("node2"))}
+	type result struct {
+		conn net.Conn
+		sum  [32]byte
+		err  error
+	}
+	results := make([]result, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 256) // dials at a time; every connection stays open
+	start := time.Now()
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			conn, err := web.Dial(ctx, addr)
+			if err != nil {
+				results[i].err = err
+				return
+			}
+			payload := make([]byte, 16<<10)
+			rand.Read(payload)
+			conn.SetDeadline(time.Now().Add(60 * time.Second))
+			if _, err := conn.Write(payload); err != nil {
+				results[i].err = err
+				conn.Close()
+				return
+			}
+			results[i] = result{conn: conn, sum: sha256.Sum256(payload)}
+		})
+	}
+	wg.Wait()
+	open := map[string]procStat{"node1": statOf(t, c.agentPid("node1")), "node2": statOf(t, c.agentPid("node2"))}
+	t.Logf("%d connections open in %v", n, time.Since(start).Round(time.Millisecond))
+	for _, node := range []string{"node1", "node2"} {
+		d := open[node].rssMiB - base[node].rssMiB
+		t.Logf("agent %s: RSS %.1f -> %.1f MiB with %d open: %.1f KiB per connection; fds %d -> %d",
+			node, base[node].rssMiB, open[node].rssMiB, n, d*1024/float64(n), base[node].fds, open[node].fds)
+	}
+	mismatches, failed := 0, 0
+	for i := range results {
+		r := &results[i]
+		if r.err != nil {
+			failed++
+			continue
+		}
+		wg.Go(func() {
+			defer r.conn.Close()
+			r.conn.(*net.TCPConn).CloseWrite()
+			h := sha256.New()
+			if _, err := io.Copy(h, r.conn); err != nil {
+				r.err = err
+				return
+			}
+			if [32]byte(h.Sum(nil)) != r.sum {
+				r.err = errors.New("sha256 mismatch")
+			}
+		})
+	}
+	wg.Wait()
+	for _, r := range results {
+		if r.err != nil {
+			if r.err.Error() == "sha256 mismatch" {
+				mismatches++
+			} else {
+				failed++
+			}
+		}
+	}
+	if mismatches != 0 || failed != 0 {
+		t.Fatalf("%d connections: %d sha256 mismatches, %d failed", n, mismatches, failed)
+	}
+	// The client's pool keeps its HBONE connections for reuse (until idle for 90 s), one per
+	// 100 streams: those descriptors stay on both sides, nothing else may.
+	hbone := func(pod, filter string) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := c.lab.Command(ctx, c.lab.Pod(pod).Netns, "ss", "-Htan", "state", "established", filter).Output()
+		if err != nil {
+			t.Fatalf("ss in %s: %v", pod, err)
+		}
+		return len(strings.Fields(strings.TrimSpace(string(out)))) / 4
+	}
+	pooled := map[string]func() int{
+		"node1": func() int { return hbone("web", "( dport = :15008 )") },
+		"node2": func() int { return hbone("api2", "( sport = :15008 )") },
+	}
+	for _, node := range []string{"node1", "node2"} {
+		var last procStat
+		var kept int
+		testenv.WaitFor(t, "agent "+node+" back to its baseline of descriptors (plus its pooled HBONE connections)", 15*time.Second, func() bool {
+			last, kept = statOf(t, c.agentPid(node)), pooled[node]()
+			return last.fds <= base[node].fds+kept+8
+		})
+		t.Logf("agent %s after: fds %d (baseline %d, %d pooled HBONE connections)", node, last.fds, base[node].fds, kept)
+	}
+	for _, pod := range []string{"web", "api2"} {
+		testenv.WaitFor(t, "no CLOSE_WAIT socket left in "+pod, 15*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			out, err := c.lab.Command(ctx, c.lab.Pod(pod).Netns, "ss", "-Htan", "state", "close-wait").Output()
+			return err == nil && strings.TrimSpace(string(out)) == ""
+		})
 	}
 }
