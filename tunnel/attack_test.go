@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -828,4 +829,168 @@ func TestAttackExpiredCert(t *testing.T) {
 		t.Errorf("expiry not counted: %v", e.srv.Counters().Snapshot())
 	}
 	probe(t, e, "after")
+}
+
+// flakyListener fails its first n Accepts with EMFILE, as a full descriptor table does.
+type flakyListener struct {
+	net.Listener
+	fails atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// TestServeRetriesAcceptErrors (class 7): EMFILE from Accept is waited out, not fatal.
+func TestServeRetriesAcceptErrors(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	srv, err := NewServer(ServerConfig{Source: e.src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &flakyListener{Listener: raw}
+	ln.fails.Store(5)
+	var serveErr error
+	served := make(chan struct{})
+	go func() {
+		serveErr = srv.Serve(context.Background(), ln, serverID)
+		close(served)
+	}()
+	defer func() {
+		srv.Close()
+		<-served
+	}()
+	tg := e.target()
+	tg.Addr = netip.MustParseAddrPort(raw.Addr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := e.client.Dial(ctx, tg)
+	if err != nil {
+		select {
+		case <-served:
+			t.Fatalf("Serve returned %v after EMFILE", serveErr)
+		default:
+		}
+		t.Fatalf("dial after the listener's EMFILEs: %v", err)
+	}
+	echoOnce(t, st, "still serving")
+	st.Close()
+	if got := srv.Counters().Get(ReasonAcceptError); got != 5 {
+		t.Errorf("counted %d accept errors, want 5", got)
+	}
+}
+
+// TestDataOnIdleStream (reviewer): DATA on a stream the peer never opened is a connection
+// PROTOCOL_ERROR (RFC 9113 §5.1), not bytes silently credited back.
+func TestDataOnIdleStream(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := attackFrom(t, e, "127.0.0.2", true)
+	a.locked(func() { a.fr.WriteData(7, false, []byte("nobody's")) })
+	select {
+	case code := <-a.goAwy:
+		if code != http2.ErrCodeProtocol {
+			t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", code)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("no GOAWAY after DATA on an idle stream")
+	}
+}
+
+// TestCloseCancelsHandshakesAndDials (reviewer): Close does not wait out HandshakeTimeout or
+// DialTimeout; the handshake and the dial in progress are cancelled.
+func TestCloseCancelsHandshakesAndDials(t *testing.T) {
+	dialing := make(chan struct{}, 1)
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) {
+		c.HandshakeTimeout = 20 * time.Second
+		c.DialTimeout = 20 * time.Second
+		c.DialUpstream = func(ctx context.Context, req *Request) (net.Conn, error) {
+			dialing <- struct{}{}
+			<-ctx.Done() // a destination that never answers the SYN
+			return nil, ctx.Err()
+		}
+	}})
+	stalled, err := net.Dial("tcp", e.ln.Addr().String()) // TCP, then no ClientHello
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	a := attackFrom(t, e, "127.0.0.2", true)
+	a.locked(func() { a.headers(1, e.backend.addr.String(), false) })
+	select {
+	case <-dialing:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no dial started")
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { e.srv.Close(); close(done) }()
+	select {
+	case <-done:
+		t.Logf("Close returned in %v", time.Since(start))
+	case <-time.After(2 * time.Second):
+		t.Error("Close still waiting 2s later, on a stalled handshake and a dial")
+		<-done
+	}
+}
+
+// TestServeCloseRace (reviewer): Serve and Close at once, under -race; Serve's wg.Add must
+// never race Close's Wait.
+func TestServeCloseRace(t *testing.T) {
+	ca, err := identity.NewCA(testTD, identity.CAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := identity.NewCache(ca, nil)
+	defer src.Close()
+	for range 50 {
+		srv, err := NewServer(ServerConfig{Source: src})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			srv.Serve(context.Background(), ln, serverID)
+		}()
+		go func() {
+			if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+				c.Close()
+			}
+		}()
+		srv.Close()
+		<-done
+	}
+}
+
+// TestShutdownLetsStreamsFinish: Shutdown stops new streams but an open one keeps relaying
+// (the lifecycle contexts added for Close must not cut it).
+func TestShutdownLetsStreamsFinish(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	st := e.dial(context.Background())
+	defer st.Close()
+	echoOnce(t, st, "before")
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- e.srv.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	echoOnce(t, st, "during shutdown")
+	st.CloseWrite()
+	io.ReadAll(st)
+	if err := <-done; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
 }

@@ -217,12 +217,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, local spiffeid.ID) 
 		s.mu.Unlock()
 		ln.Close()
 	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(s.ctx, cancel) // Close cancels what this listener started
-	defer stop()
 	stopLn := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stopLn()
+	// What this listener starts (handshakes, dials, relays) ends with ctx or with Close, not
+	// when Serve returns: Shutdown closes the listener and lets streams finish.
+	ctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(s.ctx, cancel)
 
 	cfg := serverTLS(s.cfg.Source, local)
 	var backoff time.Duration
