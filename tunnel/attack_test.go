@@ -402,17 +402,41 @@ func newStallBackend(t *testing.T) *backend {
 	return b
 }
 
-// newSilentBackend accepts, reads and discards nothing, sends nothing, and counts the
-// connections the server ends (its read returns).
+// newSilentBackend reads and discards, sends nothing, and never closes on its own: after the
+// server's FIN (a half-close passed on) it stays in CLOSE_WAIT. It counts the connections the
+// server ends for good (RST, seen as a read error or in TCP_INFO).
 func newSilentBackend(t *testing.T) (*backend, *atomic.Int64) {
 	var closed atomic.Int64
 	stop := make(chan struct{})
 	b := newBackend(t, func(c *net.TCPConn, b *backend) {
 		ended := make(chan struct{})
 		go func() {
-			io.Copy(io.Discard, c)
-			closed.Add(1)
-			close(ended)
+			defer close(ended)
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				closed.Add(1)
+				return
+			}
+			rc, err := c.SyscallConn()
+			if err != nil {
+				return
+			}
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				var state uint8
+				rc.Control(func(fd uintptr) {
+					if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+						state = info.State
+					}
+				})
+				if state != unix.BPF_TCP_CLOSE_WAIT {
+					closed.Add(1)
+					return
+				}
+			}
 		}()
 		select {
 		case <-ended:
@@ -580,18 +604,25 @@ func TestAttackPeerGone(t *testing.T) {
 	t.Logf("baseline: %s", base)
 
 	// Half-open streams: the client ends its side, the destination never answers.
+	// Spread over connections of one peer at the stream limit, as a pooling client does.
 	halfOpen := soak(50, 500)
-	a := attackFrom(t, e, "127.0.0.2", true)
+	perConn := int(e.srv.cfg.MaxConcurrentStreams) - 10
+	var conns []*attacker
 	for i := range halfOpen {
-		id := uint32(2*i + 1)
+		if i%perConn == 0 {
+			conns = append(conns, attackFrom(t, e, "127.0.0.2", true))
+		}
+		a := conns[len(conns)-1]
+		id := uint32(2*(i%perConn) + 1)
 		a.connect(id, silent.addr.String())
 		a.locked(func() { a.fr.WriteData(id, true, []byte("hello")) })
 	}
+	a := conns[len(conns)-1]
 	// Streams with queued data to a destination that stopped reading.
-	queued := soak(4, 16)
+	queued := soak(4, 8)
 	bulk := make([]byte, 64<<10)
 	for i := range queued {
-		id := uint32(2*(halfOpen+i) + 1)
+		id := uint32(2*(halfOpen%perConn+i) + 1)
 		a.connect(id, stall.addr.String())
 		a.locked(func() {
 			for range (2 << 20) / len(bulk) {
@@ -600,8 +631,13 @@ func TestAttackPeerGone(t *testing.T) {
 		})
 	}
 	a.sync(5 * time.Second)
-	heapGrowth(t, fmt.Sprintf("%d half-open streams, %d with 2 MiB queued", halfOpen, queued), base, peerBudget)
-	a.close()
+	for _, a := range conns {
+		a.sync(5 * time.Second)
+	}
+	heapGrowth(t, fmt.Sprintf("%d half-open streams on %d connections, %d with 2 MiB queued", halfOpen, len(conns), queued), base, peerBudget)
+	for _, a := range conns {
+		a.close()
+	}
 	backToBaseline(t, base, 5*time.Second)
 	heapGrowth(t, "after the attacker left", base, 8<<20)
 	if n := closedUp.Load(); n != int64(halfOpen) {
@@ -611,17 +647,18 @@ func TestAttackPeerGone(t *testing.T) {
 
 	// Streams reset one by one on a connection that stays: each reset must end its relay.
 	b := attackFrom(t, e, "127.0.0.3", true)
-	for i := range halfOpen {
+	resets := min(halfOpen, perConn)
+	for i := range resets {
 		id := uint32(2*i + 1)
 		b.connect(id, silent.addr.String())
 	}
 	b.locked(func() {
-		for i := range halfOpen {
+		for i := range resets {
 			b.fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
 		}
 	})
 	b.sync(5 * time.Second)
-	waitFor(t, "the upstreams of reset streams to close", func() bool { return closedUp.Load() >= int64(2*halfOpen) })
+	waitFor(t, "the upstreams of reset streams to close", func() bool { return closedUp.Load() >= int64(halfOpen+resets) })
 	b.close()
 	backToBaseline(t, base, 5*time.Second)
 
@@ -721,25 +758,40 @@ func TestAttackSlowStreams(t *testing.T) {
 	probe(t, e, "before")
 	base := measure()
 	t.Logf("baseline: %s", base)
+	// As many connections at the stream limit as it takes, and on the first, 50 streams over it.
 	streams := soak(300, 1000)
-	a := attackFrom(t, e, "127.0.0.2", true)
-	// The window the attacker grants is the default 64 KiB... once per stream, never reopened.
-	a.locked(func() { a.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535}) })
-	a.wmu.Lock()
-	for i := range streams {
-		a.headers(uint32(2*i+1), talker.addr.String(), false)
+	limit := int(e.srv.cfg.MaxConcurrentStreams)
+	var conns []*attacker
+	for len(conns)*limit < streams {
+		a := attackFrom(t, e, "127.0.0.2", true)
+		// The window the attacker grants is the default 64 KiB, once per stream, never reopened.
+		a.locked(func() { a.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535}) })
+		n := min(limit, streams-len(conns)*limit)
+		if len(conns) == 0 {
+			n += 50
+		}
+		a.wmu.Lock()
+		for i := range n {
+			a.headers(uint32(2*i+1), talker.addr.String(), false)
+		}
+		a.bw.Flush()
+		a.wmu.Unlock()
+		conns = append(conns, a)
 	}
-	a.bw.Flush()
-	a.wmu.Unlock()
-	a.sync(5 * time.Second)
+	for _, a := range conns {
+		a.sync(5 * time.Second)
+	}
 	time.Sleep(500 * time.Millisecond) // the replies reach the windows
 	stop := make(chan struct{})
 	during := probeDuring(e, stop)
-	grown := heapGrowth(t, fmt.Sprintf("%d stalled streams", streams), base, peerBudget)
+	grown := heapGrowth(t, fmt.Sprintf("%d stalled streams on %d connections", streams, len(conns)), base, peerBudget)
 	served := talker.accepted.Load()
 	t.Logf("%d KiB of heap per stalled stream", (int64(grown.heap)-int64(base.heap))/max(served, 1)>>10)
-	if limit := int64(e.srv.cfg.MaxConcurrentStreams); served > limit {
-		t.Errorf("%d streams served on one connection; the limit is %d", served, limit)
+	if served != int64(streams) {
+		t.Errorf("%d streams served; want %d (the limit on each of %d connections, the 50 over it refused)", served, streams, len(conns))
+	}
+	if got := e.srv.Counters().Get(ReasonTooManyStreams); got != 50 {
+		t.Errorf("%d streams refused for the stream limit, want 50", got)
 	}
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
@@ -747,7 +799,9 @@ func TestAttackSlowStreams(t *testing.T) {
 		t.Errorf("good client during the attack: %v", err)
 	}
 	t.Logf("streams served %d, refusals %v", talker.accepted.Load(), e.srv.Counters().Snapshot())
-	a.close()
+	for _, a := range conns {
+		a.close()
+	}
 	backToBaseline(t, base, 5*time.Second)
 	probe(t, e, "after")
 }

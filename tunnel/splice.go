@@ -109,6 +109,11 @@ func relay(a, b net.Conn, lim relayBounds) (aToB, bToA int64, err error) {
 		}
 		r1 = <-ab
 	}
+	if r1.err != nil || r2.err != nil {
+		// An error after a clean half-close (a reset stream, a timeout) still aborts: the other
+		// side must learn the connection failed, not see an orderly end it already saw.
+		abort(a, b)
+	}
 	a.Close()
 	b.Close()
 	if p := timedOut.Load(); p != nil {
