@@ -7,6 +7,17 @@
 // identity, destination address) and checks that the server proves exactly the expected
 // identity. Every refusal carries a Reason and is counted.
 //
+// The Server is the security boundary of every pod on its node, so everything a peer can make
+// it hold has a budget (ServerConfig, "Budgets"): memory of queued data per stream and per
+// source IP (charged by buffer capacity, not payload, with small frames coalesced), running
+// stream handlers per connection, streams reset before their response (GOAWAY
+// ENHANCE_YOUR_CALM, CVE-2023-44487), queued control frames (10,000), a write that makes no
+// progress, idle and half-closed streams, connections per source IP, handshakes in progress,
+// and the peer certificate's lifetime. With the defaults one hostile source IP costs at most
+// ~84 MiB and one connection ~35 MiB (the arithmetic is on ServerConfig); set the agent's
+// memory limit from that and the number of peers that may misbehave at once. attack_test.go
+// is the attacker for each (AMESH_SOAK=1 for the full counts).
+//
 // Ports (DESIGN §3): 15001 outbound, 15006 inbound plaintext, 15008 HBONE, 15000 admin,
 // 15020 metrics, 15021 readiness.
 package tunnel

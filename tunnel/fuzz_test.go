@@ -106,12 +106,14 @@ func runServerOn(t *testing.T, data []byte) {
 	cli, sc := net.Pipe()
 	c := newH2Conn(sc, false, slog.New(slog.DiscardHandler))
 	c.maxPeerStreams = 100
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	var streams sync.WaitGroup
 	c.onStream = func(st *Stream) {
 		streams.Add(1)
 		go func() {
 			defer streams.Done()
-			srv.serveStream(context.Background(), st, clientID, nil, serverID, srv.log)
+			defer c.handlerDone()
+			srv.serveStream(st, clientID, nil, serverID, srv.log)
 		}()
 	}
 	drained := make(chan struct{})
@@ -119,7 +121,7 @@ func runServerOn(t *testing.T, data []byte) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if c.handshake(100) != nil {
+		if readPreface(sc) != nil || c.handshake(100) != nil {
 			c.closeWith(errBadPreface)
 			return
 		}

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,12 @@ const (
 
 	initialPeerWindow = 65535 // RFC 9113 §6.9.2 default before the peer's SETTINGS
 	initialPeerFrame  = 16384 // RFC 9113 §4.2 default
+
+	// maxQueuedControl bounds control frames (PING and SETTINGS ACKs, WINDOW_UPDATE,
+	// RST_STREAM) queued for a peer that does not read what we send: x/net's server stops at the
+	// same 10,000. One costs a closure of ~64 bytes, so the queue stays under 1 MiB; before the
+	// bound, 2M PINGs from a peer that never read queued 55 MiB.
+	maxQueuedControl = 10000
 )
 
 const clientPreface = http2.ClientPreface
@@ -66,8 +73,11 @@ type h2conn struct {
 	werr    error
 	pending atomic.Int32 // writers waiting for or holding wmu
 
-	ctrlMu sync.Mutex
-	ctrl   []func() error // run with wmu held
+	ctrlMu       sync.Mutex
+	ctrl         []func() error // run with wmu held
+	ctrlOverflow atomic.Bool    // the peer let more than maxQueuedControl pile up: cut it
+	writeStart   atomic.Int64   // unix nanos when the write in progress took wmu, 0 if none
+	writeTimeout time.Duration  // a write stuck longer closes the connection; 0: no bound
 
 	mu               sync.Mutex
 	streams          map[uint32]*Stream
@@ -87,6 +97,20 @@ type h2conn struct {
 	idleSince        time.Time // when the last stream ended (zero while streams are open)
 	maxPeerStreams   int       // server: refuse streams above this
 	freshUntil       time.Time // client: no new streams after this (zero: no bound)
+
+	// Server side: what one peer may make us hold (ServerConfig, "Hostile peers").
+	ctx            context.Context // lifecycle of the connection's streams: cancelled by closeWith
+	cancel         context.CancelFunc
+	handlers       int           // stream handlers running: counted against maxPeerStreams until they return
+	opened         int           // streams the peer opened
+	earlyResets    int           // streams the peer reset before we answered, or we refused for the handler cap
+	maxEarlyResets int           // more than this, and over half of opened: GOAWAY ENHANCE_YOUR_CALM
+	maxStreamBuf   int           // memory one stream's queued data may hold; 0: no bound
+	peerBuf        *atomic.Int64 // memory the queued data of every connection of this peer holds
+	maxPeerBuf     int64
+	notAfter       time.Time // the peer certificate's expiry: no stream after it
+	expired        bool      // past notAfter: draining, closed when its last stream ends
+	linger         bool      // closing for abuse: let the GOAWAY reach the peer before the socket goes
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
 	pingSent atomic.Int64 // unix nanos of an unacknowledged keepalive PING, 0 if none
@@ -132,18 +156,10 @@ func newH2Conn(nc net.Conn, client bool, log *slog.Logger) *h2conn {
 	return c
 }
 
-// handshake exchanges the connection preface and our SETTINGS; the peer's SETTINGS are read
-// by the read loop. The server reads the client preface first.
+// handshake sends the client preface (client) and our SETTINGS; the peer's SETTINGS are read
+// by the read loop. The server has read the client preface before (readPreface), so that the
+// connection's buffers are allocated only for a peer that sent one.
 func (c *h2conn) handshake(maxStreams uint32) error {
-	if !c.client {
-		buf := make([]byte, len(clientPreface))
-		if _, err := io.ReadFull(c.br, buf); err != nil {
-			return fmt.Errorf("read client preface: %w", err)
-		}
-		if string(buf) != clientPreface {
-			return errBadPreface
-		}
-	}
 	return c.write(func() error {
 		if c.client {
 			if _, err := c.bw.WriteString(clientPreface); err != nil {
@@ -172,6 +188,11 @@ var errBadPreface = errors.New("tunnel: bad HTTP/2 client preface")
 func (c *h2conn) newStreamLocked(id uint32) *Stream {
 	s := &Stream{c: c, id: id, sendWindow: c.peerStreamWindow, recvAvail: streamWindow, respReady: make(chan struct{})}
 	s.cond = sync.NewCond(&c.mu)
+	s.rq.peer = c.peerBuf
+	s.lastActive.Store(time.Now().UnixNano())
+	if c.ctx != nil {
+		s.ctx, s.cancel = context.WithCancel(c.ctx)
+	}
 	c.streams[id] = s
 	c.idleSince = time.Time{}
 	return s
@@ -188,7 +209,7 @@ func (c *h2conn) maybeRemoveLocked(s *Stream) {
 	}
 	delete(c.streams, s.id)
 	delete(c.connBlocked, s)
-	if s.reset != nil && s.rq.len() > 0 {
+	if s.reset != nil && (s.rq.len() > 0 || s.rq.mem > 0) {
 		c.creditConnLocked(int64(s.rq.drop()))
 	}
 	if len(c.streams) == 0 {
@@ -199,14 +220,33 @@ func (c *h2conn) maybeRemoveLocked(s *Stream) {
 	}
 }
 
-// goAway tells the peer why the connection ends, then closes it.
+// goAway tells the peer why the connection ends, then closes it. An error code other than
+// NO_ERROR is counted as ReasonProtocol.
 func (c *h2conn) goAway(code http2.ErrCode, err error) {
+	r := ReasonNone
+	if code != http2.ErrCodeNo {
+		r = ReasonProtocol
+	}
+	c.goAwayFor(code, r, err)
+}
+
+// goAwayFor is goAway counting reason r (none for ReasonNone), logged where the operator sees it.
+func (c *h2conn) goAwayFor(code http2.ErrCode, r Reason, err error) {
 	c.mu.Lock()
 	last := c.lastPeerID
 	c.mu.Unlock()
-	c.log.Debug("closing HTTP/2 connection", "code", code.String(), "err", err)
-	if code != http2.ErrCodeNo && c.counters != nil {
-		c.counters.add(ReasonProtocol)
+	if r != ReasonNone && r != ReasonProtocol {
+		c.log.Warn("HBONE connection cut", "reason", r.String(), "code", code.String(), "err", err)
+	} else {
+		c.log.Debug("closing HTTP/2 connection", "code", code.String(), "err", err)
+	}
+	if r != ReasonNone && c.counters != nil {
+		c.counters.add(r)
+	}
+	if code != http2.ErrCodeNo {
+		c.mu.Lock()
+		c.linger = true
+		c.mu.Unlock()
 	}
 	msg := []byte(err.Error())
 	if len(msg) > 256 {
@@ -234,25 +274,55 @@ func (c *h2conn) closeWith(err error) {
 	}
 	c.closed = true
 	c.closeErr = err
+	linger := c.linger
 	for _, s := range c.streams {
 		if s.reset == nil {
 			s.reset = fmt.Errorf("%w: %w", ErrConnClosed, err)
+		}
+		// Nobody will read what is queued: let it go now, not when the handler returns.
+		s.rq.drop()
+		if s.cancel != nil {
+			s.cancel() // wakes the handler's dial and relay (serveStream)
 		}
 		s.cond.Broadcast()
 	}
 	clear(c.streams)
 	clear(c.connBlocked)
-	c.mu.Unlock()
-	// Best effort, bounded: a GOAWAY queued by goAway goes out unless a writer is stuck.
-	if c.wmu.TryLock() {
-		c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-		if c.werr == nil && c.drainCtrlLocked() == nil {
-			c.bw.Flush()
-		}
-		c.werr = ErrConnClosed
-		c.wmu.Unlock()
+	if c.cancel != nil {
+		c.cancel()
 	}
-	c.nc.Close()
+	c.mu.Unlock()
+	if linger && c.batch != nil {
+		// Closing a socket with unread input sends RST, and the peer's kernel then discards
+		// the GOAWAY it has not read yet: write it, send FIN, discard input for a moment, then
+		// close, as x/net's server does after a GOAWAY for abuse. Bounded by the deadlines.
+		raw := c.batch.Conn
+		raw.SetDeadline(time.Now().Add(time.Second))
+		go func() {
+			c.wmu.Lock()
+			if c.werr == nil && c.drainCtrlLocked() == nil {
+				c.bw.Flush()
+			}
+			c.werr = ErrConnClosed
+			c.wmu.Unlock()
+			if cw, ok := raw.(closeWriter); ok {
+				cw.CloseWrite()
+			}
+			io.Copy(io.Discard, raw)
+			c.nc.Close()
+		}()
+	} else {
+		// Best effort, bounded: a GOAWAY queued by goAway goes out unless a writer is stuck.
+		if c.wmu.TryLock() {
+			c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			if c.werr == nil && c.drainCtrlLocked() == nil {
+				c.bw.Flush()
+			}
+			c.werr = ErrConnClosed
+			c.wmu.Unlock()
+		}
+		c.nc.Close()
+	}
 	close(c.done)
 	if c.onClose != nil {
 		c.onClose(c)
@@ -276,13 +346,27 @@ func (c *h2conn) load() int {
 // goes unanswered for timeout, and closes it once it carried no stream for idle. It returns when
 // the connection closes.
 func (c *h2conn) keepalive(interval, timeout, idle time.Duration) {
-	t := time.NewTicker(min(interval, timeout, idle) / 4)
+	tick := min(interval, timeout, idle)
+	if c.writeTimeout > 0 {
+		tick = min(tick, c.writeTimeout)
+	}
+	t := time.NewTicker(tick / 4)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.done:
 			return
 		case now := <-t.C:
+			if ws := c.writeStart.Load(); ws != 0 && c.writeTimeout > 0 && now.Sub(time.Unix(0, ws)) > c.writeTimeout {
+				// The peer stopped reading: a blocked write would pin the connection and every
+				// stream on it for as long as the peer keeps pinging ("Hostile peers" #5).
+				c.goAwayFor(http2.ErrCodeNo, ReasonWriteTimeout, fmt.Errorf("peer read nothing for %v (write made no progress)", c.writeTimeout))
+				return
+			}
+			if c.ctrlOverflow.Load() {
+				c.goAwayFor(http2.ErrCodeEnhanceYourCalm, ReasonControlFlood, fmt.Errorf("over %d control frames queued for a peer that does not read", maxQueuedControl))
+				return
+			}
 			c.mu.Lock()
 			since := c.idleSince
 			c.mu.Unlock()

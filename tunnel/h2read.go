@@ -36,6 +36,10 @@ func (c *h2conn) readLoop() {
 						return
 					}
 					c.lastRead.Store(time.Now().UnixNano())
+					if c.ctrlOverflow.Load() {
+						c.cutControlFlood()
+						return
+					}
 					continue
 				}
 			}
@@ -80,10 +84,37 @@ func (c *h2conn) readLoop() {
 			if errors.As(err, &ce) {
 				code = http2.ErrCode(ce)
 			}
-			c.goAway(code, err)
+			var ae *abuseError
+			if errors.As(err, &ae) {
+				c.goAwayFor(code, ae.reason, err)
+			} else {
+				c.goAway(code, err)
+			}
+			return
+		}
+		if c.ctrlOverflow.Load() {
+			c.cutControlFlood()
 			return
 		}
 	}
+}
+
+func (c *h2conn) cutControlFlood() {
+	c.goAwayFor(http2.ErrCodeEnhanceYourCalm, ReasonControlFlood, fmt.Errorf("over %d control frames queued for a peer that does not read them", maxQueuedControl))
+}
+
+// abuseError is a connection error that a budget caused: it is counted under reason rather
+// than as a protocol error.
+type abuseError struct {
+	reason Reason
+	err    error
+}
+
+func (e *abuseError) Error() string { return e.err.Error() }
+func (e *abuseError) Unwrap() error { return e.err }
+
+func abuse(r Reason, format string, args ...any) error {
+	return &abuseError{reason: r, err: connErr(http2.ErrCodeEnhanceYourCalm, format, args...)}
 }
 
 func connErr(code http2.ErrCode, format string, args ...any) error {
@@ -111,9 +142,14 @@ func (c *h2conn) handleFrame(f http2.Frame) error {
 		c.mu.Lock()
 		s := c.streams[f.StreamID]
 		if s != nil {
+			if !c.client && !s.responded {
+				c.earlyResets++
+			}
 			s.resetLocked(&ResetError{Code: f.ErrCode, Remote: true})
 		}
+		err := c.checkEarlyResetsLocked()
 		c.mu.Unlock()
+		return err
 	case *http2.GoAwayFrame:
 		c.mu.Lock()
 		c.goingAway = true
@@ -161,6 +197,12 @@ func (c *h2conn) deliverData(sid uint32, size int64, data *chunk, end bool) erro
 	}
 	c.recvAvail -= size
 	s := c.streams[sid]
+	if s == nil && c.idleLocked(sid) {
+		// RFC 9113 §5.1: DATA on a stream the peer never opened is a connection error; crediting
+		// it back would let a peer stream bytes through the read loop on no stream at all.
+		putChunk(data)
+		return connErr(http2.ErrCodeProtocol, "DATA on idle stream %d", sid)
+	}
 	if s == nil || s.recvEOF || s.reset != nil {
 		// A stream we already closed: the bytes are nobody's, give them back at once.
 		putChunk(data)
@@ -208,17 +250,62 @@ func (c *h2conn) deliverData(sid uint32, size int64, data *chunk, end bool) erro
 	} else {
 		s.rq.push(data)
 	}
+	s.lastActive.Store(time.Now().UnixNano())
 	if end {
 		s.recvEOF = true
 		c.maybeRemoveLocked(s)
 	}
 	s.cond.Broadcast()
+	return c.checkBuffersLocked(s)
+}
+
+// idleLocked says whether sid names a stream the peer could not have opened yet (RFC 9113 §5.1).
+func (c *h2conn) idleLocked(sid uint32) bool {
+	if c.client {
+		return sid%2 == 0 || sid >= c.nextID
+	}
+	return sid%2 == 0 || sid > c.lastPeerID
+}
+
+// checkBuffersLocked holds the memory of queued data to its budgets: a stream over its own is
+// reset, a peer over its share of the node cut ("Hostile peers" #1). Flow control alone bounds
+// bytes, not the memory they sit in.
+func (c *h2conn) checkBuffersLocked(s *Stream) error {
+	if c.peerBuf != nil && c.maxPeerBuf > 0 {
+		if held := c.peerBuf.Load(); held > c.maxPeerBuf {
+			return abuse(ReasonPeerBuffer, "peer's queued data holds %d bytes, over its %d", held, c.maxPeerBuf)
+		}
+	}
+	if c.maxStreamBuf > 0 && s.rq.mem > c.maxStreamBuf && s.reset == nil {
+		held := s.rq.mem
+		s.resetLocked(&ResetError{Code: http2.ErrCodeEnhanceYourCalm})
+		c.queueRST(s.id, http2.ErrCodeEnhanceYourCalm)
+		if c.counters != nil {
+			c.counters.add(ReasonStreamBuffer)
+		}
+		c.log.Warn("HBONE stream cut", "stream", s.id, "reason", ReasonStreamBuffer.String(), "held", held, "limit", c.maxStreamBuf)
+	}
+	return nil
+}
+
+// checkEarlyResetsLocked ends a connection whose peer resets most of its streams before they are
+// answered (CVE-2023-44487, "rapid reset"), as Envoy does: once more than maxEarlyResets, and
+// over half of all streams opened. An honest client resets a stream before its response only
+// when its caller gives up.
+func (c *h2conn) checkEarlyResetsLocked() error {
+	if c.maxEarlyResets > 0 && c.earlyResets > c.maxEarlyResets && 2*c.earlyResets > c.opened {
+		return abuse(ReasonRapidReset, "peer reset or overran %d of %d streams before their response", c.earlyResets, c.opened)
+	}
 	return nil
 }
 
 func (c *h2conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	id := f.StreamID
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
 	s := c.streams[id]
 	if s != nil {
 		// Response headers (client) or trailers (either side).
@@ -242,19 +329,46 @@ func (c *h2conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // a stream we already finished: late trailers
 	}
 	c.lastPeerID = id
-	if c.goingAway || len(c.streams) >= c.maxPeerStreams {
+	c.opened++
+	if !c.notAfter.IsZero() && !time.Now().Before(c.notAfter) {
+		c.mu.Unlock()
+		c.queueRST(id, http2.ErrCodeRefusedStream)
+		return &abuseError{reason: ReasonCertExpired, err: connErr(http2.ErrCodeNo, "peer certificate expired at %v", c.notAfter)}
+	}
+	if c.goingAway {
 		c.mu.Unlock()
 		c.queueRST(id, http2.ErrCodeRefusedStream)
 		return nil
+	}
+	// Handlers, not map entries: a stream the peer reset has left the map while its handler may
+	// still be dialing, so counting the map let rapid resets run 10,728 handlers at once.
+	if len(c.streams) >= c.maxPeerStreams || c.handlers >= c.maxPeerStreams {
+		c.earlyResets++
+		err := c.checkEarlyResetsLocked()
+		c.mu.Unlock()
+		if c.counters != nil {
+			c.counters.add(ReasonTooManyStreams)
+		}
+		c.log.Debug("HBONE stream refused", "stream", id, "reason", ReasonTooManyStreams.String(), "limit", c.maxPeerStreams)
+		c.queueRST(id, http2.ErrCodeRefusedStream)
+		return err
 	}
 	s = c.newStreamLocked(id)
 	s.req = f
 	if f.StreamEnded() {
 		s.recvEOF = true
 	}
+	c.handlers++
 	c.mu.Unlock()
 	c.onStream(s)
 	return nil
+}
+
+// handlerDone gives back the handler slot of a stream (server side).
+func (c *h2conn) handlerDone() {
+	c.mu.Lock()
+	c.handlers--
+	c.mu.Unlock()
 }
 
 func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {

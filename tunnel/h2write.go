@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"fmt"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -34,6 +35,7 @@ func (c *h2conn) writeData(id uint32, p []byte, end bool) error {
 func (c *h2conn) beginWrite() error {
 	c.pending.Add(1)
 	c.wmu.Lock()
+	c.writeStart.Store(time.Now().UnixNano())
 	err := c.werr
 	if err == nil {
 		err = c.drainCtrlLocked()
@@ -53,6 +55,7 @@ func (c *h2conn) endWrite(err error) error {
 	if err != nil && c.werr == nil {
 		c.werr = err
 	}
+	c.writeStart.Store(0)
 	c.wmu.Unlock()
 	if err != nil {
 		c.closeWith(fmt.Errorf("write: %w", err))
@@ -80,8 +83,17 @@ func (c *h2conn) drainCtrlLocked() error {
 
 // queueCtrl queues a frame write without ever blocking, for the read loop and stream readers
 // (which may hold mu). Writers drain the queue; ctrlLoop writes it when no writer comes along.
+//
+// A peer that makes us queue more than maxQueuedControl (PINGs it never reads the ACKs of) is
+// flagged, and cut by the read loop or keepalive: queueCtrl may run under mu, where closing is
+// not allowed.
 func (c *h2conn) queueCtrl(f func() error) {
 	c.ctrlMu.Lock()
+	if len(c.ctrl) >= maxQueuedControl {
+		c.ctrlMu.Unlock()
+		c.ctrlOverflow.Store(true)
+		return
+	}
 	c.ctrl = append(c.ctrl, f)
 	c.ctrlMu.Unlock()
 	select {

@@ -32,29 +32,53 @@ const (
 	ReasonHeadersTooLarge         // the request's header list is over the limit
 	ReasonDenied                  // the authorization hook said no
 	ReasonUpstreamDial            // the destination refused or could not be reached
+	// Budgets (DESIGN §8: a peer over budget is cut, never the agent). A refused stream gets
+	// RST_STREAM, a cut connection GOAWAY; the names are what a metric or log line shows.
+	ReasonTooManyStreams    // a stream over ServerConfig.MaxConcurrentStreams running handlers (REFUSED_STREAM)
+	ReasonRapidReset        // the peer reset too many streams before their response (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM
+	ReasonStreamBuffer      // a stream's queued data held more memory than ServerConfig.MaxStreamBuffer
+	ReasonPeerBuffer        // a peer's queued data held more memory than ServerConfig.MaxPeerBuffer
+	ReasonControlFlood      // more than maxQueuedControl control frames waiting on a peer that does not read
+	ReasonWriteTimeout      // a write to the peer made no progress for ServerConfig.WriteTimeout
+	ReasonStreamIdle        // a stream carried nothing for ServerConfig.StreamIdleTimeout
+	ReasonHalfCloseTimeout  // a half-closed stream carried nothing for ServerConfig.HalfCloseTimeout
+	ReasonTooManyConns      // a peer (source IP) over ServerConfig.MaxConnsPerPeer connections
+	ReasonTooManyHandshakes // more than ServerConfig.MaxHandshakes handshakes at once
+	ReasonAcceptError       // Accept failed (EMFILE and the like); Serve backs off and retries
 	reasonCount
 )
 
 var reasonNames = [reasonCount]string{
-	ReasonNone:             "none",
-	ReasonHandshakeTimeout: "handshake_timeout",
-	ReasonTLSVersion:       "tls_version",
-	ReasonALPN:             "alpn",
-	ReasonNoClientCert:     "no_client_cert",
-	ReasonCertExpired:      "cert_expired",
-	ReasonCertNotYetValid:  "cert_not_yet_valid",
-	ReasonUntrusted:        "untrusted_cert",
-	ReasonWrongTrustDomain: "wrong_trust_domain",
-	ReasonNotSVID:          "not_svid",
-	ReasonWrongServerID:    "wrong_server_id",
-	ReasonHandshake:        "handshake",
-	ReasonProtocol:         "protocol",
-	ReasonBadMethod:        "bad_method",
-	ReasonBadAuthority:     "bad_authority",
-	ReasonBadRequest:       "bad_request",
-	ReasonHeadersTooLarge:  "headers_too_large",
-	ReasonDenied:           "denied",
-	ReasonUpstreamDial:     "upstream_dial",
+	ReasonNone:              "none",
+	ReasonHandshakeTimeout:  "handshake_timeout",
+	ReasonTLSVersion:        "tls_version",
+	ReasonALPN:              "alpn",
+	ReasonNoClientCert:      "no_client_cert",
+	ReasonCertExpired:       "cert_expired",
+	ReasonCertNotYetValid:   "cert_not_yet_valid",
+	ReasonUntrusted:         "untrusted_cert",
+	ReasonWrongTrustDomain:  "wrong_trust_domain",
+	ReasonNotSVID:           "not_svid",
+	ReasonWrongServerID:     "wrong_server_id",
+	ReasonHandshake:         "handshake",
+	ReasonProtocol:          "protocol",
+	ReasonBadMethod:         "bad_method",
+	ReasonBadAuthority:      "bad_authority",
+	ReasonBadRequest:        "bad_request",
+	ReasonHeadersTooLarge:   "headers_too_large",
+	ReasonDenied:            "denied",
+	ReasonUpstreamDial:      "upstream_dial",
+	ReasonTooManyStreams:    "too_many_streams",
+	ReasonRapidReset:        "rapid_reset",
+	ReasonStreamBuffer:      "stream_buffer",
+	ReasonPeerBuffer:        "peer_buffer",
+	ReasonControlFlood:      "control_flood",
+	ReasonWriteTimeout:      "write_timeout",
+	ReasonStreamIdle:        "stream_idle",
+	ReasonHalfCloseTimeout:  "half_close_timeout",
+	ReasonTooManyConns:      "too_many_conns",
+	ReasonTooManyHandshakes: "too_many_handshakes",
+	ReasonAcceptError:       "accept_error",
 }
 
 // String returns the reason's metric label.

@@ -4,6 +4,7 @@ import (
 	"math/bits"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // chunk is a pooled buffer holding one DATA frame's payload in b.
@@ -15,21 +16,55 @@ type chunk struct {
 // recvQueue holds a stream's received, unread payload as the chunks the read loop filled
 // straight from the TLS connection, so a relay writes them out without another copy.
 // It is guarded by the connection's mu.
+//
+// Flow control counts payload bytes, but a queued chunk costs its capacity (4 KiB at least)
+// plus its bookkeeping: queued one per frame, 1-byte DATA frames cost ~4,100 bytes of heap per
+// byte of window ("Hostile peers" #1). So small payloads are copied into the spare room of the
+// last chunk, which bounds the memory to about twice the bytes, and mem — what the queue
+// really holds — is charged to the stream's budget and to its peer's (peer, shared by every
+// connection from one source IP), which the read loop checks.
 type recvQueue struct {
 	chunks []*chunk
-	off    int // read offset into chunks[0]
-	n      int // unread bytes in all
+	off    int           // read offset into chunks[0]
+	n      int           // unread bytes in all
+	mem    int           // memory held: the chunks' capacity plus chunkOverhead each
+	peer   *atomic.Int64 // the peer's total, charged alongside mem; nil on the client side
 }
 
+// chunkOverhead is what a queued chunk costs beside its buffer: the chunk struct (a 32-byte
+// size class), its slot in chunks and its share of the slice's growth, rounded up.
+const chunkOverhead = 64
+
+// coalesceMax is the largest payload copied into the last chunk's spare room rather than
+// queued as its own chunk: below it, the copy costs less than a chunk's overhead and capacity.
+const coalesceMax = 16 << 10
+
 func (q *recvQueue) len() int { return q.n }
+
+func (q *recvQueue) charge(delta int) {
+	q.mem += delta
+	if q.peer != nil {
+		q.peer.Add(int64(delta))
+	}
+}
+
+func chunkCost(c *chunk) int { return cap(c.b) + chunkOverhead }
 
 func (q *recvQueue) push(c *chunk) {
 	if len(c.b) == 0 {
 		putChunk(c)
 		return
 	}
-	q.chunks = append(q.chunks, c)
 	q.n += len(c.b)
+	if k := len(q.chunks); k > 0 && len(c.b) <= coalesceMax {
+		if t := q.chunks[k-1]; cap(t.b)-len(t.b) >= len(c.b) {
+			t.b = append(t.b, c.b...)
+			putChunk(c)
+			return
+		}
+	}
+	q.chunks = append(q.chunks, c)
+	q.charge(chunkCost(c))
 }
 
 // pushFrom queues c, of which the first off bytes were already delivered, on an empty queue.
@@ -37,6 +72,7 @@ func (q *recvQueue) pushFrom(c *chunk, off int) {
 	q.chunks = append(q.chunks[:0], c)
 	q.off = off
 	q.n = len(c.b) - off
+	q.charge(chunkCost(c))
 }
 
 // read copies into p and releases the chunks it used up.
@@ -49,6 +85,7 @@ func (q *recvQueue) read(p []byte) int {
 		total += k
 		q.off += k
 		if q.off == len(c.b) {
+			q.charge(-chunkCost(c))
 			putChunk(c)
 			q.chunks[0] = nil
 			q.chunks = q.chunks[1:]
@@ -72,6 +109,9 @@ func (q *recvQueue) take(out []*chunk, bufs net.Buffers) ([]*chunk, net.Buffers,
 		bufs = append(bufs, b)
 		q.chunks[i] = nil
 	}
+	// Taken chunks are uncharged now: they are in flight to the destination, at most one batch
+	// per stream, which flow control already bounds (the window reopens only once they are out).
+	q.charge(-q.mem)
 	q.chunks, q.off, q.n = q.chunks[:0], 0, 0
 	return out, bufs, n
 }
@@ -83,6 +123,7 @@ func (q *recvQueue) drop() int {
 		putChunk(c)
 		q.chunks[i] = nil
 	}
+	q.charge(-q.mem)
 	q.chunks, q.off, q.n = nil, 0, 0
 	return n
 }

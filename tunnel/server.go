@@ -6,11 +6,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -38,8 +41,61 @@ type ServerConfig struct {
 	IdleTimeout time.Duration
 	// KeepaliveInterval and KeepaliveTimeout: PING after this much silence, close when unanswered.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
-	// MaxConcurrentStreams per connection, advertised in SETTINGS; 1000 when zero.
+
+	// Budgets: what one peer can make the agent hold (DESIGN §8). Each is counted under its
+	// Reason when it bites, and sized from what the resource was measured to cost on loopback
+	// (go1.26, amd64; the adversarial tests in attack_test.go measure it again). With the
+	// defaults, one peer (source IP) costs the agent at most about
+	//   MaxConnsPerPeer × 330 KiB (a connection after its preface)
+	//   + MaxConnsPerPeer × MaxConcurrentStreams × 30 KiB (a stream stalled both ways)
+	//   + MaxPeerBuffer (queued received data, shared by the peer's connections)
+	// = 16 × 330 KiB + 16 × 100 × 30 KiB + 32 MiB ≈ 84 MiB in the worst case, and one
+	// connection ≈ 0.3 + 3 + 32 MiB. The agent's memory limit should leave room for that
+	// times the peers that may turn hostile at once; lower MaxConnsPerPeer or MaxPeerBuffer
+	// where pods are many and memory is tight.
+
+	// MaxConcurrentStreams per connection, advertised in SETTINGS and enforced on running
+	// handlers (a reset stream counts until its handler returns); 100 when zero, as the client
+	// pool uses. A stream stalled both ways costs ~27 KiB measured (three goroutines, the
+	// Stream, the upstream socket; no copy buffer while its window is shut; TestAttackSlowStreams),
+	// so one connection at the cap holds ~3 MiB. It was 1000 at ~291 KiB a stream: ≈284 MiB.
 	MaxConcurrentStreams uint32
+	// MaxStreamBuffer bounds the memory (buffer capacity plus bookkeeping, not only payload)
+	// that one stream's received, undelivered data may hold; a stream over it is reset with
+	// ENHANCE_YOUR_CALM. 8 MiB when zero: twice the 4 MiB stream window, the most small-frame
+	// coalescing can waste, so flow-controlled traffic never meets it.
+	MaxStreamBuffer int
+	// MaxPeerBuffer bounds the memory the queued data of all connections from one source IP may
+	// hold; the connection that passes it is cut (GOAWAY ENHANCE_YOUR_CALM). 32 MiB when zero:
+	// two connection windows (16 MiB) of full-size frames.
+	MaxPeerBuffer int64
+	// MaxConnsPerPeer bounds connections from one source IP, handshakes included; more are
+	// closed at accept. 16 when zero: the client pool opens one per (source, destination)
+	// workload pair and one more per 100 streams. A connection costs ~330 KiB once its preface
+	// is in (its 256 KiB write and 32 KiB read buffers; 318 KiB measured), and ~25 KiB of TLS
+	// state before (TestAttackConnFlood), when the buffers were allocated at accept.
+	MaxConnsPerPeer int
+	// MaxHandshakes bounds TLS handshakes in progress on the server; more are closed at
+	// accept. 128 when zero: a handshake in progress costs ~25 KiB (measured with the
+	// connection) and ~1 ms of CPU, so 128 at once hold ~3 MiB.
+	MaxHandshakes int
+	// MaxEarlyResets is how many streams a connection may reset before their response (or have
+	// refused for the stream cap) before it is cut with GOAWAY ENHANCE_YOUR_CALM, once they are
+	// also over half of its streams (CVE-2023-44487, Envoy's premature-reset rule). 200 when
+	// zero: twice MaxConcurrentStreams.
+	MaxEarlyResets int
+	// WriteTimeout closes a connection when a write to it makes no progress for this long: a
+	// peer that sends (PINGs, say) but never reads would otherwise pin it and its streams. 30s
+	// when zero.
+	WriteTimeout time.Duration
+	// ExpiryDrain: when the peer's certificate expires, its connection takes no new stream
+	// (GOAWAY) and is closed once its streams end, or this long after the expiry; 1m when zero.
+	// A new stream after the expiry closes it at once.
+	ExpiryDrain time.Duration
+	// StreamIdleTimeout resets a stream that carried no byte either way for this long; 1h when
+	// zero (Envoy's TCP proxy default). HalfCloseTimeout is the same bound, shorter, for a
+	// stream one side of which has ended: 5m when zero (ztunnel#1630, CLOSE_WAIT piling up).
+	StreamIdleTimeout, HalfCloseTimeout time.Duration
 	// OnStream, when set, is told how every CONNECT ended (refused ones included): the agent's
 	// access log and metrics.
 	OnStream func(req *Request, res StreamResult)
@@ -65,11 +121,25 @@ type Server struct {
 	log      *slog.Logger
 	counters Counters
 
-	mu        sync.Mutex
-	conns     map[*h2conn]struct{}
-	listeners map[net.Listener]struct{}
-	closed    bool
-	wg        sync.WaitGroup
+	// The lifecycle context of the server: Close cancels it, and with it every handshake,
+	// dial and relay in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu         sync.Mutex
+	conns      map[*h2conn]struct{}
+	listeners  map[net.Listener]struct{}
+	peers      map[netip.Addr]*peerState
+	handshakes int
+	closed     bool
+	wg         sync.WaitGroup
+}
+
+// peerState is what one source IP holds on the server, for its budgets.
+type peerState struct {
+	addr     netip.Addr
+	conns    int          // connections accepted and not yet closed (guarded by Server.mu)
+	buffered atomic.Int64 // memory its streams' queued data holds
 }
 
 // NewServer checks cfg and returns a Server.
@@ -82,9 +152,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	setDefault(&cfg.IdleTimeout, 10*time.Minute)
 	setDefault(&cfg.KeepaliveInterval, 30*time.Second)
 	setDefault(&cfg.KeepaliveTimeout, 10*time.Second)
+	setDefault(&cfg.WriteTimeout, 30*time.Second)
+	setDefault(&cfg.ExpiryDrain, time.Minute)
+	setDefault(&cfg.StreamIdleTimeout, time.Hour)
+	setDefault(&cfg.HalfCloseTimeout, 5*time.Minute)
 	if cfg.MaxConcurrentStreams == 0 {
-		cfg.MaxConcurrentStreams = 1000
+		cfg.MaxConcurrentStreams = 100
 	}
+	setDefaultInt(&cfg.MaxStreamBuffer, 2*streamWindow)
+	setDefaultInt(&cfg.MaxPeerBuffer, 2*connWindow)
+	setDefaultInt(&cfg.MaxConnsPerPeer, 16)
+	setDefaultInt(&cfg.MaxHandshakes, 128)
+	setDefaultInt(&cfg.MaxEarlyResets, 2*int(cfg.MaxConcurrentStreams))
 	if cfg.DialUpstream == nil {
 		cfg.DialUpstream = func(ctx context.Context, req *Request) (net.Conn, error) {
 			var d net.Dialer
@@ -95,10 +174,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log, conns: map[*h2conn]struct{}{}, listeners: map[net.Listener]struct{}{}}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: map[*h2conn]struct{}{},
+		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}}, nil
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
+	if *d <= 0 {
+		*d = v
+	}
+}
+
+func setDefaultInt[T int | int64](d *T, v T) {
 	if *d <= 0 {
 		*d = v
 	}
@@ -108,7 +195,9 @@ func setDefault(d *time.Duration, v time.Duration) {
 func (s *Server) Counters() *Counters { return &s.counters }
 
 // Serve accepts HBONE on ln, presenting local's SVID, until ctx is done or the server closes.
-// It closes ln when it returns.
+// It closes ln when it returns. Temporary accept errors (EMFILE, ENFILE, ECONNABORTED and
+// the like) are retried with backoff, as net/http does: one full fd table must not end the
+// listener for good.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, local spiffeid.ID) error {
 	s.mu.Lock()
 	if s.closed {
@@ -117,17 +206,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, local spiffeid.ID) 
 		return ErrServerClosed
 	}
 	s.listeners[ln] = struct{}{}
+	// Held until Serve returns, so that every Add below happens while the count is above zero
+	// and never races Close's Wait.
+	s.wg.Add(1)
 	s.mu.Unlock()
+	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
 		delete(s.listeners, ln)
 		s.mu.Unlock()
 		ln.Close()
 	}()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+	stopLn := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stopLn()
+	// What this listener starts (handshakes, dials, relays) ends with ctx or with Close, not
+	// when Serve returns: Shutdown closes the listener and lets streams finish.
+	ctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(s.ctx, cancel)
 
 	cfg := serverTLS(s.cfg.Source, local)
+	var backoff time.Duration
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -137,23 +235,120 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, local spiffeid.ID) 
 			if closed || ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("tunnel: accept on %s: %w", ln.Addr(), err)
+			if !temporaryAccept(err) {
+				return fmt.Errorf("tunnel: accept on %s: %w", ln.Addr(), err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.counters.add(ReasonAcceptError)
+			s.log.Warn("HBONE accept failed, retrying (check the agent's fd limit)", "addr", ln.Addr().String(), "retry_in", backoff, "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
+		}
+		backoff = 0
+		peer, ok := s.admit(nc)
+		if !ok {
+			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveConn(ctx, nc, cfg, local)
+			defer s.release(peer)
+			s.serveConn(ctx, nc, cfg, local, peer)
 		}()
 	}
+}
+
+// temporaryAccept says whether an Accept error may pass: out of descriptors or buffers, a
+// connection aborted before it was accepted, or a timeout.
+func temporaryAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// admit applies the per-peer connection and the handshake budgets to an accepted connection,
+// closing it when over; on success the peer's count and a handshake slot are held for it.
+func (s *Server) admit(nc net.Conn) (*peerState, bool) {
+	addr := remoteIP(nc)
+	s.mu.Lock()
+	p := s.peers[addr]
+	var r Reason
+	switch {
+	case p != nil && p.conns >= s.cfg.MaxConnsPerPeer:
+		r = ReasonTooManyConns
+	case s.handshakes >= s.cfg.MaxHandshakes:
+		r = ReasonTooManyHandshakes
+	}
+	if r == ReasonNone {
+		if p == nil {
+			p = &peerState{addr: addr}
+			s.peers[addr] = p
+		}
+		p.conns++
+		s.handshakes++
+	}
+	s.mu.Unlock()
+	if r != ReasonNone {
+		s.counters.add(r)
+		s.log.Info("HBONE connection refused", "remote", nc.RemoteAddr().String(), "reason", r.String(),
+			"max_conns_per_peer", s.cfg.MaxConnsPerPeer, "max_handshakes", s.cfg.MaxHandshakes)
+		if tc, ok := nc.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		nc.Close()
+		return nil, false
+	}
+	return p, true
+}
+
+// handshakeDone gives back a handshake slot (once per admitted connection).
+func (s *Server) handshakeDone() {
+	s.mu.Lock()
+	s.handshakes--
+	s.mu.Unlock()
+}
+
+// release gives back the peer's connection slot.
+func (s *Server) release(p *peerState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.conns--
+	if p.conns == 0 && s.peers[p.addr] == p {
+		delete(s.peers, p.addr)
+	}
+}
+
+func remoteIP(nc net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 // ErrServerClosed is returned by Serve after Close or Shutdown.
 var ErrServerClosed = errors.New("tunnel: server closed")
 
-func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, local spiffeid.ID) {
+func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, local spiffeid.ID, peerSt *peerState) {
 	log := s.log.With("remote", nc.RemoteAddr().String(), "local_id", local.String())
 	bc := newBatchConn(nc)
 	tc := tls.Server(bc, cfg)
+	handshaking := true
+	defer func() {
+		if handshaking {
+			s.handshakeDone()
+		}
+	}()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	if err != nil {
@@ -175,23 +370,47 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	}
 	log = log.With("peer_id", peer.String())
 
+	// The preface is read before the connection's buffers exist: a peer that completes TLS and
+	// then says nothing costs TLS's state, not the ~330 KiB of HTTP/2 read and write buffers
+	// (Close cancels the wait through the deadline below).
+	tc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	stopWait := context.AfterFunc(ctx, func() { tc.SetDeadline(time.Now()) })
+	err = readPreface(tc)
+	stopWait()
+	if err != nil {
+		s.counters.add(ReasonProtocol)
+		log.Info("HBONE preface refused", "reason", ReasonProtocol.String(), "err", err)
+		tc.Close()
+		return
+	}
+	handshaking = false
+	s.handshakeDone()
+
 	c := newH2Conn(tc, false, log)
 	c.batch = bc
 	c.maxPeerStreams = int(s.cfg.MaxConcurrentStreams)
+	c.maxEarlyResets = s.cfg.MaxEarlyResets
+	c.maxStreamBuf = s.cfg.MaxStreamBuffer
+	c.peerBuf = &peerSt.buffered
+	c.maxPeerBuf = s.cfg.MaxPeerBuffer
+	c.writeTimeout = s.cfg.WriteTimeout
 	c.counters = &s.counters
+	c.ctx, c.cancel = context.WithCancel(ctx)
 	peerCert := cs.PeerCertificates[0]
+	c.notAfter = peerCert.NotAfter
 	c.onStream = func(st *Stream) {
 		// Called from readLoop inside serveConn, whose wg count is held: this Add never races Wait.
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.serveStream(ctx, st, peer, peerCert, local, log)
+			defer c.handlerDone()
+			s.serveStream(st, peer, peerCert, local, log)
 		}()
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		tc.Close()
+		c.closeWith(ErrServerClosed)
 		return
 	}
 	s.conns[c] = struct{}{}
@@ -202,7 +421,6 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 		s.mu.Unlock()
 	}()
 
-	tc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if err := c.handshake(s.cfg.MaxConcurrentStreams); err != nil {
 		s.counters.add(ReasonProtocol)
 		log.Info("HBONE preface refused", "reason", ReasonProtocol.String(), "err", err)
@@ -210,12 +428,56 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 		return
 	}
 	tc.SetDeadline(time.Time{})
+	// An identity is good until its certificate expires: the connection it authenticated ends
+	// then too, rather than serve new streams on a certificate the handshake would now refuse.
+	// Streams open at that moment get ExpiryDrain to finish (so a rotation never cuts a
+	// transfer that began on the old certificate); a new stream ends the connection at once.
+	expiry := time.AfterFunc(time.Until(c.notAfter), func() {
+		s.counters.add(ReasonCertExpired)
+		log.Info("HBONE connection draining", "reason", ReasonCertExpired.String(), "not_after", c.notAfter, "drain", s.cfg.ExpiryDrain)
+		c.mu.Lock()
+		c.expired = true
+		c.mu.Unlock()
+		c.shutdown()
+		if c.load() == 0 {
+			c.Close()
+		}
+	})
+	defer expiry.Stop()
+	drain := time.AfterFunc(time.Until(c.notAfter)+s.cfg.ExpiryDrain, func() {
+		c.goAwayFor(http2.ErrCodeNo, ReasonNone, fmt.Errorf("peer certificate expired at %v, drain of %v over", c.notAfter, s.cfg.ExpiryDrain))
+	})
+	defer drain.Stop()
+	c.onStreamDone = func(c *h2conn) {
+		c.mu.Lock()
+		done := c.expired && len(c.streams) == 0
+		c.mu.Unlock()
+		if done {
+			c.Close()
+		}
+	}
 	go c.ctrlLoop()
 	go c.keepalive(s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.cfg.IdleTimeout)
 	c.readLoop()
 }
 
-func (s *Server) serveStream(ctx context.Context, st *Stream, peer spiffeid.ID, peerCert *x509.Certificate, local spiffeid.ID, log *slog.Logger) {
+// readPreface reads the HTTP/2 client connection preface (RFC 9113 §3.4).
+func readPreface(r io.Reader) error {
+	var buf [len(clientPreface)]byte
+	if _, err := io.ReadFull(r, buf[:]); err != nil {
+		return fmt.Errorf("read client preface: %w", err)
+	}
+	if string(buf[:]) != clientPreface {
+		return errBadPreface
+	}
+	return nil
+}
+
+func (s *Server) serveStream(st *Stream, peer spiffeid.ID, peerCert *x509.Certificate, local spiffeid.ID, log *slog.Logger) {
+	// st.ctx ends when the peer resets the stream, the connection closes or the server does: the
+	// authorization, the dial and the relay all stop then.
+	ctx := st.ctx
+	defer st.cancel()
 	start := time.Now()
 	req, reason, err := parseConnect(st.req.Fields, st.req.Truncated)
 	req.Peer, req.PeerCert, req.Local = peer, peerCert, local
@@ -251,7 +513,19 @@ func (s *Server) serveStream(ctx context.Context, st *Stream, peer spiffeid.ID, 
 		st.Close()
 		return
 	}
-	in, out, err := Relay(st, up)
+	// A reset stream or a closed connection wakes both relay halves, even one blocked on a
+	// destination that stopped reading or one that never sends: the upstream's deadline passes.
+	stopUp := context.AfterFunc(ctx, func() { up.SetDeadline(time.Unix(1, 0)) })
+	in, out, err := relay(st, up, relayBounds{idle: s.cfg.StreamIdleTimeout, halfClose: s.cfg.HalfCloseTimeout, active: st.lastActive.Load})
+	stopUp()
+	switch {
+	case errors.Is(err, errStreamIdle):
+		s.counters.add(ReasonStreamIdle)
+		log.Info("HBONE stream closed", "reason", ReasonStreamIdle.String(), "err", err)
+	case errors.Is(err, errHalfCloseTimeout):
+		s.counters.add(ReasonHalfCloseTimeout)
+		log.Info("HBONE stream closed", "reason", ReasonHalfCloseTimeout.String(), "err", err)
+	}
 	log.Debug("HBONE stream done", "bytes_in", in, "bytes_out", out, "duration", time.Since(start), "err", err)
 	if s.cfg.OnStream != nil {
 		s.cfg.OnStream(&req, StreamResult{Err: err, BytesIn: in, BytesOut: out, Duration: time.Since(start)})
@@ -279,12 +553,13 @@ func (st *Stream) respond(status int, end bool) error {
 	if err := c.write(func() error { return c.writeHeadersLocked(st.id, fields, end) }); err != nil {
 		return err
 	}
+	c.mu.Lock()
+	st.responded = true
 	if end {
-		c.mu.Lock()
 		st.sentEnd = true
 		c.maybeRemoveLocked(st)
-		c.mu.Unlock()
 	}
+	c.mu.Unlock()
 	return nil
 }
 
@@ -315,9 +590,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.Close()
 }
 
-// Close closes every listener and connection at once and waits for their goroutines.
+// Close closes every listener and connection at once, cancels handshakes, dials and relays in
+// progress, and waits for their goroutines.
 func (s *Server) Close() error {
-	for _, c := range s.stop() {
+	conns := s.stop()
+	s.cancel()
+	for _, c := range conns {
 		c.Close()
 	}
 	s.wg.Wait()

@@ -1,12 +1,14 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -43,6 +45,12 @@ type Stream struct {
 	cond *sync.Cond // on c.mu
 	wmu  sync.Mutex // one Write or CloseWrite at a time, so frames of a Write stay in order
 
+	// Server side: cancelled when the stream is reset or its connection closes, so the
+	// handler's dial and relay stop with the peer ("Hostile peers" #3, #4).
+	ctx        context.Context
+	cancel     context.CancelFunc
+	lastActive atomic.Int64 // unix nanos of the last byte moved either way
+
 	// Guarded by c.mu.
 	sendWindow  int64
 	recvAvail   int64 // what the peer may still send on this stream
@@ -54,6 +62,7 @@ type Stream struct {
 	sentEnd     bool
 	reset       error // set once: the stream is dead
 	closed      bool
+	responded   bool                    // server side: response HEADERS sent
 	req         *http2.MetaHeadersFrame // server side: the request
 	resp        *http2.MetaHeadersFrame // client side: the response
 	respReady   chan struct{}           // closed when resp is set
@@ -144,6 +153,7 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) {
 		total += k
 		putChunks(held)
 		clear(held)
+		s.lastActive.Store(time.Now().UnixNano())
 		c.mu.Lock()
 		s.sinkBusy = false
 		// The window reopens only once the bytes are out: a slow destination slows the sender.
@@ -169,6 +179,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		if err := s.c.writeData(s.id, p[:n], false); err != nil {
 			return total, err
 		}
+		s.lastActive.Store(time.Now().UnixNano())
 		total += n
 		p = p[n:]
 	}
@@ -219,6 +230,9 @@ func (s *Stream) Reset(code http2.ErrCode) {
 func (s *Stream) resetLocked(err error) {
 	if s.reset == nil {
 		s.reset = err
+	}
+	if s.cancel != nil {
+		s.cancel()
 	}
 	s.cond.Broadcast()
 	s.c.maybeRemoveLocked(s)
@@ -302,6 +316,41 @@ func (s *Stream) armLocked(tm *time.Timer, t time.Time) *time.Timer {
 		s.cond.Broadcast()
 		s.c.mu.Unlock()
 	})
+}
+
+// awaitSend waits until flow control lets at least one byte go and returns how many may
+// (bounded by the peer's frame size), without taking them. A relay reads no more than that from
+// its source, and holds no copy buffer while it waits: a reader that never opens its window
+// then costs a parked goroutine, not a 256 KiB buffer ("Hostile peers" #6).
+func (s *Stream) awaitSend() (int, error) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		switch {
+		case s.reset != nil:
+			return 0, s.reset
+		case s.sentEnd:
+			return 0, errWriteAfterCloseWrite
+		case expired(s.wdeadline):
+			return 0, os.ErrDeadlineExceeded
+		}
+		if s.sendWindow > 0 && c.sendWindow > 0 {
+			return int(min(s.sendWindow, c.sendWindow, int64(c.peerMaxFrame)*4)), nil
+		}
+		if c.sendWindow <= 0 {
+			c.connBlocked[s] = struct{}{}
+		}
+		s.cond.Wait()
+	}
+}
+
+// sendable says whether flow control would let a byte go now.
+func (s *Stream) sendable() bool {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return s.sendWindow > 0 && c.sendWindow > 0
 }
 
 func expired(t time.Time) bool { return !t.IsZero() && !time.Now().Before(t) }
