@@ -55,7 +55,7 @@ func (a *Agent) authorizeHBONE(ctx context.Context, req *tunnel.Request) error {
 	}
 	st, err := a.awaitSource(ctx, req.Client.Addr(), req.Peer)
 	if err != nil {
-		return err
+		return tunnel.Refuse(tunnel.ReasonSourceIdentity, err)
 	}
 	d := a.decide(st, req.Peer.String(), p, req.Authority.Port())
 	if !d.Allowed {

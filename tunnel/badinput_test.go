@@ -84,12 +84,15 @@ func rawH2(t *testing.T, addr string, src identity.Source, id spiffeid.ID, field
 // TestBadInput is the table of everything a server or client must refuse: each case is refused,
 // counted under exactly its reason, and not one byte reaches the backend.
 func TestBadInput(t *testing.T) {
-	var deny atomic.Bool
+	var deny, wrongSource atomic.Bool
 	e := newEnv(t, envOpts{server: func(c *ServerConfig) {
 		c.HandshakeTimeout = 300 * time.Millisecond
 		c.Authorize = func(ctx context.Context, req *Request) error {
 			if deny.Load() {
 				return fmt.Errorf("no ALLOW policy matches %s", req.Peer)
+			}
+			if wrongSource.Load() {
+				return Refuse(ReasonSourceIdentity, fmt.Errorf("%s is not the identity at %s", req.Peer, req.Client.Addr()))
 			}
 			return nil
 		}
@@ -213,6 +216,11 @@ func TestBadInput(t *testing.T) {
 			defer deny.Store(false)
 			return request(connect(backendAuth)...)(t)
 		}, "server", ReasonDenied, 401},
+		{"refused by authorization with a reason of its own", func(t *testing.T) error {
+			wrongSource.Store(true)
+			defer wrongSource.Store(false)
+			return request(connect(backendAuth)...)(t)
+		}, "server", ReasonSourceIdentity, 401},
 		{"destination refused", request(connect(closedAddr)...), "server", ReasonUpstreamDial, 503},
 		{"wrong server SPIFFE ID", clientDial(e.src, func(tg *Target) {
 			tg.Dest = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/someone-else")

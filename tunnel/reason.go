@@ -45,6 +45,7 @@ const (
 	ReasonTooManyConns      // a peer (source IP) over ServerConfig.MaxConnsPerPeer connections
 	ReasonTooManyHandshakes // more than ServerConfig.MaxHandshakes handshakes at once
 	ReasonAcceptError       // Accept failed (EMFILE and the like); Serve backs off and retries
+	ReasonSourceIdentity    // the peer's identity is not that of the workload at its source address (Authorize says so with Refuse)
 	reasonCount
 )
 
@@ -79,6 +80,7 @@ var reasonNames = [reasonCount]string{
 	ReasonTooManyConns:      "too_many_conns",
 	ReasonTooManyHandshakes: "too_many_handshakes",
 	ReasonAcceptError:       "accept_error",
+	ReasonSourceIdentity:    "source_identity",
 }
 
 // String returns the reason's metric label.
@@ -94,7 +96,7 @@ func (r Reason) Status() int {
 	switch r {
 	case ReasonBadMethod, ReasonBadAuthority, ReasonBadRequest:
 		return 400
-	case ReasonDenied:
+	case ReasonDenied, ReasonSourceIdentity:
 		return 401
 	case ReasonHeadersTooLarge:
 		return 431
@@ -145,6 +147,10 @@ func ReasonOf(err error) Reason {
 }
 
 func refuse(r Reason, err error) *RefusedError { return &RefusedError{Reason: r, Err: err} }
+
+// Refuse is how a ServerConfig.Authorize hook refuses with a reason of its own rather than
+// ReasonDenied (the stream is counted and answered by that reason's status).
+func Refuse(r Reason, err error) error { return refuse(r, err) }
 
 // Counters counts refusals by reason. The zero value is ready; it is safe for concurrent use.
 type Counters struct {

@@ -27,7 +27,8 @@ import (
 type ServerConfig struct {
 	// Source gives each listener's SVID and the bundles that verify clients.
 	Source identity.Source
-	// Authorize decides a CONNECT from req.Peer to req.Authority; a non-nil error denies (401).
+	// Authorize decides a CONNECT from req.Peer to req.Authority; a non-nil error denies (401),
+	// counted as ReasonDenied unless the error is one of Refuse's, which names its reason.
 	// Nil allows every authenticated peer.
 	Authorize func(ctx context.Context, req *Request) error
 	// DialUpstream opens the connection to the destination; nil dials req.Authority over TCP.
@@ -497,7 +498,11 @@ func (s *Server) serveStream(st *Stream, peer spiffeid.ID, peerCert *x509.Certif
 	log = log.With("stream", st.id, "dst", req.Authority.String())
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(ctx, &req); err != nil {
-			refused(ReasonDenied, err)
+			reason := ReasonDenied
+			if re, ok := errors.AsType[*RefusedError](err); ok && re.Reason != ReasonNone {
+				reason, err = re.Reason, re.Err
+			}
+			refused(reason, err)
 			return
 		}
 	}

@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,8 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/test/lab"
+	"github.com/amesh-dev/amesh/tunnel"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // readiness asks node's agent for /healthz/ready (it listens on 127.0.0.1:15021 of the node's
@@ -449,5 +456,69 @@ func TestManyConnections(t *testing.T) {
 			out, err := c.lab.Command(ctx, c.lab.Pod(pod).Netns, "ss", "-Htan", "state", "close-wait").Output()
 			return err == nil && strings.TrimSpace(string(out)) == ""
 		})
+	}
+}
+
+// TestStolenIdentity: the built-in CA's key is on every node, so a compromised node (or a pod
+// outside the mesh that got hold of an SVID) can present any identity over HBONE. The
+// destination's agent admits an identity only from the address of the workload that holds it:
+// web's valid SVID presented from another address is refused with its own reason, and no byte
+// reaches the app; web itself, through its agent, still gets through.
+func TestStolenIdentity(t *testing.T) {
+	c := newCluster(t)
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	ca, err := identity.LoadCA(td, filepath.Join(c.lab.Dir, "ca"), identity.CAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := identity.NewCache(ca, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer src.Close()
+	web := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	api := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/api")
+	api2 := c.lab.Pod("api2")
+	for _, from := range []struct{ name, netns string }{
+		{"a pod outside the mesh", c.lab.Pod("plain").Netns},
+		{"a node", c.lab.Node("node1").Netns},
+	} {
+		t.Run(from.name, func(t *testing.T) {
+			cli, err := tunnel.NewClient(tunnel.ClientConfig{
+				Source: src,
+				Dial: func(ctx context.Context, _ netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+					return netns.DialContext(ctx, from.netns, "tcp", addr.String(), nil)
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			before := len(c.accessLines("node2"))
+			conn, err := cli.Dial(ctx, tunnel.Target{
+				Source: web, Dest: api,
+				Addr:      netip.AddrPortFrom(api2.IP, tunnel.HBONEPort),
+				Authority: netip.AddrPortFrom(api2.IP, 8080),
+			})
+			if err == nil {
+				conn.Close()
+				t.Fatalf("web's SVID presented from %s was admitted", from.name)
+			}
+			// The client sees a 401 (HBONE carries no reason); the server's line says which.
+			if re, ok := errors.AsType[*tunnel.RefusedError](err); !ok || re.Status != 401 {
+				t.Fatalf("refusal %v, want the server's 401", err)
+			}
+			testenv.WaitFor(t, "node2's access line of the refusal", 5*time.Second, func() bool {
+				lines := c.accessLines("node2")
+				for _, l := range lines[before:] {
+					if l["result"] == "refused" && strings.HasPrefix(fmt.Sprint(l["reason"]), "source_identity") && l["src_id"] == web.String() {
+						return true
+					}
+				}
+				return false
+			})
+		})
+	}
+	if out, err := c.curl("web", c.url("api2")); err != nil || !strings.Contains(out, "hello from api2") {
+		t.Fatalf("web -> api2 through its agent: %q, %v", out, err)
 	}
 }
