@@ -106,9 +106,11 @@ staticcheck:
 generate:
 	$(GO) generate ./...
 
-## soak: the adversarial tunnel suite at full counts (make test runs it with short ones)
-soak:
+## soak: the hostile-peer tests at full counts (make test runs them with a tenth): the tunnel's
+## adversarial suite and the lab's hostile pods (root)
+soak: deps
 	AMESH_SOAK=1 $(GO) test -count=1 -timeout 30m ./tunnel/
+	AMESH_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run 'TestHostile|TestManyConnections|TestStolenIdentity' ./test/e2e/
 
 ## fuzz: run the HBONE request parser and frame fuzzers for FUZZTIME each
 fuzz:

@@ -105,7 +105,7 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		if w, ok := want[uid]; !ok || w.Netns != p.w.Netns || !slices.Equal(w.IPs, p.w.IPs) {
 			a.unenrollLocked(uid, p)
 		} else {
-			if !slices.Equal(w.ProbePorts, p.w.ProbePorts) || w.HostIP != p.w.HostIP {
+			if !slices.Equal(w.ProbePorts, p.w.ProbePorts) {
 				a.setProbes(w)
 			}
 			p.w = w // labels, inbound mode and the like apply to new connections at once
@@ -139,35 +139,14 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	}
 }
 
-// setProbes lets the kubelet's probes reach w's app: plaintext from this node's addresses to
+// setProbes lets the kubelet's probes reach w's app: plaintext from the node's probe source to
 // the ports its probes name (see redirect.SetProbeExemptions).
 func (a *Agent) setProbes(w *workload.Workload) {
-	var nodeIPs []netip.Addr
-	if len(w.ProbePorts) > 0 {
-		nodeIPs = nodeAddrs(w.HostIP)
-	}
 	for _, ip := range w.IPs {
-		if err := a.red.SetProbeExemptions(ip, nodeIPs, w.ProbePorts); err != nil {
+		if err := a.red.SetProbeExemptions(ip, w.ProbePorts); err != nil {
 			a.log.Warn("kubelet probes may be refused", "pod", w.UID, "err", err)
 		}
 	}
-}
-
-// nodeAddrs returns the addresses a kubelet probe may come from: the agent runs in the node's
-// network namespace (hostNetwork), so those of its interfaces (the CNI bridge's gateway among
-// them), plus the pod's status.hostIP.
-func nodeAddrs(hostIP netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	if hostIP.IsValid() {
-		out = append(out, hostIP)
-	}
-	addrs, _ := netns.Addrs("")
-	for _, ip := range addrs {
-		if !slices.Contains(out, ip) {
-			out = append(out, ip)
-		}
-	}
-	return out
 }
 
 // withNetns returns w with the path of its network namespace: the state's, else what amesh-cni

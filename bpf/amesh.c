@@ -86,6 +86,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } passthrough SEC(".maps");
 
+/* The pods' probe ports, for the node's own connects to them (see probe_source). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct probe_dst);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} probe_dsts SEC(".maps");
+
+/* The netns cookie of the node (the agent's own namespace), set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_netns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct probe_key);
@@ -192,9 +210,42 @@ static __always_inline int kernel_path(__u64 ns, __u32 dst_be, __u16 port_be)
 	return bpf_map_lookup_elem(&local_verdicts, &k) != 0;
 }
 
+/* probe_source4 gives a TCP connect the node makes itself (kubelet's probes, but any process of
+ * the node's netns) to an enrolled pod's probe port the probe source address, which the pod's
+ * sk_lookup exempts from STRICT. A socket its program bound to an address already keeps it:
+ * forwarded or SNATed traffic, or a process bound to the node's IP, is not a probe of the
+ * node's and gets no exemption. */
+static __always_inline void probe_source4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != 1 /* SOCK_STREAM */ || (ctx->protocol != 0 && ctx->protocol != IPPROTO_TCP))
+		return;
+	__u32 zero = 0;
+	__u64 *node = bpf_map_lookup_elem(&node_netns, &zero);
+	if (!node || *node == 0 || *node != bpf_get_netns_cookie(ctx))
+		return;
+	struct probe_dst k = {};
+	__u32 dst = ctx->user_ip4;
+	k.pod[10] = 0xff;
+	k.pod[11] = 0xff;
+	__builtin_memcpy(&k.pod[12], &dst, 4);
+	k.port = bpf_ntohs((__u16)ctx->user_port);
+	if (!bpf_map_lookup_elem(&probe_dsts, &k))
+		return;
+	/* Bound to an address already (even without a port yet, IP_BIND_ADDRESS_NO_PORT): keep it. */
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || sk->src_ip4 != 0)
+		return;
+	struct sockaddr_in sa = {};
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = bpf_htonl(AMESH_PROBE_SOURCE4);
+	if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		count(STAT_CONNECT_PROBE_SOURCE);
+}
+
 SEC("cgroup/connect4")
 int amesh_connect4(struct bpf_sock_addr *ctx)
 {
+	probe_source4(ctx);
 	struct enrolled_pod *pod = enrolled_tcp(ctx);
 	if (!pod)
 		return 1;

@@ -12,6 +12,11 @@
 #define AMESH_MARK 0x539
 #define AMESH_TRANSPARENT_MARK 0x53a
 
+/* The node's own connections to an enrolled pod's probe ports leave from this link-local
+ * address (the one Istio ambient SNATs kubelet probes to), 169.254.7.127 in host byte order,
+ * and only it is exempt from STRICT: not every address of the node. IPv4 only for now. */
+#define AMESH_PROBE_SOURCE4 0xa9fe077f
+
 #define AMESH_OUTBOUND_PORT 15001
 #define AMESH_INBOUND_PORT 15006
 #define AMESH_HBONE_PORT 15008
@@ -77,6 +82,14 @@ struct verdict_key {
 /* A kubelet probe exemption: plaintext from one of the node's own addresses to a probe port of
  * an enrolled pod reaches the app directly, even under STRICT (as Istio ambient lets kubelet
  * probes through). Addresses v4-mapped, port host byte order. */
+/* A pod's probe port: connects to it from the node's netns get the probe source address. */
+struct probe_dst {
+	__u8 pod[16];
+	__u16 port; /* host byte order */
+	__u16 _pad;
+	__u32 _pad2;
+};
+
 struct probe_key {
 	__u8 pod[16];
 	__u8 node[16];
@@ -128,6 +141,7 @@ enum stat {
 	STAT_CONNECT_KERNEL_PATH,
 	STAT_EVENTS_DROPPED,
 	STAT_LOOKUP_PROBE,
+	STAT_CONNECT_PROBE_SOURCE,
 	STAT_MAX,
 };
 

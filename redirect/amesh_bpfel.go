@@ -58,6 +58,14 @@ type ameshPassKey struct {
 	Pad   uint32
 }
 
+type ameshProbeDst struct {
+	_    structs.HostLayout
+	Pod  [16]uint8
+	Port uint16
+	Pad  uint16
+	Pad2 uint32
+}
+
 type ameshProbeKey struct {
 	_    structs.HostLayout
 	Pod  [16]uint8
@@ -96,9 +104,11 @@ const (
 	ameshMapKernelSocks        = "kernel_socks"
 	ameshMapListeners          = "listeners"
 	ameshMapLocalVerdicts      = "local_verdicts"
+	ameshMapNodeNetns          = "node_netns"
 	ameshMapOrigByCookie       = "orig_by_cookie"
 	ameshMapOrigByTuple        = "orig_by_tuple"
 	ameshMapPassthrough        = "passthrough"
+	ameshMapProbeDsts          = "probe_dsts"
 	ameshMapProbeExempt        = "probe_exempt"
 	ameshMapStats              = "stats"
 	ameshProgAmeshConnect4     = "amesh_connect4"
@@ -171,9 +181,11 @@ type ameshMapSpecs struct {
 	KernelSocks   *ebpf.MapSpec `ebpf:"kernel_socks"`
 	Listeners     *ebpf.MapSpec `ebpf:"listeners"`
 	LocalVerdicts *ebpf.MapSpec `ebpf:"local_verdicts"`
+	NodeNetns     *ebpf.MapSpec `ebpf:"node_netns"`
 	OrigByCookie  *ebpf.MapSpec `ebpf:"orig_by_cookie"`
 	OrigByTuple   *ebpf.MapSpec `ebpf:"orig_by_tuple"`
 	Passthrough   *ebpf.MapSpec `ebpf:"passthrough"`
+	ProbeDsts     *ebpf.MapSpec `ebpf:"probe_dsts"`
 	ProbeExempt   *ebpf.MapSpec `ebpf:"probe_exempt"`
 	Stats         *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -212,9 +224,11 @@ type ameshMaps struct {
 	KernelSocks   *ebpf.Map `ebpf:"kernel_socks"`
 	Listeners     *ebpf.Map `ebpf:"listeners"`
 	LocalVerdicts *ebpf.Map `ebpf:"local_verdicts"`
+	NodeNetns     *ebpf.Map `ebpf:"node_netns"`
 	OrigByCookie  *ebpf.Map `ebpf:"orig_by_cookie"`
 	OrigByTuple   *ebpf.Map `ebpf:"orig_by_tuple"`
 	Passthrough   *ebpf.Map `ebpf:"passthrough"`
+	ProbeDsts     *ebpf.Map `ebpf:"probe_dsts"`
 	ProbeExempt   *ebpf.Map `ebpf:"probe_exempt"`
 	Stats         *ebpf.Map `ebpf:"stats"`
 }
@@ -228,9 +242,11 @@ func (m *ameshMaps) Close() error {
 		m.KernelSocks,
 		m.Listeners,
 		m.LocalVerdicts,
+		m.NodeNetns,
 		m.OrigByCookie,
 		m.OrigByTuple,
 		m.Passthrough,
+		m.ProbeDsts,
 		m.ProbeExempt,
 		m.Stats,
 	)

@@ -27,6 +27,12 @@ const Mark = 0x539
 // replies inherit it and are routed back to the agent (see SetupTransparentRouting).
 const TransparentMark = 0x53a
 
+// ProbeSource is the address the node's own connections to a pod's probe ports leave from
+// (the one Istio ambient SNATs kubelet probes to): connect4 binds them to it, and the pod's
+// sk_lookup exempts exactly it from STRICT on exactly those ports. It is on the node's lo,
+// added by Open.
+var ProbeSource = netip.MustParseAddr("169.254.7.127")
+
 // Ports of the agent's per-pod listeners that the programs steer to, as bpf/amesh.h defines
 // them; its third, HBONE's, is tunnel.HBONEPort (an agent test checks all three against the
 // header).
@@ -90,4 +96,5 @@ var statNames = []string{
 	"connect_kernel_path",
 	"events_dropped",
 	"lookup_probe",
+	"connect_probe_source",
 }

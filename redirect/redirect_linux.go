@@ -95,6 +95,10 @@ func Open(cfg Config) (*Redirector, error) {
 		}
 		r.cgrp = append(r.cgrp, l)
 	}
+	if err := r.setupProbeSource(); err != nil {
+		r.Close()
+		return nil, err
+	}
 	if err := r.adoptPods(); err != nil {
 		r.Close()
 		return nil, err
@@ -241,7 +245,7 @@ func (r *Redirector) Unenroll(cookie uint64) error {
 			for _, k := range []Kind{KindHBONE, KindPlaintext} {
 				r.objs.Listeners.Delete(listenerKey(ip, k))
 			}
-			if err := r.SetProbeExemptions(ip, nil, nil); err != nil {
+			if err := r.SetProbeExemptions(ip, nil); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -373,11 +377,13 @@ func (r *Redirector) Uninstall() error {
 	}
 	r.mu.Unlock()
 	for _, m := range []*ebpf.Map{r.objs.Enrolled, r.objs.Listeners, r.objs.OrigByCookie, r.objs.OrigByTuple, r.objs.Passthrough, r.objs.Stats,
-		r.objs.LocalVerdicts, r.objs.Heartbeat, r.objs.KernelSocks, r.objs.Events, r.objs.ProbeExempt} {
+		r.objs.LocalVerdicts, r.objs.Heartbeat, r.objs.KernelSocks, r.objs.Events, r.objs.ProbeExempt, r.objs.ProbeDsts,
+		r.objs.NodeNetns, r.objs.AgentSocks} {
 		if err := m.Unpin(); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, removeProbeSource())
 	r.Close()
 	if err := os.RemoveAll(r.cfg.PinDir); err != nil {
 		errs = append(errs, err)

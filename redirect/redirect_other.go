@@ -78,7 +78,7 @@ func (*Redirector) KernelEvents(context.Context, func(ConnEvent)) error { return
 func (*Redirector) ProbeKernelPath() error { return errNotLinux }
 
 // SetProbeExemptions fails off Linux.
-func (*Redirector) SetProbeExemptions(netip.Addr, []netip.Addr, []uint16) error { return errNotLinux }
+func (*Redirector) SetProbeExemptions(netip.Addr, []uint16) error { return errNotLinux }
 
 // MarkControl fails off Linux.
 func MarkControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }

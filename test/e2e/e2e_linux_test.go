@@ -427,6 +427,13 @@ func TestMesh(t *testing.T) {
 		if out, err := c.lab.Command(ctx, c.lab.Node("node1").Netns, "curl", "-sS", "--max-time", "2", c.url("api2")).CombinedOutput(); err == nil {
 			t.Errorf("another node reached api2's probe port in plaintext: %q", out)
 		}
+		// Traffic from one of the node's own addresses that is not the node's own probe (a
+		// NodePort connection SNATed by kube-proxy, a hostNetwork process bound to the node's
+		// IP) is not exempt: only connects the node makes itself leave from the probe source.
+		nodeIP := c.lab.Node("node2").IP.String()
+		if out, err := c.lab.Command(ctx, node2, "curl", "-sS", "--max-time", "2", "--interface", nodeIP, c.url("api2")).CombinedOutput(); err == nil {
+			t.Errorf("plaintext from node2's address %s (bound, not the probe source) reached api2's probe port: %q", nodeIP, out)
+		}
 	})
 
 	t.Run("on the underlay, enrolled traffic is only TLS to 15008", func(t *testing.T) {

@@ -156,7 +156,9 @@ func TestDeployApply(t *testing.T) {
 		t.Fatalf("%d containers, want 1", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin"}) || c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin", "--health-addr=$(HOST_IP):15021"}) ||
+		c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" ||
+		c.Env[1].Name != "HOST_IP" || c.Env[1].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
 		t.Errorf("agent args %q, env %+v", c.Args, c.Env)
 	}
 	// The agent: not privileged, exactly three capabilities, nothing gained by exec, a read-only
