@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -536,4 +537,46 @@ func TestUninstallRemovesEverything(t *testing.T) {
 		t.Fatalf("after Uninstall the pod's connect failed: %v", err)
 	}
 	c.Close()
+}
+
+// TestNetSysctlThroughBindMount checks what the DaemonSet relies on to set a pod netns's
+// tcp_fwmark_accept without the node's whole procfs: a bind mount of only /proc/sys/net (the
+// container's own /proc/sys being read-only) still resolves to the netns of the thread that
+// writes through it, not the netns of whoever mounted it.
+func TestNetSysctlThroughBindMount(t *testing.T) {
+	p := newPair(t)
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "sys", "net")
+	if err := os.MkdirAll(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "--bind", "/proc/sys/net", mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	read := func() string {
+		b, err := os.ReadFile("/proc/" + fwmarkAcceptKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	own := read()
+	err := netns.Do(p.pod, func() error {
+		if got := read(); got != "0" {
+			return fmt.Errorf("a new netns has tcp_fwmark_accept %s, want 0", got)
+		}
+		// The primary path fails as a read-only /proc/sys would; the bind is the fallback.
+		if err := writeNetSysctl(filepath.Join(dir, "read-only", "x"), filepath.Join(dir, fwmarkAcceptKey), "1"); err != nil {
+			return err
+		}
+		if got := read(); got != "1" {
+			return fmt.Errorf("after the write through the bind, the pod netns has %s, want 1", got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != own {
+		t.Fatalf("the test's own netns changed from %s to %s: the bind wrote to the mounter's netns", own, got)
+	}
 }

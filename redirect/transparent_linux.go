@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"syscall"
 
 	"github.com/amesh-dev/amesh/netns"
@@ -129,28 +130,38 @@ func (r *Redirector) DialTransparent(ctx context.Context, path string, src netip
 	return c, nil
 }
 
-// HostProcEnv names the environment variable with the path of the node's procfs inside a
-// container (the DaemonSet mounts it at /host/proc, its default).
+// HostProcEnv names the environment variable with the path, inside a container, under which
+// the node's /proc/sys/net is mounted as <path>/sys/net (the DaemonSet mounts only that
+// directory, at /host/proc/sys/net; /host/proc is the default).
 const HostProcEnv = "AMESH_HOST_PROC"
 
+// fwmarkAcceptKey is tcp_fwmark_accept's path below a procfs.
+const fwmarkAcceptKey = "sys/net/ipv4/tcp_fwmark_accept"
+
 // setFwmarkAccept sets net.ipv4.tcp_fwmark_accept in the calling thread's netns. A container's
-// own /proc/sys is read-only, so on failure it writes through the node's procfs: /proc/sys/net
-// shows the netns of the thread that opens it, whichever procfs mount it is opened through.
+// own /proc/sys is read-only, so on failure it writes through the node's /proc/sys/net mounted
+// under $AMESH_HOST_PROC: /proc/sys/net shows the netns of the thread that opens it, whichever
+// mount of it the path goes through (TestNetSysctlThroughBindMount).
 func setFwmarkAccept() error {
-	const key = "sys/net/ipv4/tcp_fwmark_accept"
-	err := os.WriteFile("/proc/"+key, []byte("1"), 0o644)
-	if err == nil {
-		return nil
-	}
 	hostProc := os.Getenv(HostProcEnv)
 	if hostProc == "" {
 		hostProc = "/host/proc"
 	}
-	if _, serr := os.Stat(hostProc + "/" + key); serr != nil {
-		return fmt.Errorf("set tcp_fwmark_accept: %w (and no node procfs at %s: mount it there or set %s)", err, hostProc, HostProcEnv)
+	return writeNetSysctl("/proc/"+fwmarkAcceptKey, hostProc+"/"+fwmarkAcceptKey, "1")
+}
+
+// writeNetSysctl writes value to the per-netns sysctl at path, or, when that fails (read-only),
+// at fallback.
+func writeNetSysctl(path, fallback, value string) error {
+	err := os.WriteFile(path, []byte(value), 0o644)
+	if err == nil {
+		return nil
 	}
-	if err2 := os.WriteFile(hostProc+"/"+key, []byte("1"), 0o644); err2 != nil {
-		return fmt.Errorf("set tcp_fwmark_accept: %w; through %s: %w", err, hostProc, err2)
+	if _, serr := os.Stat(fallback); serr != nil {
+		return fmt.Errorf("set %s: %w (and no node /proc/sys/net at %s: mount it there or set %s)", path, err, filepath.Dir(filepath.Dir(fallback)), HostProcEnv)
+	}
+	if err2 := os.WriteFile(fallback, []byte(value), 0o644); err2 != nil {
+		return fmt.Errorf("set %s: %w; through %s: %w", path, err, fallback, err2)
 	}
 	return nil
 }
