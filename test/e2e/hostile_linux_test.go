@@ -98,9 +98,18 @@ type procStat struct {
 
 func statOf(t testing.TB, pid int) procStat {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	s, err := readStat(pid)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return s
+}
+
+// readStat reads pid's RSS and threads (/proc/<pid>/status) and counts its descriptors.
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return procStat{}, err
 	}
 	var s procStat
 	for _, line := range strings.Split(string(b), "\n") {
@@ -118,28 +127,32 @@ func statOf(t testing.TB, pid int) procStat {
 	}
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
-		t.Fatal(err)
+		return procStat{}, err
 	}
 	s.fds = len(fds)
-	return s
+	return s, nil
 }
 
 func (c *cluster) agentPid(node string) int { return c.agents[node].Cmd.Process.Pid }
 
 // watch samples the agents of nodes every 100 ms and, every 500 ms, checks that pod from still
-// gets an echo from pod to within 1 s, until stop is closed; it returns the peaks and the
-// failed checks.
+// gets an echo from pod to within 1 s, until stop; then the peaks and the failed checks are
+// read.
 type watch struct {
 	peak   map[string]procStat
 	base   map[string]procStat
 	failed []string
 	checks int
+	stop   func() // ends the sampling and waits for it
 }
 
-func (c *cluster) watch(t *testing.T, nodes []string, from, to string, stop <-chan struct{}) *watch {
+func (c *cluster) watch(t *testing.T, nodes []string, from, to string) *watch {
+	stop := make(chan struct{})
 	w := &watch{peak: map[string]procStat{}, base: map[string]procStat{}}
+	pids := map[string]int{}
 	for _, n := range nodes {
-		w.base[n] = statOf(t, c.agentPid(n))
+		pids[n] = c.agentPid(n)
+		w.base[n] = statOf(t, pids[n])
 		w.peak[n] = w.base[n]
 	}
 	done := make(chan struct{})
@@ -154,7 +167,12 @@ func (c *cluster) watch(t *testing.T, nodes []string, from, to string, stop <-ch
 			case <-tick.C:
 			}
 			for _, n := range nodes {
-				s, p := statOf(t, c.agentPid(n)), w.peak[n]
+				s, err := readStat(pids[n])
+				if err != nil {
+					w.failed = append(w.failed, fmt.Sprintf("agent %s: %v", n, err))
+					continue
+				}
+				p := w.peak[n]
 				w.peak[n] = procStat{max(s.rssMiB, p.rssMiB), max(s.threads, p.threads), max(s.fds, p.fds)}
 			}
 			if i%5 == 0 {
@@ -168,7 +186,8 @@ func (c *cluster) watch(t *testing.T, nodes []string, from, to string, stop <-ch
 			}
 		}
 	}()
-	t.Cleanup(func() { <-done })
+	w.stop = sync.OnceFunc(func() { close(stop); <-done })
+	t.Cleanup(w.stop)
 	return w
 }
 
@@ -213,8 +232,7 @@ func TestHostileBlackholeFlood(t *testing.T) {
 	nosy := c.lab.Pod("nosy")
 	// In node2's pod range, with no pod: node2 asks ARP for it and gives up after seconds.
 	hole := "10.20.2.200:80"
-	stop := make(chan struct{})
-	w := c.watch(t, []string{"node1", "node2"}, "web", "other", stop)
+	w := c.watch(t, []string{"node1", "node2"}, "web", "other")
 	start := time.Now()
 	var opened, refusedFast atomic.Int64
 	sem := make(chan struct{}, conc)
@@ -240,7 +258,7 @@ func TestHostileBlackholeFlood(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	close(stop)
+	w.stop()
 	t.Logf("%d connections to a black hole (%d at a time) in %v: %d accepted by the agent, %d refused at once (dial budget)",
 		n, conc, time.Since(start).Round(time.Millisecond), opened.Load(), refusedFast.Load())
 	w.check(t, "black-hole flood")
@@ -298,8 +316,7 @@ func TestHostileTrickle(t *testing.T) {
 		}
 		mu.Unlock()
 	}()
-	stop := make(chan struct{})
-	w := c.watch(t, []string{"node1", "node2"}, "web", "other", stop)
+	w := c.watch(t, []string{"node1", "node2"}, "web", "other")
 	start := time.Now()
 	var sent atomic.Int64
 	var wg sync.WaitGroup
@@ -335,7 +352,7 @@ func TestHostileTrickle(t *testing.T) {
 	}
 	wg.Wait()
 	time.Sleep(500 * time.Millisecond) // let the last frames land before the peak is read
-	close(stop)
+	w.stop()
 	t.Logf("%d one-byte writes on %d connections to a non-reading app in %v", sent.Load(), conns, time.Since(start).Round(time.Millisecond))
 	w.check(t, "trickle")
 }
