@@ -63,21 +63,31 @@ func (s *Stream) reserveSend(want int) (int, error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := s.waitSendLocked(); err != nil {
+		return 0, err
+	}
+	n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
+	s.sendWindow -= n
+	c.sendWindow -= n
+	return int(n), nil
+}
+
+// waitSendLocked waits, with c.mu held, until both the stream's and the connection's send
+// windows are open, or the stream can send no more (reset, ended, past its write deadline).
+func (s *Stream) waitSendLocked() error {
+	c := s.c
 	for {
 		switch {
 		case s.reset != nil:
-			return 0, s.reset
+			return s.reset
 		case s.sentEnd:
-			return 0, errWriteAfterCloseWrite
+			return errWriteAfterCloseWrite
 		case expired(s.wdeadline):
-			return 0, os.ErrDeadlineExceeded
+			return os.ErrDeadlineExceeded
 		}
 		if s.sendWindow > 0 && c.sendWindow > 0 {
-			n := min(int64(want), s.sendWindow, c.sendWindow, int64(c.peerMaxFrame))
-			s.sendWindow -= n
-			c.sendWindow -= n
 			delete(c.connBlocked, s)
-			return int(n), nil
+			return nil
 		}
 		if c.sendWindow <= 0 {
 			c.connBlocked[s] = struct{}{}

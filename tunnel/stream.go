@@ -326,23 +326,10 @@ func (s *Stream) awaitSend() (int, error) {
 	c := s.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for {
-		switch {
-		case s.reset != nil:
-			return 0, s.reset
-		case s.sentEnd:
-			return 0, errWriteAfterCloseWrite
-		case expired(s.wdeadline):
-			return 0, os.ErrDeadlineExceeded
-		}
-		if s.sendWindow > 0 && c.sendWindow > 0 {
-			return int(min(s.sendWindow, c.sendWindow, int64(c.peerMaxFrame)*4)), nil
-		}
-		if c.sendWindow <= 0 {
-			c.connBlocked[s] = struct{}{}
-		}
-		s.cond.Wait()
+	if err := s.waitSendLocked(); err != nil {
+		return 0, err
 	}
+	return int(min(s.sendWindow, c.sendWindow, int64(c.peerMaxFrame)*4)), nil
 }
 
 // sendable says whether flow control would let a byte go now.
