@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/internal/testenv"
 )
 
 // The adversarial suite ("Hostile peers"): one test per class of attack, each a raw HTTP/2 peer
@@ -787,11 +788,13 @@ func TestAttackSlowStreams(t *testing.T) {
 	grown := heapGrowth(t, fmt.Sprintf("%d stalled streams on %d connections", streams, len(conns)), base, peerBudget)
 	served := talker.accepted.Load()
 	t.Logf("%d KiB of heap per stalled stream", (int64(grown.heap)-int64(base.heap))/max(served, 1)>>10)
-	if served != int64(streams) {
-		t.Errorf("%d streams served; want %d (the limit on each of %d connections, the 50 over it refused)", served, streams, len(conns))
+	// The peer's own bound (MaxStreamsPerPeer) takes over from the per-connection one past it.
+	want := min(streams, e.srv.cfg.MaxStreamsPerPeer)
+	if served != int64(want) {
+		t.Errorf("%d streams served; want %d (the limit on each of %d connections, the 50 over it refused, at most %d for the peer)", served, want, len(conns), e.srv.cfg.MaxStreamsPerPeer)
 	}
-	if got := e.srv.Counters().Get(ReasonTooManyStreams); got != 50 {
-		t.Errorf("%d streams refused for the stream limit, want 50", got)
+	if got, want := e.srv.Counters().Get(ReasonTooManyStreams), uint64(50+streams-want); got != want {
+		t.Errorf("%d streams refused for the stream limits, want %d", got, want)
 	}
 	time.Sleep(300 * time.Millisecond)
 	close(stop)
@@ -804,6 +807,48 @@ func TestAttackSlowStreams(t *testing.T) {
 	}
 	backToBaseline(t, base, 5*time.Second)
 	probe(t, e, "after")
+}
+
+// TestAttackStreamsPerPeer (class 6): a peer spreading streams over many connections is held to
+// MaxStreamsPerPeer over all of them, and another peer is not affected by it.
+func TestAttackStreamsPerPeer(t *testing.T) {
+	const perPeer = 150
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) { c.MaxStreamsPerPeer = perPeer }})
+	hold := newBackend(t, func(c *net.TCPConn, b *backend) { io.Copy(io.Discard, c) })
+	var conns []*attacker
+	for range 3 { // 300 streams, 100 a connection: under each connection's cap, over the peer's
+		a := attackFrom(t, e, "127.0.0.2", true)
+		a.wmu.Lock()
+		for i := range 100 {
+			a.headers(uint32(2*i+1), hold.addr.String(), false)
+		}
+		a.bw.Flush()
+		a.wmu.Unlock()
+		conns = append(conns, a)
+	}
+	for _, a := range conns {
+		a.sync(5 * time.Second)
+	}
+	testenv.WaitFor(t, "the peer's streams served up to its bound", 5*time.Second, func() bool {
+		return hold.accepted.Load() == perPeer
+	})
+	time.Sleep(200 * time.Millisecond) // nothing more comes
+	if got := hold.accepted.Load(); got != perPeer {
+		t.Errorf("%d streams of one peer served, want %d", got, perPeer)
+	}
+	if got := e.srv.Counters().Get(ReasonTooManyStreams); got != 300-perPeer {
+		t.Errorf("%d streams refused for the peer's bound, want %d", got, 300-perPeer)
+	}
+	probe(t, e, "during") // another peer (127.0.0.1) is served meanwhile
+	for _, a := range conns {
+		a.close()
+	}
+	testenv.WaitFor(t, "the peer's handler count back to zero", 5*time.Second, func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		p := e.srv.peers[netip.MustParseAddr("127.0.0.2")]
+		return p == nil || p.handlers.Load() == 0
+	})
 }
 
 // TestAttackConnFlood (class 6): one peer opening connection after connection (TLS done, no

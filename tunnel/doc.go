@@ -14,7 +14,7 @@
 // ENHANCE_YOUR_CALM, CVE-2023-44487), queued control frames (10,000), a write that makes no
 // progress, idle and half-closed streams, connections per source IP, handshakes in progress,
 // and the peer certificate's lifetime. With the defaults one hostile source IP costs at most
-// ~84 MiB and one connection ~35 MiB (the arithmetic is on ServerConfig); set the agent's
+// ~113 MiB and one connection ~35 MiB (the arithmetic is on ServerConfig); set the agent's
 // memory limit from that and the number of peers that may misbehave at once. attack_test.go
 // is the attacker for each (AMESH_SOAK=1 for the full counts).
 //

@@ -99,18 +99,21 @@ type h2conn struct {
 	freshUntil       time.Time // client: no new streams after this (zero: no bound)
 
 	// Server side: what one peer may make us hold (ServerConfig, "Hostile peers").
-	ctx            context.Context // lifecycle of the connection's streams: cancelled by closeWith
-	cancel         context.CancelFunc
-	handlers       int           // stream handlers running: counted against maxPeerStreams until they return
-	opened         int           // streams the peer opened
-	earlyResets    int           // streams the peer reset before we answered, or we refused for the handler cap
-	maxEarlyResets int           // more than this, and over half of opened: GOAWAY ENHANCE_YOUR_CALM
-	maxStreamBuf   int           // memory one stream's queued data may hold; 0: no bound
-	peerBuf        *atomic.Int64 // memory the queued data of every connection of this peer holds
-	maxPeerBuf     int64
-	notAfter       time.Time // the peer certificate's expiry: no stream after it
-	expired        bool      // past notAfter: draining, closed when its last stream ends
-	linger         bool      // closing for abuse: let the GOAWAY reach the peer before the socket goes
+	ctx      context.Context // lifecycle of the connection's streams: cancelled by closeWith
+	cancel   context.CancelFunc
+	handlers int // stream handlers running: counted against maxPeerStreams until they return
+	// server: the handlers of all the peer's connections (its source IP), and their bound
+	peerHandlers    *atomic.Int64
+	maxPeerHandlers int64
+	opened          int           // streams the peer opened
+	earlyResets     int           // streams the peer reset before we answered, or we refused for the handler cap
+	maxEarlyResets  int           // more than this, and over half of opened: GOAWAY ENHANCE_YOUR_CALM
+	maxStreamBuf    int           // memory one stream's queued data may hold; 0: no bound
+	peerBuf         *atomic.Int64 // memory the queued data of every connection of this peer holds
+	maxPeerBuf      int64
+	notAfter        time.Time // the peer certificate's expiry: no stream after it
+	expired         bool      // past notAfter: draining, closed when its last stream ends
+	linger          bool      // closing for abuse: let the GOAWAY reach the peer before the socket goes
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
 	pingSent atomic.Int64 // unix nanos of an unacknowledged keepalive PING, 0 if none

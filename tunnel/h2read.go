@@ -342,14 +342,27 @@ func (c *h2conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	// Handlers, not map entries: a stream the peer reset has left the map while its handler may
 	// still be dialing, so counting the map let rapid resets run 10,728 handlers at once.
-	if len(c.streams) >= c.maxPeerStreams || c.handlers >= c.maxPeerStreams {
-		c.earlyResets++
-		err := c.checkEarlyResetsLocked()
+	overPeer := false
+	if c.peerHandlers != nil && c.peerHandlers.Add(1) > c.maxPeerHandlers {
+		c.peerHandlers.Add(-1)
+		overPeer = true
+	}
+	if overPeer || len(c.streams) >= c.maxPeerStreams || c.handlers >= c.maxPeerStreams {
+		var err error
+		if !overPeer {
+			if c.peerHandlers != nil {
+				c.peerHandlers.Add(-1)
+			}
+			// The connection's cap is advertised (SETTINGS): a peer over it is abusing, as
+			// with rapid resets. The peer's bound is not, so it is only refused.
+			c.earlyResets++
+			err = c.checkEarlyResetsLocked()
+		}
 		c.mu.Unlock()
 		if c.counters != nil {
 			c.counters.add(ReasonTooManyStreams)
 		}
-		c.log.Debug("HBONE stream refused", "stream", id, "reason", ReasonTooManyStreams.String(), "limit", c.maxPeerStreams)
+		c.log.Debug("HBONE stream refused", "stream", id, "reason", ReasonTooManyStreams.String(), "limit", c.maxPeerStreams, "peer_limit", c.maxPeerHandlers)
 		c.queueRST(id, http2.ErrCodeRefusedStream)
 		return err
 	}
@@ -369,6 +382,9 @@ func (c *h2conn) handlerDone() {
 	c.mu.Lock()
 	c.handlers--
 	c.mu.Unlock()
+	if c.peerHandlers != nil {
+		c.peerHandlers.Add(-1)
+	}
 }
 
 func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {

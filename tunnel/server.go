@@ -48,12 +48,12 @@ type ServerConfig struct {
 	// (go1.26, amd64; the adversarial tests in attack_test.go measure it again). With the
 	// defaults, one peer (source IP) costs the agent at most about
 	//   MaxConnsPerPeer × 330 KiB (a connection after its preface)
-	//   + MaxConnsPerPeer × MaxConcurrentStreams × 30 KiB (a stream stalled both ways)
+	//   + MaxStreamsPerPeer × 30 KiB (a stream stalled both ways)
 	//   + MaxPeerBuffer (queued received data, shared by the peer's connections)
-	// = 16 × 330 KiB + 16 × 100 × 30 KiB + 32 MiB ≈ 84 MiB in the worst case, and one
+	// = 64 × 330 KiB + 2048 × 30 KiB + 32 MiB ≈ 113 MiB in the worst case, and one
 	// connection ≈ 0.3 + 3 + 32 MiB. The agent's memory limit should leave room for that
-	// times the peers that may turn hostile at once; lower MaxConnsPerPeer or MaxPeerBuffer
-	// where pods are many and memory is tight.
+	// times the peers that may turn hostile at once; lower MaxConnsPerPeer, MaxStreamsPerPeer
+	// or MaxPeerBuffer where pods are many and memory is tight.
 
 	// MaxConcurrentStreams per connection, advertised in SETTINGS and enforced on running
 	// handlers (a reset stream counts until its handler returns); 100 when zero, as the client
@@ -71,11 +71,19 @@ type ServerConfig struct {
 	// two connection windows (16 MiB) of full-size frames.
 	MaxPeerBuffer int64
 	// MaxConnsPerPeer bounds connections from one source IP, handshakes included; more are
-	// closed at accept. 16 when zero: the client pool opens one per (source, destination)
-	// workload pair and one more per 100 streams. A connection costs ~330 KiB once its preface
+	// closed at accept. 64 when zero: the client pool opens one per (source, destination)
+	// workload pair and one more per 100 streams, so a pod talking to many pods of one node
+	// (one replica set, packed) needs one each. A connection costs ~330 KiB once its preface
 	// is in (its 256 KiB write and 32 KiB read buffers; 318 KiB measured), and ~25 KiB of TLS
 	// state before (TestAttackConnFlood), when the buffers were allocated at accept.
 	MaxConnsPerPeer int
+	// MaxStreamsPerPeer bounds the stream handlers running for one source IP over all its
+	// connections; a stream over it is refused (REFUSED_STREAM, ReasonTooManyStreams; not
+	// counted as abuse, the peer cannot know the bound). 2048 when zero: a pod's 2,048
+	// connections at once to the pods of one node (a pooled client's 1,000 is ordinary), which,
+	// at ~30 KiB a stalled stream, hold ~60 MiB. Without it the per-connection cap times
+	// MaxConnsPerPeer would be the only bound (6,400 streams, ~190 MiB).
+	MaxStreamsPerPeer int
 	// MaxHandshakes bounds TLS handshakes in progress on the server; more are closed at
 	// accept. 128 when zero: a handshake in progress costs ~25 KiB (measured with the
 	// connection) and ~1 ms of CPU, so 128 at once hold ~3 MiB.
@@ -141,6 +149,7 @@ type peerState struct {
 	addr     netip.Addr
 	conns    int          // connections accepted and not yet closed (guarded by Server.mu)
 	buffered atomic.Int64 // memory its streams' queued data holds
+	handlers atomic.Int64 // stream handlers running over all its connections
 }
 
 // NewServer checks cfg and returns a Server.
@@ -162,7 +171,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	setDefaultInt(&cfg.MaxStreamBuffer, 2*streamWindow)
 	setDefaultInt(&cfg.MaxPeerBuffer, 2*connWindow)
-	setDefaultInt(&cfg.MaxConnsPerPeer, 16)
+	setDefaultInt(&cfg.MaxConnsPerPeer, 64)
+	setDefaultInt(&cfg.MaxStreamsPerPeer, 2048)
 	setDefaultInt(&cfg.MaxHandshakes, 128)
 	setDefaultInt(&cfg.MaxEarlyResets, 2*int(cfg.MaxConcurrentStreams))
 	if cfg.DialUpstream == nil {
@@ -394,6 +404,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	c.maxStreamBuf = s.cfg.MaxStreamBuffer
 	c.peerBuf = &peerSt.buffered
 	c.maxPeerBuf = s.cfg.MaxPeerBuffer
+	c.peerHandlers = &peerSt.handlers
+	c.maxPeerHandlers = int64(s.cfg.MaxStreamsPerPeer)
 	c.writeTimeout = s.cfg.WriteTimeout
 	c.counters = &s.counters
 	c.ctx, c.cancel = context.WithCancel(ctx)
