@@ -60,6 +60,9 @@ type cluster struct {
 var agentBin string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(echoProcEnv); addr != "" {
+		os.Exit(echoProc(addr))
+	}
 	dir, err := os.MkdirTemp("", "amesh-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

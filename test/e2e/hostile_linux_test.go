@@ -85,6 +85,22 @@ func TestEnrollRetry(t *testing.T) {
 	}
 }
 
+// echoProcEnv makes the test binary an echo server on the address it names (TestMain), run by
+// TestManyConnections inside a pod: a process of its own, so that the echo's descriptors (one
+// per connection) do not count against the test's.
+const echoProcEnv = "AMESH_E2E_ECHO"
+
+func echoProc(addr string) int {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("listening")
+	lab.Echo(ln, nil)
+	return 0
+}
+
 // soak is set by `make soak` (AMESH_SOAK=1): the hostile-pod tests then run the counts of the
 // hardening issue; `make test` runs them with counts a tenth of those.
 func soak() bool { return os.Getenv("AMESH_SOAK") == "1" }
@@ -358,9 +374,9 @@ func TestHostileTrickle(t *testing.T) {
 }
 
 // TestManyConnections: 10,000 tunneled connections open at once from one pod to another node
-// (1,000 under make test), each echoing 16 KiB checked by SHA-256; the agents' memory per open
-// connection is reported, and afterwards their descriptors and the pods' CLOSE_WAIT sockets are
-// back to their baseline.
+// (1,000 under make test), each echoing 16 KiB checked by SHA-256 (the echo is a process of its
+// own in the destination pod); the agents' memory per open connection is reported, and
+// afterwards their descriptors and the pods' CLOSE_WAIT sockets are back to their baseline.
 func TestManyConnections(t *testing.T) {
 	c := newCluster(t)
 	n := 1000
@@ -368,7 +384,20 @@ func TestManyConnections(t *testing.T) {
 		n = 10000
 	}
 	web, api2 := c.lab.Pod("web"), c.lab.Pod("api2")
-	addr := net.JoinHostPort(api2.IP.String(), lab.EchoPort)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo, err := c.lab.Start(context.Background(), api2.Netns, "", "env", echoProcEnv+"=:9003", self, "-test.run=^$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Kill()
+	addr := net.JoinHostPort(api2.IP.String(), "9003")
+	testenv.WaitFor(t, "the echo process listening in api2", 5*time.Second, func() bool {
+		b, _ := os.ReadFile(echo.LogPath)
+		return strings.Contains(string(b), "listening")
+	})
 	base := map[string]procStat{"node1": statOf(t, c.agentPid("node1")), "node2": statOf(t, c.agentPid("node2"))}
 	type result struct {
 		conn net.Conn
