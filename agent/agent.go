@@ -54,6 +54,12 @@ type Config struct {
 	PinDir string
 	// DrainTimeout bounds the graceful drain on shutdown; DefaultDrainTimeout when zero.
 	DrainTimeout time.Duration
+	// MaxConnsPerSource and MaxStreamsPerSource bound the HBONE connections and streams one
+	// source address (a pod of another node) may have open to this node's agent at once: its
+	// memory budget (tunnel.ServerConfig's MaxConnsPerPeer and MaxStreamsPerPeer, whose
+	// defaults apply when zero). Raise them for a gateway pod that holds thousands of
+	// connections to the pods of one node.
+	MaxConnsPerSource, MaxStreamsPerSource int
 	// SameNode is how a connection between two pods of this node travels: SameNodeSplice
 	// (authorized here, where both identities are known, then spliced socket to socket in the
 	// kernel, never encrypted on a path that never leaves the node), SameNodeKernel (the first
@@ -194,11 +200,13 @@ func New(cfg Config) (_ *Agent, err error) {
 		return nil, err
 	}
 	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
-		Source:       a.src,
-		Authorize:    a.authorizeHBONE,
-		DialUpstream: a.dialHBONEApp,
-		OnStream:     a.logInbound,
-		Logger:       log,
+		Source:            a.src,
+		Authorize:         a.authorizeHBONE,
+		DialUpstream:      a.dialHBONEApp,
+		OnStream:          a.logInbound,
+		Logger:            log,
+		MaxConnsPerPeer:   cfg.MaxConnsPerSource,
+		MaxStreamsPerPeer: cfg.MaxStreamsPerSource,
 	})
 	if err != nil {
 		a.red.Close()

@@ -5,12 +5,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -34,6 +36,19 @@ func env(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// envInt is the integer in the environment variable name, 0 when it is unset.
+func envInt(name string) (int, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s=%q: want a number ≥ 0", name, v)
+	}
+	return n, nil
 }
 
 func run() int {
@@ -111,11 +126,19 @@ type options struct {
 	pluginKubeconfig *string
 	keepEvery        *time.Duration
 	health           *string
+	maxConns         *int
+	maxStreams       *int
 }
 
 // parseFlags parses the agent's flags; a nil result means exit with the code.
 func parseFlags(args []string) (*options, int) {
 	o := &options{}
+	maxConnsDef, err1 := envInt("AMESH_MAX_CONNS_PER_SOURCE")
+	maxStreamsDef, err2 := envInt("AMESH_MAX_STREAMS_PER_SOURCE")
+	if err := errors.Join(err1, err2); err != nil {
+		fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+		return nil, 2
+	}
 	fs := flag.NewFlagSet("amesh-agent", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `amesh-agent: the amesh node agent.
@@ -158,6 +181,8 @@ Flags (environment variable in brackets):
 	o.pluginBin = fs.String("plugin-binary", "", "with --cni-conf-dir: the amesh-cni binary (default: beside this program)")
 	o.pluginKubeconfig = fs.String("plugin-kubeconfig", "", "with --cni-conf-dir: the plugin's kubeconfig (a node path); default: one written from this pod's service account and refreshed as its token rotates")
 	o.keepEvery = fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
+	o.maxConns = fs.Int("max-conns-per-source", maxConnsDef, "HBONE connections one source pod may hold to this node at once; 0: the default (64) [AMESH_MAX_CONNS_PER_SOURCE]")
+	o.maxStreams = fs.Int("max-streams-per-source", maxStreamsDef, "tunneled connections one source pod may hold to this node's pods at once, its memory budget (~30 KiB each when stalled); 0: the default (2048) [AMESH_MAX_STREAMS_PER_SOURCE]")
 	o.health = fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -188,6 +213,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
 		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
 		CNISocket: *o.cniSocket, HealthAddr: *o.health,
+		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
 	}
 	if !*o.kube {
 		return cfg, 0

@@ -373,17 +373,30 @@ func TestHostileTrickle(t *testing.T) {
 	w.check(t, "trickle")
 }
 
-// TestManyConnections: 10,000 tunneled connections open at once from one pod to another node
-// (1,000 under make test), each echoing 16 KiB checked by SHA-256 (the echo is a process of its
-// own in the destination pod); the agents' memory per open connection is reported, and
+// TestManyConnections: 10,000 tunneled connections open at once from the pods of one node to a
+// pod of another (1,000 under make test), then all of them at once echoing 16 KiB checked by
+// SHA-256 (the echo is a process of its own in the destination pod); the agents' memory per open connection is reported, and
 // afterwards their descriptors and the pods' CLOSE_WAIT sockets are back to their baseline.
 func TestManyConnections(t *testing.T) {
-	c := newCluster(t)
+	// Five client pods on node1, so that each stays within its own budget on node2's agent
+	// (MaxStreamsPerPeer, 2,048 a source pod): the connections all go through both agents.
+	var clients []lab.PodSpec
+	for i := range 5 {
+		clients = append(clients, lab.PodSpec{Name: fmt.Sprintf("client%d", i), Namespace: "shop", ServiceAccount: "client", Labels: map[string]string{"app": "client"}})
+	}
+	c := newClusterOf(t, []lab.NodeSpec{
+		{Name: "node1", Pods: clients},
+		{Name: "node2", Pods: []lab.PodSpec{{Name: "sink", Namespace: "shop", ServiceAccount: "sink", Labels: map[string]string{"app": "sink"}}}},
+	})
 	n := 1000
 	if soak() {
 		n = 10000
+		// AMESH_MANY_CONNS sets another count, to find where it breaks.
+		if v, _ := strconv.Atoi(os.Getenv("AMESH_MANY_CONNS")); v > 0 {
+			n = v
+		}
 	}
-	web, api2 := c.lab.Pod("web"), c.lab.Pod("api2")
+	api2 := c.lab.Pod("sink")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +407,7 @@ func TestManyConnections(t *testing.T) {
 	}
 	defer echo.Kill()
 	addr := net.JoinHostPort(api2.IP.String(), "9003")
-	testenv.WaitFor(t, "the echo process listening in api2", 5*time.Second, func() bool {
+	testenv.WaitFor(t, "the echo process listening in the sink", 5*time.Second, func() bool {
 		b, _ := os.ReadFile(echo.LogPath)
 		return strings.Contains(string(b), "listening")
 	})
@@ -414,20 +427,23 @@ func TestManyConnections(t *testing.T) {
 			defer func() { <-sem }()
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			conn, err := web.Dial(ctx, addr)
+			conn, err := c.lab.Pod(clients[i%len(clients)].Name).Dial(ctx, addr)
 			if err != nil {
 				results[i].err = err
 				return
 			}
-			payload := make([]byte, 16<<10)
-			rand.Read(payload)
+			// One round trip, so the connection is open end to end (upstream dialed at node2).
 			conn.SetDeadline(time.Now().Add(60 * time.Second))
-			if _, err := conn.Write(payload); err != nil {
+			hello := []byte("hello")
+			if _, err := conn.Write(hello); err == nil {
+				_, err = io.ReadFull(conn, hello)
+			}
+			if err != nil {
 				results[i].err = err
 				conn.Close()
 				return
 			}
-			results[i] = result{conn: conn, sum: sha256.Sum256(payload)}
+			results[i] = result{conn: conn}
 		})
 	}
 	wg.Wait()
@@ -445,11 +461,23 @@ func TestManyConnections(t *testing.T) {
 			failed++
 			continue
 		}
+		// All at once, each writing its 16 KiB while reading the echo, as a client does.
 		wg.Go(func() {
 			defer r.conn.Close()
-			r.conn.(*net.TCPConn).CloseWrite()
+			payload := make([]byte, 16<<10)
+			rand.Read(payload)
+			r.sum = sha256.Sum256(payload)
+			werr := make(chan error, 1)
+			go func() {
+				_, err := r.conn.Write(payload)
+				if err == nil {
+					err = r.conn.(*net.TCPConn).CloseWrite()
+				}
+				werr <- err
+			}()
 			h := sha256.New()
-			if _, err := io.Copy(h, r.conn); err != nil {
+			_, err := io.Copy(h, r.conn)
+			if err = errors.Join(err, <-werr); err != nil {
 				r.err = err
 				return
 			}
@@ -469,6 +497,19 @@ func TestManyConnections(t *testing.T) {
 		}
 	}
 	if mismatches != 0 || failed != 0 {
+		kinds := map[string]int{}
+		for _, r := range results {
+			if r.err != nil {
+				kinds[r.err.Error()]++
+			}
+		}
+		shown := 0
+		for k, v := range kinds {
+			if shown++; shown > 5 {
+				break
+			}
+			t.Logf("%d× %s", v, k)
+		}
 		t.Fatalf("%d connections: %d sha256 mismatches, %d failed", n, mismatches, failed)
 	}
 	// The client's pool keeps its HBONE connections for reuse (until idle for 90 s), one per
@@ -483,8 +524,14 @@ func TestManyConnections(t *testing.T) {
 		return len(strings.Fields(strings.TrimSpace(string(out)))) / 4
 	}
 	pooled := map[string]func() int{
-		"node1": func() int { return hbone("web", "( dport = :15008 )") },
-		"node2": func() int { return hbone("api2", "( sport = :15008 )") },
+		"node1": func() int {
+			sum := 0
+			for _, p := range clients {
+				sum += hbone(p.Name, "( dport = :15008 )")
+			}
+			return sum
+		},
+		"node2": func() int { return hbone("sink", "( sport = :15008 )") },
 	}
 	for _, node := range []string{"node1", "node2"} {
 		var last procStat
@@ -495,7 +542,7 @@ func TestManyConnections(t *testing.T) {
 		})
 		t.Logf("agent %s after: fds %d (baseline %d, %d pooled HBONE connections)", node, last.fds, base[node].fds, kept)
 	}
-	for _, pod := range []string{"web", "api2"} {
+	for _, pod := range append([]string{"sink"}, clients[0].Name, clients[len(clients)-1].Name) {
 		testenv.WaitFor(t, "no CLOSE_WAIT socket left in "+pod, 15*time.Second, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
