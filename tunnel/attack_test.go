@@ -371,6 +371,18 @@ func (a *attacker) close() {
 	}
 }
 
+// tcpState is the TCP state of the socket behind rc (TCP_INFO), without reading from it; 0 when
+// it cannot be read.
+func tcpState(rc syscall.RawConn) uint8 {
+	var state uint8
+	rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	return state
+}
+
 // newStallBackend accepts and never reads. A handler lets go of its connection when the test
 // ends or when the server ends it (FIN or RST, seen in TCP_INFO without reading a byte), so
 // descriptors count what the server still holds.
@@ -388,13 +400,7 @@ func newStallBackend(t *testing.T) *backend {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			var state uint8
-			rc.Control(func(fd uintptr) {
-				if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-					state = info.State
-				}
-			})
-			if state != unix.BPF_TCP_ESTABLISHED {
+			if tcpState(rc) != unix.BPF_TCP_ESTABLISHED {
 				return
 			}
 		}
@@ -427,13 +433,7 @@ func newSilentBackend(t *testing.T) (*backend, *atomic.Int64) {
 					return
 				case <-time.After(20 * time.Millisecond):
 				}
-				var state uint8
-				rc.Control(func(fd uintptr) {
-					if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
-						state = info.State
-					}
-				})
-				if state != unix.BPF_TCP_CLOSE_WAIT {
+				if tcpState(rc) != unix.BPF_TCP_CLOSE_WAIT {
 					closed.Add(1)
 					return
 				}
