@@ -450,7 +450,8 @@ func TestManyConnections(t *testing.T) {
 			// One round trip, so the connection is open end to end (upstream dialed at node2).
 			conn.SetDeadline(time.Now().Add(60 * time.Second))
 			hello := []byte("hello")
-			if _, err := conn.Write(hello); err == nil {
+			_, err = conn.Write(hello)
+			if err == nil {
 				_, err = io.ReadFull(conn, hello)
 			}
 			if err != nil {
