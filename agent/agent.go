@@ -112,6 +112,11 @@ type Agent struct {
 	// enrollRefused counts enrollment-API connections from a user other than the agent's.
 	enrollRefused atomic.Uint64
 	conns         sync.WaitGroup
+	// open are the relayed connections policy decided, for revocation on a change.
+	open openConns
+	// hboneOpen maps an HBONE stream's request to its entry in open, from its upstream dial to
+	// its access line.
+	hboneOpen sync.Map // *tunnel.Request → *hboneConn
 }
 
 // Defaults of Config, which cmd/amesh-agent's flags show.
@@ -319,6 +324,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			a.reconcile(runCtx, st)
+			if n := a.revokeDenied(st); n > 0 {
+				a.log.Info("open connections revoked by a state change", "count", n)
+			}
 			a.synced.Store(true)
 			retry.after(a.failedEnrollments())
 		case <-retry.c:

@@ -38,7 +38,13 @@ func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
 		a.refuse(c, &entry, start, "error", err.Error())
 		return
 	}
+	oc := &openConn{src: "", dst: w, port: dst.Port(), kill: func() { resetBoth(c, up) }}
+	defer a.track(oc)()
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
+	if d := oc.revocation(); d != nil {
+		entry.done(a.access, start, "revoked", revokedReason(d))
+		return
+	}
 	entry.done(a.access, start, relayResult(err), errString(err))
 }
 
@@ -125,7 +131,20 @@ func (a *Agent) dialHBONEApp(ctx context.Context, req *tunnel.Request) (net.Conn
 	if p == nil {
 		return nil, errors.New("no pod for this listener")
 	}
-	return a.dialApp(ctx, p, req.Client.Addr(), req.Authority)
+	up, err := a.dialApp(ctx, p, req.Client.Addr(), req.Authority)
+	if err != nil {
+		return nil, err
+	}
+	// Revoking the stream resets its upstream: the relay then ends the stream with RST_STREAM.
+	oc := &openConn{src: req.Peer.String(), dst: p.w, port: req.Authority.Port(), kill: func() { resetBoth(up) }}
+	a.hboneOpen.Store(req, &hboneConn{oc: oc, remove: a.track(oc)})
+	return up, nil
+}
+
+// hboneConn is an HBONE stream's entry in the agent's open connections.
+type hboneConn struct {
+	oc     *openConn
+	remove func()
 }
 
 // dialApp connects to the app inside pod p from the client's own IP, so the app sees the real
@@ -147,6 +166,13 @@ func (a *Agent) logInbound(req *tunnel.Request, res tunnel.StreamResult) {
 		dstID: req.Local.String(), path: "hbone", sent: res.BytesIn, received: res.BytesOut,
 	}
 	result, reason := relayResult(res.Err), errString(res.Err)
+	if v, ok := a.hboneOpen.LoadAndDelete(req); ok {
+		hc := v.(*hboneConn)
+		hc.remove()
+		if d := hc.oc.revocation(); d != nil {
+			result, reason = "revoked", revokedReason(d)
+		}
+	}
 	if res.Reason != tunnel.ReasonNone {
 		result = "refused"
 		if res.Reason == tunnel.ReasonDenied {

@@ -44,6 +44,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	var up net.Conn
+	var tracked *openConn // the splice path's entry in a.open
 	if local := a.localPod(rt); local != nil && a.cfg.SameNode != SameNodeHBONE {
 		// Both ends on this node: the agent knows both identities first-hand, so it authorizes
 		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
@@ -59,6 +60,9 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			a.refuse(c, &entry, start, "error", err.Error())
 			return
 		}
+		oc := &openConn{src: p.id.String(), dst: local.w, port: rt.addr.Port(), kill: func() { resetBoth(c, up) }}
+		defer a.track(oc)()
+		tracked = oc
 		if a.cfg.SameNode == SameNodeKernel && orig == rt.addr {
 			// Decided: the pair's next connections may skip the agent (not for a VIP, which
 			// the kernel path would not balance).
@@ -100,6 +104,12 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	dialed()
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
+	if tracked != nil {
+		if d := tracked.revocation(); d != nil {
+			entry.done(a.access, start, "revoked", revokedReason(d))
+			return
+		}
+	}
 	entry.done(a.access, start, relayResult(err), errString(err))
 }
 
