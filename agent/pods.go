@@ -79,12 +79,6 @@ func podFrom(ctx context.Context) *pod {
 // unenroll what left, and drop pinned enrollments nothing in the state accounts for (drift
 // left by an earlier run).
 func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
-	if a.cfg.SameNode == SameNodeKernel {
-		// Policies or workloads may have changed: decide every pair again.
-		if err := a.red.FlushKernelPaths(); err != nil {
-			a.log.Warn("flush kernel paths", "err", err)
-		}
-	}
 	want := map[string]*workload.Workload{}
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
 		if !w.Enrolled() || len(w.IPs) == 0 {
@@ -124,6 +118,9 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		}
 		delete(a.enrollErrs, uid)
 		a.log.Info("pod enrolled", "pod", uid, "id", p.id.String(), "ips", w.IPs, "netns_cookie", p.cookie, "took", time.Since(start))
+	}
+	if a.cfg.SameNode == SameNodeKernel {
+		a.revalidateKernelPathsLocked(st)
 	}
 	keep := map[uint64]bool{}
 	for _, p := range a.pods {
@@ -343,4 +340,28 @@ func (r *enrollRetry) stop() {
 		r.timer.Stop()
 	}
 	r.timer, r.c = nil, nil
+}
+
+// revalidateKernelPathsLocked decides every pod pair cached on the kernel path again against st,
+// once the pods match it: a pair whose client or destination left, or that st's policies now
+// deny, is forgotten; the rest stay cached (a change elsewhere in the cluster does not send the
+// node's same-node traffic back through the agent). Called with a.mu held.
+func (a *Agent) revalidateKernelPathsLocked(st *workload.State) {
+	byCookie := make(map[uint64]*pod, len(a.pods))
+	for _, p := range a.pods {
+		byCookie[p.cookie] = p
+	}
+	dropped, err := a.red.RevalidateKernelPaths(func(cookie uint64, dst netip.AddrPort) bool {
+		src, to := byCookie[cookie], a.byIP[dst.Addr()]
+		if src == nil || to == nil {
+			return false
+		}
+		return a.decide(st, src.id.String(), to, dst.Port()).Allowed
+	})
+	if err != nil {
+		a.log.Warn("revalidate kernel paths", "err", err)
+	}
+	if dropped > 0 {
+		a.log.Info("kernel path verdicts withdrawn", "count", dropped)
+	}
 }

@@ -67,6 +67,35 @@ func (r *Redirector) FlushKernelPaths() error {
 	return nil
 }
 
+// RevalidateKernelPaths decides every cached verdict again: keep is asked for each cached pair
+// (the client pod's netns cookie, the destination) and the verdicts it does not keep are
+// forgotten, so that their next connections go through the agent. A state change that touches
+// no cached pair (pods elsewhere, unrelated policies) leaves the kernel path as it was, where
+// FlushKernelPaths would send every same-node connection through the agent again. It returns
+// how many it forgot. Open connections are not cut.
+func (r *Redirector) RevalidateKernelPaths(keep func(netnsCookie uint64, dst netip.AddrPort) bool) (int, error) {
+	var k ameshVerdictKey
+	var v uint8
+	var drop []ameshVerdictKey
+	it := r.objs.LocalVerdicts.Iterate()
+	for it.Next(&k, &v) {
+		p := k.Port>>8 | k.Port<<8
+		if !keep(k.Netns, netip.AddrPortFrom(netip.AddrFrom16(k.Dst).Unmap(), p)) {
+			drop = append(drop, k)
+		}
+	}
+	errs := []error{it.Err()}
+	for i := range drop {
+		if err := r.objs.LocalVerdicts.Delete(&drop[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return len(drop), fmt.Errorf("redirect: revalidate kernel paths: %w", err)
+	}
+	return len(drop), nil
+}
+
 func verdictKey(netnsCookie uint64, dst netip.AddrPort) ameshVerdictKey {
 	p := dst.Port()
 	return ameshVerdictKey{Netns: netnsCookie, Dst: dst.Addr().As16(), Port: p>>8 | p<<8}

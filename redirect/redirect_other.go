@@ -68,6 +68,11 @@ func (*Redirector) Heartbeat() error { return errNotLinux }
 // AllowKernelPath fails off Linux.
 func (*Redirector) AllowKernelPath(uint64, netip.AddrPort) error { return errNotLinux }
 
+// RevalidateKernelPaths fails off Linux.
+func (*Redirector) RevalidateKernelPaths(func(uint64, netip.AddrPort) bool) (int, error) {
+	return 0, errNotLinux
+}
+
 // FlushKernelPaths fails off Linux.
 func (*Redirector) FlushKernelPaths() error { return errNotLinux }
 

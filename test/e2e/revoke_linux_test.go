@@ -124,3 +124,94 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// logCount counts node's agent log lines with msg.
+func (c *cluster) logCount(node, msg string) int {
+	n := 0
+	for _, m := range c.logLines(node) {
+		if m["msg"] == msg {
+			n++
+		}
+	}
+	return n
+}
+
+// countPath counts node's access lines of path from src_id to dst_id.
+func (c *cluster) countPath(node, path, src, dst string) int {
+	n := 0
+	for _, m := range c.accessLines(node) {
+		if m["path"] == path && m["src_id"] == src && m["dst_id"] == dst {
+			n++
+		}
+	}
+	return n
+}
+
+// TestKernelVerdictsSurviveUnrelatedChanges: a state change that touches no cached pair (a
+// policy of a pod on another node) leaves the kernel path's cached verdicts alone, where every
+// change used to flush them all and send the node's same-node traffic back through the agent;
+// a change that denies a cached pair withdraws exactly that pair's verdict.
+func TestKernelVerdictsSurviveUnrelatedChanges(t *testing.T) {
+	c := newCluster(t, "--same-node", "kernel")
+	const web, api = "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/shop/sa/api"
+	curl := func(from, to string) error {
+		out, err := c.curl(from, c.url(to), "--max-time", "2")
+		if err == nil && !strings.Contains(out, "hello from "+to) {
+			err = fmt.Errorf("answer %q", out)
+		}
+		return err
+	}
+	// Two cached pairs on node1: web -> api1 and web -> nosy (no policy selects nosy).
+	for _, to := range []string{"api1", "nosy"} {
+		if err := curl("web", to); err != nil {
+			t.Fatalf("web -> %s: %v", to, err)
+		}
+	}
+	spliced := c.countPath("node1", "splice", web, api)
+	changes := 5
+	if soak() {
+		changes = 100
+	}
+	for i := range changes {
+		// Unrelated: a policy of "other", on node2.
+		unrelated := policies + fmt.Sprintf(`
+  - name: other-%d
+    namespace: shop
+    selector: {app: other}
+    action: ALLOW
+    rules:
+      - from: [{source: {principals: ["cluster.local/ns/shop/sa/web"]}}]
+`, i)
+		applied := c.logCount("node1", "state file applied")
+		if err := c.lab.WriteState(c.state, services, unrelated); err != nil {
+			t.Fatal(err)
+		}
+		testenv.WaitFor(t, "node1 to apply the change", 5*time.Second, func() bool {
+			return c.logCount("node1", "state file applied") > applied
+		})
+		if err := curl("web", "api1"); err != nil {
+			t.Fatalf("web -> api1 after unrelated change %d: %v", i, err)
+		}
+	}
+	if got := c.countPath("node1", "splice", web, api); got != spliced {
+		t.Errorf("web -> api1 went through the agent %d more times over %d unrelated changes: its verdict was flushed", got-spliced, changes)
+	}
+
+	// Denying web -> api1 withdraws that verdict, and only it.
+	if err := c.lab.WriteState(c.state, services, revokingPolicies); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "web -> api1 refused after the denying change", 5*time.Second, func() bool {
+		return curl("web", "api1") != nil
+	})
+	nosySpliced := c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/nosy")
+	if err := curl("web", "nosy"); err != nil {
+		t.Fatalf("web -> nosy after the change: %v", err)
+	}
+	testenv.WaitFor(t, "web -> nosy's kernel-path access line", 3*time.Second, func() bool {
+		return c.countPath("node1", "kernel", web, "spiffe://cluster.local/ns/shop/sa/nosy") > 0
+	})
+	if got := c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/nosy"); got != nosySpliced {
+		t.Errorf("web -> nosy went through the agent after a change that denied only web -> api1: its verdict was withdrawn too")
+	}
+}
