@@ -69,6 +69,21 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			if err := a.red.AllowKernelPath(p.cookie, rt.addr); err != nil {
 				a.log.Warn("kernel path not cached", "err", err)
 			}
+			// The decision was made on st, before a dial that may have taken seconds: a change
+			// that landed meanwhile, and was revalidated before this verdict existed, must
+			// not leave it cached. Decided again on the newest state (a later change is
+			// revalidated after this write, by reconcile).
+			if cur := a.store.Load(); cur != st {
+				dstNow := local
+				if w := cur.WorkloadByUID(local.w.UID); w != nil {
+					dstNow = &pod{w: w}
+				}
+				if !a.decide(cur, p.id.String(), dstNow, rt.addr.Port()).Allowed {
+					if err := a.red.ForgetKernelPath(p.cookie, rt.addr); err != nil {
+						a.log.Warn("kernel path verdict not withdrawn", "err", err)
+					}
+				}
+			}
 		}
 	} else if rt.dst != nil && rt.dst.Enrolled() {
 		dstID, err := rt.dst.ID(st.TrustDomain())

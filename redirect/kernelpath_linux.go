@@ -45,6 +45,16 @@ func (r *Redirector) AllowKernelPath(netnsCookie uint64, dst netip.AddrPort) err
 	return nil
 }
 
+// ForgetKernelPath withdraws the cached verdict for connections from the pod with netns cookie
+// to dst, if there is one.
+func (r *Redirector) ForgetKernelPath(netnsCookie uint64, dst netip.AddrPort) error {
+	k := verdictKey(netnsCookie, dst)
+	if err := r.objs.LocalVerdicts.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("redirect: forget kernel path to %s: %w", dst, err)
+	}
+	return nil
+}
+
 // FlushKernelPaths forgets every cached verdict: the next connections go through the agent and
 // are decided again (on every state or policy change). Open connections are not cut.
 func (r *Redirector) FlushKernelPaths() error {

@@ -73,6 +73,9 @@ func (*Redirector) RevalidateKernelPaths(func(uint64, netip.AddrPort) bool) (int
 	return 0, errNotLinux
 }
 
+// ForgetKernelPath fails off Linux.
+func (*Redirector) ForgetKernelPath(uint64, netip.AddrPort) error { return errNotLinux }
+
 // FlushKernelPaths fails off Linux.
 func (*Redirector) FlushKernelPaths() error { return errNotLinux }
 

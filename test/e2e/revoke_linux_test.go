@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/test/lab"
+	"golang.org/x/sys/unix"
 )
 
 // revokingPolicies turn web away from the api pods, and let only web into perm: after they are
@@ -213,5 +217,102 @@ func TestKernelVerdictsSurviveUnrelatedChanges(t *testing.T) {
 	})
 	if got := c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/nosy"); got != nosySpliced {
 		t.Errorf("web -> nosy went through the agent after a change that denied only web -> api1: its verdict was withdrawn too")
+	}
+}
+
+// TestKernelVerdictRace: a policy change that lands while the first connection of a pair is
+// still being dialed (its decision made on the old state) must not leave that decision cached
+// for the kernel path. The app's accept queue is held full so that the agent's dial to it waits
+// for a SYN retransmit; the change lands meanwhile; the queue is then freed and the dial
+// completes. The pair's next connection must be decided on the new state (refused), not go
+// pod to pod on the stale verdict.
+func TestKernelVerdictRace(t *testing.T) {
+	c := newCluster(t, "--same-node", "kernel")
+	api1 := c.lab.Pod("api1")
+	addr := netip.AddrPortFrom(api1.IP, 9005)
+	// A listener with a backlog of 0: one connection waiting in its queue fills it.
+	var fd int
+	err := netns.Do(api1.Netns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
+			return err
+		}
+		return unix.Listen(fd, 0)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.FileListener(os.NewFile(uintptr(fd), "slow-app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// The pod's own connection to itself (never captured) fills the queue.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	filler, err := netns.DialContext(ctx, api1.Netns, "tcp", addr.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+
+	// web's first connection: decided (allowed) now, its dial stuck on the full queue.
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		conn, err := c.lab.Pod("web").Dial(ctx, addr.String())
+		if err == nil {
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = conn.Read(make([]byte, 1)) // until the agent's dial completes or gives up
+			conn.Close()
+		}
+		first <- err
+	}()
+	testenv.WaitFor(t, "the agent's dial to the app to be under way", 5*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		out, _ := c.lab.Command(ctx, api1.Netns, "ss", "-Htn", "state", "syn-sent", "( dport = :9005 )").Output()
+		return strings.TrimSpace(string(out)) != ""
+	})
+	// The change lands during the dial: web may no longer reach the api pods.
+	applied := c.logCount("node1", "state file applied")
+	if err := c.lab.WriteState(c.state, services, revokingPolicies); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "node1 to apply the change", 5*time.Second, func() bool {
+		return c.logCount("node1", "state file applied") > applied
+	})
+	// Free the queue and serve from now on: the agent's retransmitted SYN gets through.
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Write([]byte("x"))
+			conn.Close()
+		}
+	}()
+	<-first
+	// Whatever became of the first connection, the pair's next one is decided on the new state.
+	time.Sleep(200 * time.Millisecond)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	conn, err := c.lab.Pod("web").Dial(ctx2, addr.String())
+	if err == nil {
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		n, rerr := conn.Read(make([]byte, 1))
+		conn.Close()
+		if n == 1 {
+			t.Fatalf("web -> api1:9005 after a denying change reached the app (%v): a stale kernel-path verdict", rerr)
+		}
+	}
+	if got := c.countPath("node1", "kernel", "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/shop/sa/api"); got != 0 {
+		t.Fatalf("%d connections took the kernel path after the denying change", got)
 	}
 }
