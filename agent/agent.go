@@ -204,6 +204,16 @@ func New(cfg Config) (_ *Agent, err error) {
 		a.src.Close()
 		return nil, err
 	}
+	if a.cfg.SameNode == SameNodeKernel {
+		// Verdicts pinned by an earlier run (one that was killed, so could not withdraw them)
+		// were decided on a state that may be gone: forget them before the first heartbeat
+		// would bring them back to life. The pairs' next connects are decided again.
+		if err := a.red.FlushKernelPaths(); err != nil {
+			a.red.Close()
+			a.src.Close()
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
 		Source:            a.src,
 		Authorize:         a.authorizeHBONE,
