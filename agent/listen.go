@@ -49,14 +49,8 @@ func (a *Agent) serve(ctx context.Context, p *pod, ln acceptor, handle func(cont
 	}
 }
 
-// reset closes c with a RST: a refused connection must look refused to the app, not served.
-func (a *Agent) reset(c *net.TCPConn) {
-	c.SetLinger(0)
-	c.Close()
-}
-
 // refuse resets c and writes its access line with result and reason.
 func (a *Agent) refuse(c *net.TCPConn, e *accessEntry, start time.Time, result, reason string) {
-	a.reset(c)
+	resetBoth(c) // a refused connection must look refused to the app, not served
 	e.done(a.access, start, result, reason)
 }
