@@ -114,6 +114,8 @@ type Agent struct {
 	conns         sync.WaitGroup
 	// open are the relayed connections policy decided, for revocation on a change.
 	open openConns
+	// kernelOpen are the open short-circuited connections (kernel path).
+	kernelOpen kernelConns
 	// hboneOpen maps an HBONE stream's request to its entry in open, from its upstream dial to
 	// its access line.
 	hboneOpen sync.Map // *tunnel.Request → *hboneConn
@@ -334,7 +336,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			a.reconcile(runCtx, st)
-			if n := a.revokeDenied(st); n > 0 {
+			if n := a.revokeDenied(st) + a.revokeKernel(st); n > 0 {
 				a.log.Info("open connections revoked by a state change", "count", n)
 			}
 			a.synced.Store(true)

@@ -2,10 +2,14 @@ package agent
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/amesh-dev/amesh/netns"
+	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/redirect"
+	"github.com/amesh-dev/amesh/workload"
 )
 
 // maxTracked bounds the open short-circuited connections whose start the agent remembers.
@@ -18,17 +22,13 @@ const maxTracked = 1 << 16
 func (a *Agent) runKernelPath(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		opened := map[uint64]uint64{} // socket cookie -> monotonic open time
 		err := a.red.KernelEvents(ctx, func(ev redirect.ConnEvent) {
 			if !ev.Closed {
-				if len(opened) >= maxTracked {
-					clear(opened) // close events were lost (counted as events_dropped): start over
-				}
-				opened[ev.Cookie] = ev.MonotonicNanos
+				a.kernelOpen.opened(ev)
 				return
 			}
-			start, ok := opened[ev.Cookie]
-			delete(opened, ev.Cookie)
+			kc, ok := a.kernelOpen.closed(ev.Cookie)
+			start := kc.start
 			e := accessEntry{direction: "outbound", path: "kernel", src: ev.Src.Addr(), dst: ev.Dst,
 				sent: int64(ev.BytesSent), received: int64(ev.BytesReceived)}
 			if p := a.podByIP(ev.Src.Addr()); p != nil {
@@ -40,6 +40,10 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 			if !ok {
 				// Closed without ever being established: refused or unreachable.
 				e.log(a.access, 0, "error", "connection not established")
+				return
+			}
+			if kc.revoked != nil {
+				e.log(a.access, time.Duration(ev.MonotonicNanos-start), "revoked", revokedReason(kc.revoked))
 				return
 			}
 			e.log(a.access, time.Duration(ev.MonotonicNanos-start), "ok", "")
@@ -62,4 +66,76 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// kernelConn is an open short-circuited connection, as its open event told it.
+type kernelConn struct {
+	start    uint64 // monotonic open time
+	src, dst netip.AddrPort
+	revoked  *policy.Decision // set when a change revoked it
+}
+
+// kernelConns are the open short-circuited connections, by the client socket's cookie: the
+// events goroutine adds and removes them, revocation reads and marks them.
+type kernelConns struct {
+	mu    sync.Mutex
+	conns map[uint64]*kernelConn
+}
+
+func (k *kernelConns) opened(ev redirect.ConnEvent) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.conns == nil || len(k.conns) >= maxTracked {
+		// First use, or close events were lost (counted as events_dropped): start over.
+		k.conns = map[uint64]*kernelConn{}
+	}
+	k.conns[ev.Cookie] = &kernelConn{start: ev.MonotonicNanos, src: ev.Src, dst: ev.Dst}
+}
+
+func (k *kernelConns) closed(cookie uint64) (kernelConn, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, ok := k.conns[cookie]
+	if !ok {
+		return kernelConn{}, false
+	}
+	delete(k.conns, cookie)
+	return *c, true
+}
+
+// revokeKernel decides every open short-circuited connection again against st and aborts the
+// ones now denied from the kernel side (SOCK_DESTROY on the client's socket, in its pod's
+// netns): no agent is in their data path to reset them. It returns how many it aborted.
+func (a *Agent) revokeKernel(st *workload.State) int {
+	type victim struct {
+		kc  *kernelConn
+		src *pod
+		d   policy.Decision
+	}
+	var victims []victim
+	a.kernelOpen.mu.Lock()
+	for _, kc := range a.kernelOpen.conns {
+		if kc.revoked != nil {
+			continue
+		}
+		src, dst := a.podByIP(kc.src.Addr()), a.podByIP(kc.dst.Addr())
+		if src == nil || dst == nil {
+			continue // the pod left: its netns, and the connection, go with it
+		}
+		to := dst.w
+		if w := st.WorkloadByUID(to.UID); w != nil {
+			to = w
+		}
+		if d := a.decide(st, src.id.String(), &pod{w: to}, kc.dst.Port()); !d.Allowed {
+			kc.revoked = &d
+			victims = append(victims, victim{kc, src, d})
+		}
+	}
+	a.kernelOpen.mu.Unlock()
+	for _, v := range victims {
+		if err := netns.DestroyTCP(v.src.w.Netns, v.kc.src, v.kc.dst); err != nil {
+			a.log.Warn("revoked kernel-path connection not aborted", "src", v.kc.src, "dst", v.kc.dst, "err", err)
+		}
+	}
+	return len(victims)
 }

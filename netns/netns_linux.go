@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -260,4 +261,23 @@ func unicast(addrs []net.Addr) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// DestroyTCP aborts the TCP socket local → remote of the namespace at path, as `ss -K` does
+// (SOCK_DESTROY over sock_diag; the kernel needs CONFIG_INET_DIAG_DESTROY): the socket's owner
+// sees ECONNABORTED and the peer a RST. It is how the agent ends a connection it is not in the
+// data path of.
+func DestroyTCP(path string, local, remote netip.AddrPort) error {
+	err := Do(path, func() error {
+		h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		return h.SocketDestroy(net.TCPAddrFromAddrPort(local), net.TCPAddrFromAddrPort(remote))
+	})
+	if err != nil {
+		return fmt.Errorf("netns: destroy %s -> %s in %s: %w", local, remote, path, err)
+	}
+	return nil
 }

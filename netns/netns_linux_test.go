@@ -231,3 +231,44 @@ func TestDialControlAndRefusal(t *testing.T) {
 		t.Fatal("a host name was dialed; only IP literals are")
 	}
 }
+
+// TestDestroyTCP: a connection of another namespace, aborted from outside its data path, ends
+// at both ends.
+func TestDestroyTCP(t *testing.T) {
+	path := newNetns(t, "10.99.12.2")
+	ln, err := ListenTCP(path, "10.99.12.2:0", net.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := DialContext(ctx, path, "tcp", ln.Addr().String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv := <-accepted
+	defer srv.Close()
+	local := netip.MustParseAddrPort(c.LocalAddr().String())
+	remote := netip.MustParseAddrPort(c.RemoteAddr().String())
+	if err := DestroyTCP(path, local, remote); err != nil {
+		t.Fatal(err)
+	}
+	for name, conn := range map[string]net.Conn{"client": c, "server": srv} {
+		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%s side after DestroyTCP: read %v, want the connection aborted", name, err)
+		}
+	}
+	if err := DestroyTCP(path, local, remote); err == nil {
+		t.Error("destroying a socket that is gone succeeded")
+	}
+}

@@ -38,3 +38,6 @@ type Scanner struct{}
 
 // Find finds nothing off Linux.
 func (*Scanner) Find([]netip.Addr) string { return "" }
+
+// DestroyTCP fails off Linux.
+func DestroyTCP(string, netip.AddrPort, netip.AddrPort) error { return errNotLinux }

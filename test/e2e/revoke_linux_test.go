@@ -171,6 +171,10 @@ func TestKernelVerdictsSurviveUnrelatedChanges(t *testing.T) {
 			t.Fatalf("web -> %s: %v", to, err)
 		}
 	}
+	// Their access lines come when the relays end, just after curl's.
+	testenv.WaitFor(t, "the two spliced connections' access lines", 3*time.Second, func() bool {
+		return c.countPath("node1", "splice", web, api) > 0 && c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/nosy") > 0
+	})
 	spliced := c.countPath("node1", "splice", web, api)
 	changes := 5
 	if soak() {
@@ -315,4 +319,58 @@ func TestKernelVerdictRace(t *testing.T) {
 	if got := c.countPath("node1", "kernel", "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/shop/sa/api"); got != 0 {
 		t.Fatalf("%d connections took the kernel path after the denying change", got)
 	}
+}
+
+// TestRevokeKernelPath: a short-circuited connection has no agent in its data path; when a
+// change denies it, the agent aborts it from the kernel side (SOCK_DESTROY), within a second,
+// with a revoked access line.
+func TestRevokeKernelPath(t *testing.T) {
+	c := newCluster(t, "--same-node", "kernel")
+	const web = "spiffe://cluster.local/ns/shop/sa/web"
+	// The pair's first connection is spliced (and decided); the next one is pod to pod.
+	first, err := c.lab.Pod("web").Dial(context.Background(), net.JoinHostPort(c.lab.Pod("api1").IP.String(), lab.EchoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(first); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	conn, err := c.lab.Pod("web").Dial(context.Background(), net.JoinHostPort(c.lab.Pod("api1").IP.String(), lab.EchoPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := roundTrip(conn); err != nil {
+		t.Fatal(err)
+	}
+	// The first one's access line comes when its relay ends; the second must not add one.
+	testenv.WaitFor(t, "the first connection's splice access line", 3*time.Second, func() bool {
+		return c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/api") > 0
+	})
+	if n := c.countPath("node1", "splice", web, "spiffe://cluster.local/ns/shop/sa/api"); n != 1 {
+		t.Fatalf("%d spliced connections, want 1 (the second must be on the kernel path)", n)
+	}
+	if err := c.lab.WriteState(c.state, services, revokingPolicies); err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Now()
+	conn.SetReadDeadline(changed.Add(3 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	took := time.Since(changed)
+	if err == nil || isTimeout(err) || errors.Is(err, io.EOF) {
+		t.Fatalf("kernel-path connection after the denying change: %v after %v, want it aborted", err, took)
+	}
+	if took > time.Second+500*time.Millisecond {
+		t.Errorf("aborted %v after the change, want within 1 s", took)
+	}
+	t.Logf("kernel-path connection aborted %v after the change: %v", took.Round(time.Millisecond), err)
+	testenv.WaitFor(t, "its revoked access line", 5*time.Second, func() bool {
+		for _, l := range c.accessLines("node1") {
+			if l["path"] == "kernel" && l["result"] == "revoked" && strings.Contains(fmt.Sprint(l["reason"]), "shop/") {
+				return true
+			}
+		}
+		return false
+	})
 }
