@@ -122,11 +122,7 @@ func (a *Agent) revokeKernel(st *workload.State) int {
 		if src == nil || dst == nil {
 			continue // the pod left: its netns, and the connection, go with it
 		}
-		to := dst.w
-		if w := st.WorkloadByUID(to.UID); w != nil {
-			to = w
-		}
-		if d := a.decide(st, src.id.String(), &pod{w: to}, kc.dst.Port()); !d.Allowed {
+		if d := a.decideAgain(st, src.id.String(), dst.w, kc.dst.Port()); !d.Allowed {
 			kc.revoked = &d
 			victims = append(victims, victim{kc, src, d})
 		}

@@ -74,11 +74,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			// not leave it cached. Decided again on the newest state (a later change is
 			// revalidated after this write, by reconcile).
 			if cur := a.store.Load(); cur != st {
-				dstNow := local
-				if w := cur.WorkloadByUID(local.w.UID); w != nil {
-					dstNow = &pod{w: w}
-				}
-				if !a.decide(cur, p.id.String(), dstNow, rt.addr.Port()).Allowed {
+				if !a.decideAgain(cur, p.id.String(), local.w, rt.addr.Port()).Allowed {
 					if err := a.red.ForgetKernelPath(p.cookie, rt.addr); err != nil {
 						a.log.Warn("kernel path verdict not withdrawn", "err", err)
 					}

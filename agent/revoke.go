@@ -81,12 +81,7 @@ func (a *Agent) revokeDenied(st *workload.State) int {
 
 // revoke kills c when st's policies deny it now, and says whether it did.
 func (a *Agent) revoke(st *workload.State, c *openConn) bool {
-	// The destination as the state has it now: its labels or namespace may have changed.
-	dst := c.dst
-	if w := st.WorkloadByUID(dst.UID); w != nil {
-		dst = w
-	}
-	d := a.decide(st, c.src, &pod{w: dst}, c.port)
+	d := a.decideAgain(st, c.src, c.dst, c.port)
 	if d.Allowed {
 		return false
 	}
@@ -101,6 +96,15 @@ func (a *Agent) revoke(st *workload.State, c *openConn) bool {
 	}
 	c.kill()
 	return true
+}
+
+// decideAgain is decide for a connection decided earlier, against dst as st has it now (its
+// labels or namespace may have changed since; as it was when st no longer has it).
+func (a *Agent) decideAgain(st *workload.State, src string, dst *workload.Workload, port uint16) policy.Decision {
+	if w := st.WorkloadByUID(dst.UID); w != nil {
+		dst = w
+	}
+	return a.decide(st, src, &pod{w: dst}, port)
 }
 
 // revokedReason is the access line's reason for a revoked connection: the policy that decided.
