@@ -100,6 +100,14 @@ func dial(ctx context.Context, path, network, addr string, control func(string, 
 	if network == "tcp4" && dst.Addr().Is6() && !dst.Addr().Is4In6() {
 		return nil, fmt.Errorf("%s is not an IPv4 address", dst.Addr())
 	}
+	// A slot bounds how many dials are inside a namespace at once: each holds a locked OS
+	// thread there, and a burst of dials (a pod opening hundreds at once) would otherwise make
+	// the runtime start a thread for each of them, threads it then keeps.
+	select {
+	case switchSlots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	var f *os.File
 	err = Do(path, func() error {
 		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
@@ -117,6 +125,7 @@ func dial(ctx context.Context, path, network, addr string, control func(string, 
 		}
 		return control(network, addr, rc)
 	})
+	<-switchSlots
 	if err != nil {
 		if f != nil {
 			f.Close()
@@ -139,6 +148,11 @@ func dial(ctx context.Context, path, network, addr string, control func(string, 
 	_ = tc.SetKeepAlive(true)
 	return tc, nil
 }
+
+// switchSlots holds one token per dial that is inside a namespace making its socket. The
+// section is a few system calls long, so a handful of slots keeps up with any dial rate while
+// the threads a burst can add stay a handful too.
+var switchSlots = make(chan struct{}, 8)
 
 // aLongTimeAgo is a deadline in the past, to wake a connect when its context ends.
 var aLongTimeAgo = time.Unix(1, 0)
