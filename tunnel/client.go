@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/amesh-dev/amesh/identity"
@@ -117,6 +118,11 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 		}
 		if err := c.await(ctx, st, hc); err != nil {
 			st.Close()
+			if refusedUnprocessed(err) && attempt < 2 && ctx.Err() == nil {
+				// The server never saw it (it is going away: an agent handing over to its
+				// successor, say): open it again, on a new connection.
+				continue
+			}
 			if re, ok := errors.AsType[*RefusedError](err); ok {
 				c.counters.add(re.Reason)
 			}
@@ -126,10 +132,24 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 	}
 }
 
+// refusedUnprocessed reports whether err is a stream the server refused before processing it
+// (RST_STREAM REFUSED_STREAM, which a GOAWAY also implies for the streams above its last),
+// which RFC 9113 §8.7 makes safe to open again.
+func refusedUnprocessed(err error) bool {
+	re, ok := errors.AsType[*ResetError](err)
+	return ok && re.Code == http2.ErrCodeRefusedStream
+}
+
 // await waits for the CONNECT response.
 func (c *Client) await(ctx context.Context, st *Stream, hc *h2conn) error {
 	select {
 	case <-st.respReady:
+		hc.mu.Lock()
+		resp, reset := st.resp, st.reset
+		hc.mu.Unlock()
+		if resp == nil {
+			return reset
+		}
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-hc.done:

@@ -309,8 +309,9 @@ func (c *h2conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	s := c.streams[id]
 	if s != nil {
 		// Response headers (client) or trailers (either side).
-		if s.resp == nil && c.client {
+		if s.resp == nil && c.client && !s.respDone {
 			s.resp = f
+			s.respDone = true
 			close(s.respReady)
 		}
 		if f.StreamEnded() {

@@ -65,7 +65,8 @@ type Stream struct {
 	responded   bool                    // server side: response HEADERS sent
 	req         *http2.MetaHeadersFrame // server side: the request
 	resp        *http2.MetaHeadersFrame // client side: the response
-	respReady   chan struct{}           // closed when resp is set
+	respReady   chan struct{}           // closed when resp is set, or the stream is reset before it
+	respDone    bool                    // respReady is closed
 	rdeadline   time.Time
 	wdeadline   time.Time
 	rtimer      *time.Timer
@@ -230,6 +231,12 @@ func (s *Stream) Reset(code http2.ErrCode) {
 func (s *Stream) resetLocked(err error) {
 	if s.reset == nil {
 		s.reset = err
+	}
+	if s.c.client && !s.respDone {
+		// Wake the dialer waiting for the response: a stream refused before it (REFUSED_STREAM,
+		// or above a GOAWAY's last stream) was never processed and is opened again elsewhere.
+		s.respDone = true
+		close(s.respReady)
 	}
 	if s.cancel != nil {
 		s.cancel()
