@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/amesh-dev/amesh/handoff"
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
@@ -54,6 +56,12 @@ type Config struct {
 	PinDir string
 	// DrainTimeout bounds the graceful drain on shutdown; DefaultDrainTimeout when zero.
 	DrainTimeout time.Duration
+	// HandoffSocket is the unix socket over which an upgrade's new agent takes this one's
+	// listening sockets (package handoff): at start the agent takes over from whichever agent
+	// serves it, then serves it for its own successor. None when empty: an upgrade then has a
+	// moment with nothing accepting. On SIGTERM an agent that serves it waits up to
+	// DrainTimeout for a successor before it stops accepting.
+	HandoffSocket string
 	// MaxConnsPerSource and MaxStreamsPerSource bound the HBONE connections and streams one
 	// source address (a pod of another node) may have open to this node's agent at once: its
 	// memory budget (tunnel.ServerConfig's MaxConnsPerPeer and MaxStreamsPerPeer, whose
@@ -119,6 +127,24 @@ type Agent struct {
 	// hboneOpen maps an HBONE stream's request to its entry in open, from its upstream dial to
 	// its access line.
 	hboneOpen sync.Map // *tunnel.Request → *hboneConn
+	// active counts the connections being handled (each pod listener's, and HBONE streams).
+	active atomic.Int64
+
+	// The hand-over of an upgrade (handoff.go). As successor: taking and inherited, the
+	// predecessor's sockets by name, until finishTakeover. As predecessor: handingOver holds
+	// reconciliation while an offer is out, released is set once the successor serves, then
+	// handedOver is closed and, when the drain is over, drained.
+	taking      *handoff.Taking
+	inherited   map[string]*os.File
+	handingOver atomic.Bool
+	released    atomic.Bool
+	handedOver  chan struct{}
+	drained     chan struct{}
+	handoffWG   sync.WaitGroup
+	healthLn    *net.TCPListener
+	cniLn       *net.UnixListener
+	// stopKernel stops the kernel-path event reader and heartbeat and waits for them.
+	stopKernel func()
 }
 
 // Defaults of Config, which cmd/amesh-agent's flags show.
@@ -128,6 +154,9 @@ const (
 	// DefaultHealthAddr is where a cluster's agent serves readiness (the port Istio's ztunnel
 	// uses for it, DESIGN §3).
 	DefaultHealthAddr = ":15021"
+	// DefaultHandoffSocket is where a cluster's agent hands its sockets to its successor: beside
+	// the enrollment API's socket, in the directory both agent pods of a rollout mount.
+	DefaultHandoffSocket = "/var/run/amesh/handoff.sock"
 )
 
 // DefaultPinDir is the bpffs directory of the agent of node: one per node, so that several
@@ -162,7 +191,8 @@ func New(cfg Config) (_ *Agent, err error) {
 	if access == nil {
 		access = log
 	}
-	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{}}
+	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
+		handedOver: make(chan struct{}), drained: make(chan struct{})}
 
 	a.cniPods.init()
 	if cfg.Kube != nil {
@@ -287,7 +317,9 @@ func openCA(td spiffeid.TrustDomain, dir string, ttl time.Duration, kube bool) (
 // then it stops accepting, drains open connections for DrainTimeout and returns. Pinned
 // redirection stays: enrolled pods fail closed until the agent is back.
 func (a *Agent) Run(ctx context.Context) error {
-	runCtx, cancel := context.WithCancel(ctx)
+	// What the agent runs ends when Run says so, after the drain, not when ctx does: the pods'
+	// listeners and relays live in runCtx, and a drain that ended them first would drain nothing.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	feedDone := make(chan struct{})
 	go func() {
@@ -296,7 +328,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	updates, stop := a.store.Subscribe()
 	defer stop()
-	servers, err := a.startAPIs(runCtx)
+	start := time.Now()
+	err := a.takeOver(runCtx)
+	var servers *sync.WaitGroup
+	if err == nil {
+		servers, err = a.startAPIs(runCtx)
+	}
 	if err != nil {
 		cancel()
 		<-feedDone
@@ -305,13 +342,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer servers.Wait()
-	kernelDone := make(chan struct{})
-	go func() {
-		defer close(kernelDone)
-		if a.cfg.SameNode == SameNodeKernel {
-			a.runKernelPath(runCtx)
-		}
-	}()
+	defer a.handoffWG.Wait()
+	if a.taking == nil {
+		// A successor starts its reader once the predecessor stopped its own (one ring buffer).
+		a.startKernelPath(runCtx)
+	}
+	handoffServed := false
 	source := a.cfg.StatePath
 	if a.cfg.Kube != nil {
 		source = "kubernetes"
@@ -325,8 +361,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.synced.Store(false)
 			retry.stop()
+			a.awaitSuccessor()
+			// Drain before the pods' contexts end with runCtx: the relays they hold carry on.
+			a.drain()
 			cancel()
-			<-kernelDone
+			if a.stopKernel != nil {
+				a.stopKernel()
+			}
 			a.shutdown()
 			<-feedDone
 			a.stopFeed()
@@ -340,6 +381,14 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Info("open connections revoked by a state change", "count", n)
 			}
 			a.synced.Store(true)
+			if a.taking != nil {
+				a.finishTakeover(start)
+				a.startKernelPath(runCtx)
+			}
+			if !handoffServed {
+				handoffServed = true
+				a.serveHandoff(runCtx)
+			}
 			retry.after(a.failedEnrollments())
 		case <-retry.c:
 			a.reconcile(runCtx, a.store.Load())
@@ -356,22 +405,87 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) shutdown() {
+// startKernelPath runs the kernel path's event reader and heartbeat until ctx ends or
+// stopKernel is called.
+func (a *Agent) startKernelPath(ctx context.Context) {
+	if a.cfg.SameNode != SameNodeKernel {
+		return
+	}
+	kctx, kcancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.runKernelPath(kctx)
+	}()
+	var once sync.Once
+	a.stopKernel = func() { once.Do(func() { kcancel(); <-done }) }
+}
+
+// awaitSuccessor is SIGTERM's first step for an agent with a hand-off socket: it keeps serving
+// for up to DrainTimeout while a successor may come to take over (a DaemonSet rollout with
+// maxSurge starts the new agent beside the old one, and which of the two the kubelet's probes
+// of the new pod reach is not known), so that stopping never leaves a moment with nobody
+// accepting.
+func (a *Agent) awaitSuccessor() {
+	if a.cfg.HandoffSocket == "" || a.released.Load() {
+		return
+	}
+	a.log.Info("stopping: waiting for a new agent to take over", "timeout", a.cfg.DrainTimeout)
+	select {
+	case <-a.handedOver:
+	case <-time.After(a.cfg.DrainTimeout):
+		a.log.Info("no new agent took over")
+	}
+}
+
+// drain stops accepting on every pod's listeners and lets the connections open now finish, up
+// to DrainTimeout. A handed-over agent began its drain at the hand-over: it waits for that one.
+func (a *Agent) drain() {
+	if a.released.Load() {
+		<-a.drained
+		return
+	}
 	a.log.Info("agent stopping: draining connections", "timeout", a.cfg.DrainTimeout)
+	a.mu.Lock()
+	for _, p := range a.pods {
+		p.closeListeners()
+	}
+	a.mu.Unlock()
+	a.drainConns()
+}
+
+// drainConns waits up to DrainTimeout for the connections the agent relays to finish (HBONE
+// peers are told with GOAWAY to open new streams elsewhere), then cuts the rest and says how
+// many there were.
+func (a *Agent) drainConns() {
+	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		a.srv.Shutdown(dctx)
+		a.conns.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		a.log.Info("drained: every connection of this agent finished")
+		return
+	case <-dctx.Done():
+	}
+	cut := a.active.Load()
+	a.hboneOpen.Range(func(any, any) bool { cut++; return true })
+	a.log.Warn("drain deadline: cutting the connections still open", "cut", cut, "timeout", a.cfg.DrainTimeout)
+	a.cli.Close()
+	a.open.killAll()
+}
+
+// shutdown ends what the agent still runs once it drained; pinned redirection stays.
+func (a *Agent) shutdown() {
 	a.mu.Lock()
 	for _, p := range a.pods {
 		p.stop()
 	}
 	a.mu.Unlock()
-	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
-	defer cancel()
-	a.srv.Shutdown(dctx)
-	done := make(chan struct{})
-	go func() { a.conns.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-dctx.Done():
-	}
 	a.cli.Close()
 	a.red.Close()
 	a.src.Close()

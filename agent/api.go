@@ -28,10 +28,15 @@ const addPodTimeout = 20 * time.Second
 func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 	var wg sync.WaitGroup
 	if a.cfg.HealthAddr != "" {
-		ln, err := net.Listen("tcp", a.cfg.HealthAddr)
-		if err != nil {
-			return nil, fmt.Errorf("agent: health endpoint: %w", err)
+		ln := a.inheritedTCP(healthSocketName)
+		if ln == nil {
+			l, err := net.Listen("tcp", a.cfg.HealthAddr)
+			if err != nil {
+				return nil, fmt.Errorf("agent: health endpoint: %w", err)
+			}
+			ln = l.(*net.TCPListener)
 		}
+		a.healthLn = ln
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "live") })
 		mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
@@ -60,7 +65,9 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		wg.Go(func() {
 			<-ctx.Done()
 			gs.Stop() // in-flight AddPods see their context cancelled and fail: kubelet retries
-			os.Remove(a.cfg.CNISocket)
+			if !a.released.Load() {
+				os.Remove(a.cfg.CNISocket) // else it is the successor's socket now
+			}
 		})
 		a.log.Info("enrollment API listening", "socket", a.cfg.CNISocket)
 	}
@@ -73,6 +80,10 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 // 0600, and every connection's peer credentials (SO_PEERCRED) are checked, in case a mount or a
 // hand loosened those modes.
 func (a *Agent) listenEnrollment(path string) (net.Listener, error) {
+	if l, ok := a.inheritedListener(cniSocketName).(*net.UnixListener); ok {
+		a.cniLn = l
+		return &ownerOnly{Listener: l, uid: os.Geteuid(), a: a}, nil
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
@@ -83,10 +94,13 @@ func (a *Agent) listenEnrollment(path string) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("agent: enrollment socket: remove stale %s: %w", path, err)
 	}
-	ln, err := net.Listen("unix", path)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("agent: enrollment socket: %w", err)
 	}
+	// Closing must not unlink it: after a hand-over the path is the successor's socket too.
+	ln.SetUnlinkOnClose(false)
+	a.cniLn = ln
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("agent: enrollment socket: %w", err)

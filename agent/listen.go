@@ -42,8 +42,10 @@ func (a *Agent) serve(ctx context.Context, p *pod, ln acceptor, handle func(cont
 		}
 		backoff = 0
 		a.conns.Add(1)
+		a.active.Add(1)
 		go func() {
 			defer a.conns.Done()
+			defer a.active.Add(-1)
 			handle(ctx, p, c)
 		}()
 	}

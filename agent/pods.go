@@ -53,6 +53,11 @@ func (p *pod) acquireDial() (release func(), err error) {
 
 func (p *pod) stop() {
 	p.cancel()
+	p.closeListeners()
+}
+
+// closeListeners stops accepting for p; connections being dialed or relayed carry on.
+func (p *pod) closeListeners() {
 	for _, l := range p.lns {
 		l.Close()
 	}
@@ -90,6 +95,9 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.released.Load() || a.handingOver.Load() {
+		return // the pods are (being) handed over: the successor reconciles them
+	}
 	for uid := range a.enrollErrs {
 		if _, ok := want[uid]; !ok {
 			delete(a.enrollErrs, uid)
@@ -188,6 +196,11 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 		}
 	}()
 	listen := func(addr string) (*net.TCPListener, error) {
+		// A predecessor's socket, as it is: connections already wait in its queue.
+		if l := a.inheritedTCP(podListenerName(w.UID, addr)); l != nil {
+			p.lns = append(p.lns, l)
+			return l, nil
+		}
 		l, err := netns.ListenTCP(w.Netns, addr, net.ListenConfig{Control: redirect.MarkControl})
 		if err == nil {
 			p.lns = append(p.lns, l)

@@ -125,3 +125,16 @@ func resetBoth(conns ...net.Conn) {
 		c.Close()
 	}
 }
+
+// killAll resets every registered connection (the drain deadline of a handed-over agent).
+func (r *openConns) killAll() {
+	r.mu.Lock()
+	open := make([]*openConn, 0, len(r.conns))
+	for c := range r.conns {
+		open = append(open, c)
+	}
+	r.mu.Unlock()
+	for _, c := range open {
+		c.kill()
+	}
+}

@@ -7,7 +7,7 @@
 //
 // The exchange, over one unix stream connection, each message a length-prefixed JSON frame:
 //
-//	successor → predecessor   {"op":"take","version":1}
+//	successor → predecessor   {"op":"take","version":1,"owner":…}
 //	predecessor → successor   {"op":"offer","names":[...]} then the sockets, in batches
 //	successor → predecessor   {"op":"ready"}             (it serves them now)
 //	predecessor → successor   {"op":"released","state":…} (it stopped accepting; its state)
@@ -64,6 +64,7 @@ const batch = 200
 type frame struct {
 	Op      string          `json:"op"`
 	Version int             `json:"version,omitempty"`
+	Owner   string          `json:"owner,omitempty"`
 	Names   []string        `json:"names,omitempty"`
 	State   json.RawMessage `json:"state,omitempty"`
 	Error   string          `json:"error,omitempty"`
@@ -71,15 +72,18 @@ type frame struct {
 
 // Server offers this agent's sockets on a unix socket until one successor has taken them.
 type Server struct {
-	ln   *net.UnixListener
-	path string
-	once sync.Once
+	ln    *net.UnixListener
+	path  string
+	owner string
+	once  sync.Once
 }
 
 // Listen binds the hand-off socket at path, replacing a stale one nobody serves. It fails when
 // another agent serves path: there is one agent per node, and the one that wants to run must
-// Take over first.
-func Listen(path string) (*Server, error) {
+// Take over first. owner names what the sockets serve (the agent's node and pin directory):
+// only a successor that names the same may take them, so two agents that share a host, and a
+// path by mistake, never take each other's pods.
+func Listen(path, owner string) (*Server, error) {
 	if err := secureDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
@@ -100,7 +104,7 @@ func Listen(path string) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
-	return &Server{ln: ln, path: path}, nil
+	return &Server{ln: ln, path: path, owner: owner}, nil
 }
 
 // Serve answers successors until one takes the sockets over (it returns nil then, and serves no
@@ -150,6 +154,10 @@ func (s *Server) exchange(c *net.UnixConn, h Handler) (done bool, err error) {
 		writeFrame(c, frame{Op: "error", Error: fmt.Sprintf("want op take, version %d", Version)})
 		return false, fmt.Errorf("handoff: refused request %q version %d (this agent speaks %d)", req.Op, req.Version, Version)
 	}
+	if req.Owner != s.owner {
+		writeFrame(c, frame{Op: "error", Error: fmt.Sprintf("this agent serves %q, not %q", s.owner, req.Owner)})
+		return false, fmt.Errorf("handoff: refused a successor for %q: this agent serves %q", req.Owner, s.owner)
+	}
 	files, err := h.Offer()
 	if err != nil {
 		writeFrame(c, frame{Op: "error", Error: err.Error()})
@@ -193,7 +201,9 @@ func (s *Server) exchange(c *net.UnixConn, h Handler) (done bool, err error) {
 		return false, fmt.Errorf("handoff: the successor did not take the sockets (%q): %w", ready.Op, err)
 	}
 	state, err := h.Release()
-	// Released either way: the successor serves the sockets now, and this agent does not.
+	// Released either way: the successor serves the sockets now, and this agent does not. Stop
+	// serving the hand-off socket before saying so, so the successor finds it free for its own.
+	s.Close()
 	reply := frame{Op: "released", State: state}
 	if err != nil {
 		reply = frame{Op: "released", Error: err.Error()}
@@ -226,9 +236,9 @@ type Taking struct {
 	c     *net.UnixConn
 }
 
-// Take asks the agent serving path for its sockets. It returns ErrNoPredecessor when nobody
-// serves path (no socket there, or a stale one).
-func Take(ctx context.Context, path string) (*Taking, error) {
+// Take asks the agent serving path for the sockets it serves for owner (see Listen). It returns
+// ErrNoPredecessor when nobody serves path (no socket there, or a stale one).
+func Take(ctx context.Context, path, owner string) (*Taking, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -238,7 +248,7 @@ func Take(ctx context.Context, path string) (*Taking, error) {
 		return nil, fmt.Errorf("handoff: connect %s: %w", path, err)
 	}
 	c := nc.(*net.UnixConn)
-	t, err := take(ctx, c)
+	t, err := take(ctx, c, owner)
 	if err != nil {
 		c.Close()
 		return nil, err
@@ -246,7 +256,7 @@ func Take(ctx context.Context, path string) (*Taking, error) {
 	return t, nil
 }
 
-func take(ctx context.Context, c *net.UnixConn) (*Taking, error) {
+func take(ctx context.Context, c *net.UnixConn, owner string) (*Taking, error) {
 	if err := checkPeer(c); err != nil {
 		return nil, err
 	}
@@ -255,7 +265,7 @@ func take(ctx context.Context, c *net.UnixConn) (*Taking, error) {
 		deadline = d
 	}
 	c.SetDeadline(deadline)
-	if err := writeFrame(c, frame{Op: "take", Version: Version}); err != nil {
+	if err := writeFrame(c, frame{Op: "take", Version: Version, Owner: owner}); err != nil {
 		return nil, fmt.Errorf("handoff: request: %w", err)
 	}
 	var offer frame

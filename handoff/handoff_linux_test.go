@@ -75,7 +75,7 @@ func listenTCP(t *testing.T) *net.TCPListener {
 
 func serveHandoff(t *testing.T, path string, h Handler) (errs chan error, served chan error) {
 	t.Helper()
-	srv, err := Listen(path)
+	srv, err := Listen(path, "node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestHandOverUnderLoad(t *testing.T) {
 		})
 	}
 	time.Sleep(100 * time.Millisecond)
-	tk, err := Take(context.Background(), path)
+	tk, err := Take(context.Background(), path, "node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestAbortKeepsServing(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "handoff.sock")
 	old := serveAs("old", listenTCP(t))
 	errs, served := serveHandoff(t, path, old)
-	tk, err := Take(context.Background(), path)
+	tk, err := Take(context.Background(), path, "node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestAbortKeepsServing(t *testing.T) {
 	if name, err := ask(old.ln.Addr().String()); err != nil || name != "old" {
 		t.Fatalf("after an abandoned hand-over: %q, %v; want the predecessor serving", name, err)
 	}
-	tk, err = Take(context.Background(), path)
+	tk, err = Take(context.Background(), path, "node1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestAbortKeepsServing(t *testing.T) {
 func TestNoPredecessor(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "handoff.sock")
-	if _, err := Take(context.Background(), path); !errors.Is(err, ErrNoPredecessor) {
+	if _, err := Take(context.Background(), path, "node1"); !errors.Is(err, ErrNoPredecessor) {
 		t.Fatalf("Take with no socket: %v, want ErrNoPredecessor", err)
 	}
 	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -236,15 +236,15 @@ func TestNoPredecessor(t *testing.T) {
 	}
 	stale.SetUnlinkOnClose(false)
 	stale.Close() // the file stays, nobody listens: an agent that was killed
-	if _, err := Take(context.Background(), path); !errors.Is(err, ErrNoPredecessor) {
+	if _, err := Take(context.Background(), path, "node1"); !errors.Is(err, ErrNoPredecessor) {
 		t.Fatalf("Take with a stale socket: %v, want ErrNoPredecessor", err)
 	}
-	srv, err := Listen(path)
+	srv, err := Listen(path, "node1")
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	defer srv.Close()
-	if _, err := Listen(path); err == nil || !strings.Contains(err.Error(), "another agent serves it") {
+	if _, err := Listen(path, "node1"); err == nil || !strings.Contains(err.Error(), "another agent serves it") {
 		t.Fatalf("second Listen: %v, want a refusal", err)
 	}
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
@@ -258,7 +258,7 @@ const handoffPeerEnv = "AMESH_HANDOFF_PEER"
 
 func TestMain(m *testing.M) {
 	if path := os.Getenv(handoffPeerEnv); path != "" {
-		tk, err := Take(context.Background(), path)
+		tk, err := Take(context.Background(), path, "node1")
 		if err != nil {
 			fmt.Println("refused:", err)
 			os.Exit(0)
@@ -316,5 +316,28 @@ func TestRefusesOtherUser(t *testing.T) {
 	}
 	if name, err := ask(old.ln.Addr().String()); err != nil || name != "old" {
 		t.Errorf("after the refused peer: %q, %v; want the predecessor serving", name, err)
+	}
+}
+
+// TestRefusesOtherOwner: two agents that share a host (a lab, or a mistaken path) never take
+// each other's sockets: a successor for another node is refused, and the predecessor serves on.
+func TestRefusesOtherOwner(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "handoff.sock")
+	old := serveAs("old", listenTCP(t))
+	errs, _ := serveHandoff(t, path, old)
+	if tk, err := Take(context.Background(), path, "node2"); err == nil || !strings.Contains(err.Error(), `serves "node1"`) {
+		if tk != nil {
+			tk.Abort()
+		}
+		t.Fatalf("Take for another owner: %v, want a refusal naming the owner", err)
+	}
+	if err := <-errs; err == nil || !strings.Contains(err.Error(), "node2") {
+		t.Errorf("predecessor's error: %v", err)
+	}
+	if old.aborted.Load() != 0 {
+		t.Error("an offer was made to a successor of another owner")
+	}
+	if name, err := ask(old.ln.Addr().String()); err != nil || name != "old" {
+		t.Errorf("after the refusal: %q, %v; want the predecessor serving", name, err)
 	}
 }

@@ -171,16 +171,35 @@ func (c *cluster) writeState(modes map[string]string) {
 func (c *cluster) pinDir(node string) string { return c.lab.Node(node).PinDir }
 
 func (c *cluster) startAgent(node string) {
+	c.startAgentLogging(node, filepath.Join(c.lab.Dir, node+"-agent.log"))
+}
+
+// startAgentLogging starts node's agent logging to logPath, which logLines(node) reads from
+// then on.
+func (c *cluster) startAgentLogging(node, logPath string) {
 	n := c.lab.Node(node)
-	logPath := filepath.Join(c.lab.Dir, node+"-agent.log")
 	c.logs[node] = logPath
-	args := append([]string{"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
-		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s"}, c.args...)
+	args := []string{"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
+		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s"}
+	for _, a := range c.args {
+		if a == handoffInLab {
+			a = "--handoff-socket=" + c.handoffSocket(node)
+		}
+		args = append(args, a)
+	}
 	p, err := c.lab.Start(context.Background(), n.Netns, logPath, c.bin, args...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.agents[node] = p
+}
+
+// handoffInLab, among a cluster's agent flags, gives each node's agent a hand-off socket of its
+// own in the lab's directory (handoffSocket).
+const handoffInLab = "--handoff-socket=lab"
+
+func (c *cluster) handoffSocket(node string) string {
+	return filepath.Join(c.lab.Dir, "run-"+node, "handoff.sock")
 }
 
 func (c *cluster) stopAgent(node string) {

@@ -253,6 +253,7 @@ func (c *kubeCluster) startAgent(node string) {
 		"--node", node, "--kube", "--kubeconfig", filepath.Join(c.dir, "agent.kubeconfig"),
 		"--ca-dir", filepath.Join(c.dir, "ca"), "--pin-dir", n.PinDir, "--drain-timeout", "1s",
 		"--cni-socket", c.socket(node), "--health-addr", "127.0.0.1:15021",
+		"--handoff-socket", filepath.Join(c.dir, node, "run", "handoff.sock"),
 		// As the DaemonSet's agent: keep amesh-cni chained (checked often here, to be testable).
 		"--cni-conf-dir", filepath.Join(c.dir, node, "net.d"), "--cni-bin-dir", c.cniBin,
 		"--plugin-binary", filepath.Join(c.dir, "amesh-cni"), "--plugin-kubeconfig", filepath.Join(c.dir, "agent.kubeconfig"),

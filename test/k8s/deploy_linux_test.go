@@ -143,7 +143,18 @@ func TestDeployApply(t *testing.T) {
 	if err != nil {
 		t.Fatalf("get the DaemonSet: %v", err)
 	}
+	// A rollout starts the new agent beside the old one (it takes its sockets over), so no
+	// node is ever without an agent; a hostPort would keep the scheduler from placing it.
+	if ru := ds.Spec.UpdateStrategy.RollingUpdate; ru == nil || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 1 ||
+		ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("update strategy %+v: want maxSurge 1, maxUnavailable 0", ds.Spec.UpdateStrategy)
+	}
 	spec := ds.Spec.Template.Spec
+	for _, c := range spec.Containers {
+		if len(c.Ports) > 0 {
+			t.Errorf("container %s declares ports %+v: with hostNetwork they are hostPorts, which block the surge pod", c.Name, c.Ports)
+		}
+	}
 	if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet || spec.ServiceAccountName != "amesh-agent" ||
 		spec.PriorityClassName != "system-node-critical" || len(spec.Tolerations) != 1 || spec.Tolerations[0].Operator != corev1.TolerationOpExists {
 		t.Errorf("pod spec: hostNetwork %v, dnsPolicy %s, serviceAccount %q, priorityClass %q, tolerations %+v",
