@@ -279,10 +279,20 @@ func (a *Agent) chooseSameNode() error {
 			a.log.Warn("same-node kernel short-circuit unavailable, using splice", "err", err)
 			return nil
 		}
+		// A connection on the kernel path has no agent in it: only SOCK_DESTROY can end it when
+		// a policy change denies it. Without it, auto keeps every pair where the agent can.
+		if err := netns.ProbeDestroy(); err != nil {
+			a.cfg.SameNode = SameNodeSplice
+			a.log.Warn("open kernel-path connections could not be revoked on this kernel: using splice", "err", err)
+			return nil
+		}
 		a.cfg.SameNode = SameNodeKernel
 	case SameNodeKernel:
 		if err := a.red.ProbeKernelPath(); err != nil {
 			return fmt.Errorf("agent: --same-node=kernel: %w (use auto or splice)", err)
+		}
+		if err := netns.ProbeDestroy(); err != nil {
+			a.log.Warn("--same-node=kernel without SOCK_DESTROY: a policy change will not end open kernel-path connections, only new ones (auto would use splice)", "err", err)
 		}
 	}
 	return nil

@@ -295,3 +295,35 @@ func DestroyTCP(path string, local, remote netip.AddrPort) error {
 	}
 	return nil
 }
+
+// ProbeDestroy checks that DestroyTCP works on this kernel: it aborts a loopback connection of
+// its own in the caller's namespace and sees it end. Without it (a kernel built without
+// CONFIG_INET_DIAG_DESTROY, or sock_diag denied) the agent cannot revoke connections it is not
+// in the data path of.
+func ProbeDestroy() error {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("netns: probe SOCK_DESTROY: %w", err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		return fmt.Errorf("netns: probe SOCK_DESTROY: %w", err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("netns: probe SOCK_DESTROY: %w", err)
+	}
+	defer s.Close()
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
+	if err := DestroyTCP("/proc/self/ns/net", local, remote); err != nil {
+		return fmt.Errorf("netns: probe SOCK_DESTROY (the kernel needs CONFIG_INET_DIAG_DESTROY): %w", err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNABORTED) {
+		return fmt.Errorf("netns: probe SOCK_DESTROY: the destroyed socket read %v, want ECONNABORTED", err)
+	}
+	return nil
+}

@@ -272,3 +272,11 @@ func TestDestroyTCP(t *testing.T) {
 		t.Error("destroying a socket that is gone succeeded")
 	}
 }
+
+// TestProbeDestroy: the kernels amesh is tested on can abort a connection from outside it.
+func TestProbeDestroy(t *testing.T) {
+	testenv.RequireRoot(t)
+	if err := ProbeDestroy(); err != nil {
+		t.Fatal(err)
+	}
+}

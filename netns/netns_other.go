@@ -41,3 +41,6 @@ func (*Scanner) Find([]netip.Addr) string { return "" }
 
 // DestroyTCP fails off Linux.
 func DestroyTCP(string, netip.AddrPort, netip.AddrPort) error { return errNotLinux }
+
+// ProbeDestroy fails: DestroyTCP needs Linux.
+func ProbeDestroy() error { return errNotLinux }

@@ -69,13 +69,24 @@ func Open(cfg Config) (*Redirector, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.PinDir, podsDir), 0o700); err != nil {
 		return nil, fmt.Errorf("redirect: pin directory: %w", err)
 	}
+	// The layout first: nothing pinned is touched, or re-pointed at new programs, unless this
+	// agent knows what the pins mean.
+	layout, err := checkLayout(cfg.PinDir)
+	if err != nil {
+		return nil, err
+	}
 	r := &Redirector{cfg: cfg, log: log, pods: map[uint64]*podLinks{}}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinDir}}
 	if err := loadAmeshObjects(&r.objs, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("redirect: pinned maps in %s are from another amesh version (`amesh-agent --uninstall` clears them): %w", cfg.PinDir, err)
+			return nil, fmt.Errorf("redirect: the pinned maps in %s (layout %d) do not match this agent's (layout %d) though the layouts say they should: a bug; "+
+				"`amesh-agent --uninstall` clears them, but takes every pod of the node out of the mesh until an agent enrolls them again: %w", cfg.PinDir, layout, LayoutVersion, err)
 		}
 		return nil, fmt.Errorf("redirect: load eBPF programs: %w", err)
+	}
+	if err := writeLayout(cfg.PinDir); err != nil {
+		r.objs.Close()
+		return nil, err
 	}
 	for _, a := range []struct {
 		name   string

@@ -127,6 +127,7 @@ type options struct {
 	keepEvery        *time.Duration
 	health           *string
 	handoff          *string
+	statePoll        *time.Duration
 	maxConns         *int
 	maxStreams       *int
 }
@@ -184,6 +185,7 @@ Flags (environment variable in brackets):
 	o.keepEvery = fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
 	o.maxConns = fs.Int("max-conns-per-source", maxConnsDef, "HBONE connections one source pod may hold to this node at once; 0: the default (64) [AMESH_MAX_CONNS_PER_SOURCE]")
 	o.maxStreams = fs.Int("max-streams-per-source", maxStreamsDef, "tunneled connections one source pod may hold to this node's pods at once, its memory budget (~30 KiB each when stalled); 0: the default (2048) [AMESH_MAX_STREAMS_PER_SOURCE]")
+	o.statePoll = fs.Duration("state-poll", 0, "how often --state is re-read (0: 250ms)")
 	o.handoff = fs.String("handoff-socket", env("AMESH_HANDOFF_SOCKET", ""), "unix socket over which an upgraded agent takes this one's listening sockets, so an upgrade drops no connection; at start the agent takes over from whichever agent serves it (with --kube default "+agent.DefaultHandoffSocket+"; off when empty otherwise) [AMESH_HANDOFF_SOCKET]")
 	o.health = fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(args); err != nil {
@@ -214,7 +216,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 	cfg := agent.Config{
 		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
 		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
-		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff,
+		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll,
 		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
 	}
 	if !*o.kube {

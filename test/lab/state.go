@@ -67,7 +67,17 @@ func q(s string) string { return strconv.Quote(s) }
 // file.Parse first and not written if it is invalid; write a broken file by hand to test an
 // agent's rejection.
 func (l *Lab) WriteState(path, servicesYAML, policiesYAML string) error {
+	return l.WriteStateWith(path, nil, servicesYAML, policiesYAML)
+}
+
+// WriteStateWith is WriteState with the lab's own part of the state (StateYAML) passed
+// through edit first, when it is set: to add nodes or workloads that have no pod in the lab,
+// say.
+func (l *Lab) WriteStateWith(path string, edit func([]byte) []byte, servicesYAML, policiesYAML string) error {
 	data := l.StateYAML()
+	if edit != nil {
+		data = edit(data)
+	}
 	data = appendSection(data, "services", servicesYAML)
 	data = appendSection(data, "policies", policiesYAML)
 	if !filepath.IsAbs(path) {
