@@ -236,16 +236,6 @@ func New(cfg Config) (_ *Agent, err error) {
 		a.src.Close()
 		return nil, err
 	}
-	if a.cfg.SameNode == SameNodeKernel {
-		// Verdicts pinned by an earlier run (one that was killed, so could not withdraw them)
-		// were decided on a state that may be gone: forget them before the first heartbeat
-		// would bring them back to life. The pairs' next connects are decided again.
-		if err := a.red.FlushKernelPaths(); err != nil {
-			a.red.Close()
-			a.src.Close()
-			return nil, fmt.Errorf("agent: %w", err)
-		}
-	}
 	a.srv, err = tunnel.NewServer(tunnel.ServerConfig{
 		Source:            a.src,
 		Authorize:         a.authorizeHBONE,
@@ -340,11 +330,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stop()
 	start := time.Now()
 	err := a.takeOver(runCtx)
+	if err == nil && a.taking == nil && a.cfg.SameNode == SameNodeKernel {
+		// Verdicts pinned by an earlier run (one that was killed, so could not withdraw them)
+		// were decided on a state that may be gone: forget them before the first heartbeat
+		// would bring them back to life. The pairs' next connects are decided again. A
+		// predecessor handing over is alive and its verdicts current: they stay.
+		if ferr := a.red.FlushKernelPaths(); ferr != nil {
+			err = fmt.Errorf("agent: %w", ferr)
+		}
+	}
 	var servers *sync.WaitGroup
 	if err == nil {
 		servers, err = a.startAPIs(runCtx)
 	}
 	if err != nil {
+		if a.taking != nil {
+			a.taking.Abort() // the predecessor serves on
+			for _, f := range a.inherited {
+				f.Close()
+			}
+		}
 		cancel()
 		<-feedDone
 		a.stopFeed()
@@ -358,6 +363,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.startKernelPath(runCtx)
 	}
 	handoffServed := false
+	revoked, stopRevocations := a.src.Revocations()
+	defer stopRevocations()
 	source := a.cfg.StatePath
 	if a.cfg.Kube != nil {
 		source = "kubernetes"
@@ -400,6 +407,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.serveHandoff(runCtx)
 			}
 			retry.after(a.failedEnrollments())
+		case id := <-revoked:
+			n := a.revokeIdentity(id)
+			a.log.Info("identity revoked: its open connections ended", "id", id.String(), "count", n)
 		case <-retry.c:
 			a.reconcile(runCtx, a.store.Load())
 			retry.after(a.failedEnrollments())

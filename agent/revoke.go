@@ -4,6 +4,9 @@ import (
 	"net"
 	"sync"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/workload"
 )
@@ -137,4 +140,54 @@ func (r *openConns) killAll() {
 	for _, c := range open {
 		c.kill()
 	}
+}
+
+// revokeIdentity ends every open connection whose source is id, relayed (reset) or on the
+// kernel path (destroyed), with an access line saying it was revoked: what an identity source
+// that revokes (identity.Revoker) drives. It returns how many it ended.
+func (a *Agent) revokeIdentity(id spiffeid.ID) int {
+	d := policy.Decision{Reason: "the identity " + id.String() + " was revoked by its source"}
+	a.open.mu.Lock()
+	var victims []*openConn
+	for c := range a.open.conns {
+		if c.src == id.String() {
+			victims = append(victims, c)
+		}
+	}
+	a.open.mu.Unlock()
+	n := 0
+	for _, c := range victims {
+		c.mu.Lock()
+		already := c.revoked != nil
+		if !already {
+			c.revoked = &d
+		}
+		c.mu.Unlock()
+		if !already {
+			c.kill()
+			n++
+		}
+	}
+	type victim struct {
+		kc  *kernelConn
+		src *pod
+	}
+	var kernel []victim
+	a.kernelOpen.mu.Lock()
+	for _, kc := range a.kernelOpen.conns {
+		if kc.revoked != nil {
+			continue
+		}
+		if src := a.podByIP(kc.src.Addr()); src != nil && src.id == id {
+			kc.revoked = &d
+			kernel = append(kernel, victim{kc, src})
+		}
+	}
+	a.kernelOpen.mu.Unlock()
+	for _, v := range kernel {
+		if err := netns.DestroyTCP(v.src.w.Netns, v.kc.src, v.kc.dst); err != nil {
+			a.log.Warn("revoked kernel-path connection not aborted", "src", v.kc.src, "dst", v.kc.dst, "err", err)
+		}
+	}
+	return n + len(kernel)
 }

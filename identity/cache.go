@@ -241,3 +241,12 @@ func (c *Cache) Close() error {
 	}
 	return nil
 }
+
+// Revocations forwards the issuer's revocations when it can revoke (it is a Revoker); otherwise
+// it returns a nil channel, which never delivers.
+func (c *Cache) Revocations() (<-chan spiffeid.ID, func()) {
+	if r, ok := c.issuer.(Revoker); ok {
+		return r.Revocations()
+	}
+	return nil, func() {}
+}

@@ -35,3 +35,13 @@ var (
 	_ Source = (*Cache)(nil)
 	_ Issuer = (*CA)(nil)
 )
+
+// Revoker is an Issuer that can revoke identities before their SVIDs expire (a SPIRE agent
+// that evicts a workload, a CA with a revocation list). The node agent ends every open
+// connection of a revoked identity, as it does for a policy change that denies it. The
+// built-in CA revokes nothing.
+type Revoker interface {
+	// Revocations returns a channel that receives each identity revoked from now on, and a
+	// function that stops the subscription.
+	Revocations() (<-chan spiffeid.ID, func())
+}
