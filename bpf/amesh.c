@@ -327,14 +327,37 @@ int amesh_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The bytes the application moved, from the kernel's counters, which count sequence space: the
+ * SYN (acked on every established connection) and each FIN take one byte of it. Which FINs went
+ * shows in the state the socket closes from (args[0] of the CLOSE transition): from FIN_WAIT2,
+ * CLOSING, LAST_ACK or TIME_WAIT ours was acked; from CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT
+ * or FIN_WAIT2 the peer's came. (A FIN_WAIT2 that times out without the peer's FIN, an orphan
+ * after tcp_fin_timeout, would count one byte too few received.) */
+static __always_inline void app_bytes(struct bpf_sock_ops *ops, struct conn_event *ev)
+{
+	__u64 sent = ops->bytes_acked, recv = ops->bytes_received;
+	__u32 from = ops->args[0];
+	int fin_acked = from == BPF_TCP_FIN_WAIT2 || from == BPF_TCP_CLOSING || from == BPF_TCP_LAST_ACK ||
+			from == BPF_TCP_TIME_WAIT;
+	int fin_recvd = fin_acked || from == BPF_TCP_CLOSE_WAIT;
+	if (sent > 0)
+		sent--; /* the SYN */
+	if (fin_acked && sent > 0)
+		sent--;
+	if (fin_recvd && recv > 0)
+		recv--;
+	ev->bytes_sent = sent;
+	ev->bytes_received = recv;
+}
+
 static __always_inline void emit(struct bpf_sock_ops *ops, __u64 cookie, struct pass_key *pk, __u32 kind)
 {
 	struct conn_event ev = {};
 	ev.cookie = cookie;
 	ev.netns = bpf_get_netns_cookie(ops);
 	ev.ts_ns = bpf_ktime_get_ns();
-	ev.bytes_sent = ops->bytes_acked;
-	ev.bytes_received = ops->bytes_received;
+	if (kind == EVENT_CLOSE)
+		app_bytes(ops, &ev);
 	__builtin_memcpy(ev.src, pk->src, 16);
 	__builtin_memcpy(ev.dst, pk->dst, 16);
 	ev.sport = pk->sport;

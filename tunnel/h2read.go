@@ -235,6 +235,7 @@ func (c *h2conn) deliverData(sid uint32, size int64, data *chunk, end bool) erro
 		c.mu.Lock()
 		s.sinkBusy = false
 		if n > 0 {
+			s.sunk += int64(n)
 			s.creditLocked(int64(n))
 			c.creditConnLocked(int64(n))
 		}

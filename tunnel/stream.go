@@ -58,6 +58,7 @@ type Stream struct {
 	rq          recvQueue
 	sink        syscall.RawConn // WriteTo's TCP destination, which the read loop may write to directly
 	sinkBusy    bool            // someone is writing to sink
+	sunk        int64           // bytes the read loop wrote to sink itself: WriteTo counts them too
 	recvEOF     bool
 	sentEnd     bool
 	reset       error // set once: the stream is dead
@@ -108,6 +109,17 @@ func (s *Stream) Read(p []byte) (int, error) {
 // nil, as io.Copy expects) or it is reset. Received chunks go to w as they are, in one writev
 // where w is a TCP connection: no copy between the TLS layer and the destination socket.
 func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	n, err := s.writeTo(w)
+	// The sink is detached now (writeTo's defer): what the read loop wrote straight to it was
+	// moved by this call as much as what writeTo wrote.
+	s.c.mu.Lock()
+	n += s.sunk
+	s.sunk = 0
+	s.c.mu.Unlock()
+	return n, err
+}
+
+func (s *Stream) writeTo(w io.Writer) (int64, error) {
 	c := s.c
 	if tc, ok := w.(*net.TCPConn); ok && directSink {
 		if rc, err := tc.SyscallConn(); err == nil {
