@@ -15,10 +15,10 @@ type accessEntry struct {
 	dst, upstream   netip.AddrPort
 	srcID, dstID    string
 	sent, received  int64
-}
-
-func (e *accessEntry) done(l *slog.Logger, start time.Time, result, reason string) {
-	e.log(l, time.Since(start), result, reason)
+	// opened: counted as established (metrics), so its end is a close, not a failure;
+	// inherited: opened under the agent this one took over from; cause: why it failed.
+	opened, inherited bool
+	cause             tunnel.Reason
 }
 
 func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string) {

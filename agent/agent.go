@@ -22,6 +22,7 @@ import (
 
 	"github.com/amesh-dev/amesh/handoff"
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/metrics"
 	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
@@ -43,6 +44,9 @@ type Config struct {
 	Kube *kube.Source
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
+	// MetricsAddr serves Prometheus metrics on /metrics and /stats/prometheus (ztunnel's
+	// names, package metrics); none when empty. The DaemonSet uses DefaultMetricsAddr.
+	MetricsAddr string
 	// HealthAddr serves /healthz/ready (200 once the state has synced and pods are enrolled) and
 	// /healthz/live; none when empty. The DaemonSet uses DefaultHealthAddr.
 	HealthAddr string
@@ -112,6 +116,7 @@ type Agent struct {
 	enrollErrs map[string]error // by workload UID: why its last enrollment failed
 	byIP       map[netip.Addr]*pod
 
+	metrics   *metrics.Registry
 	lbCounter atomic.Uint64
 	// acceptErrors counts accept errors of the pods' listeners (each retried).
 	acceptErrors atomic.Uint64
@@ -142,6 +147,7 @@ type Agent struct {
 	drained     chan struct{}
 	handoffWG   sync.WaitGroup
 	healthLn    *net.TCPListener
+	metricsLn   *net.TCPListener
 	cniLn       *net.UnixListener
 	// stopKernel stops the kernel-path event reader and heartbeat and waits for them.
 	stopKernel func()
@@ -154,6 +160,8 @@ const (
 	// DefaultHealthAddr is where a cluster's agent serves readiness (the port Istio's ztunnel
 	// uses for it, DESIGN §3).
 	DefaultHealthAddr = ":15021"
+	// DefaultMetricsAddr is where a cluster's agent serves its metrics (ztunnel's port).
+	DefaultMetricsAddr = ":15020"
 	// DefaultHandoffSocket is where a cluster's agent hands its sockets to its successor: beside
 	// the enrollment API's socket, in the directory both agent pods of a rollout mount.
 	DefaultHandoffSocket = "/var/run/amesh/handoff.sock"
@@ -192,7 +200,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		access = log
 	}
 	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
-		handedOver: make(chan struct{}), drained: make(chan struct{})}
+		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(Version)}
 
 	a.cniPods.init()
 	if cfg.Kube != nil {

@@ -50,6 +50,23 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		wg.Go(func() { srv.Serve(ln) })
 		wg.Go(func() { <-ctx.Done(); srv.Close() })
 	}
+	if a.cfg.MetricsAddr != "" {
+		ln := a.inheritedTCP(metricsSocketName)
+		if ln == nil {
+			l, err := net.Listen("tcp", a.cfg.MetricsAddr)
+			if err != nil {
+				return nil, fmt.Errorf("agent: metrics endpoint: %w", err)
+			}
+			ln = l.(*net.TCPListener)
+		}
+		a.metricsLn = ln
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", a.metrics.Handler())
+		mux.Handle("/stats/prometheus", a.metrics.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { srv.Serve(ln) })
+		wg.Go(func() { <-ctx.Done(); srv.Close() })
+	}
 	if a.cfg.CNISocket != "" {
 		ln, err := a.listenEnrollment(a.cfg.CNISocket)
 		if err != nil {

@@ -22,8 +22,9 @@ import (
 
 // Names of the handed-over sockets.
 const (
-	healthSocketName = "health"
-	cniSocketName    = "cni"
+	healthSocketName  = "health"
+	metricsSocketName = "metrics"
+	cniSocketName     = "cni"
 )
 
 // podListenerName names a pod's listener in a hand-over: the pod's UID and the listener's
@@ -152,6 +153,13 @@ func (h handoffHandler) Offer() (map[string]*os.File, error) {
 		}
 		files[healthSocketName] = f
 	}
+	if a.metricsLn != nil {
+		f, err := a.metricsLn.File()
+		if err != nil {
+			return fail(fmt.Errorf("metrics listener: %w", err))
+		}
+		files[metricsSocketName] = f
+	}
 	if a.cniLn != nil {
 		f, err := a.cniLn.File()
 		if err != nil {
@@ -179,6 +187,9 @@ func (h handoffHandler) Release() (json.RawMessage, error) {
 	}
 	if a.cniLn != nil {
 		a.cniLn.Close()
+	}
+	if a.metricsLn != nil {
+		a.metricsLn.Close()
 	}
 	if a.stopKernel != nil {
 		a.stopKernel()
@@ -243,7 +254,7 @@ func (k *kernelConns) restore(state json.RawMessage) (int, error) {
 			break
 		}
 		if _, ok := k.conns[c.Cookie]; !ok {
-			k.conns[c.Cookie] = &kernelConn{start: c.Start, src: c.Src, dst: c.Dst}
+			k.conns[c.Cookie] = &kernelConn{start: c.Start, src: c.Src, dst: c.Dst, inherited: true}
 		}
 	}
 	return len(in), nil

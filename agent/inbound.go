@@ -40,12 +40,13 @@ func (a *Agent) handlePlaintext(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	oc := &openConn{src: "", dst: w, port: dst.Port(), kill: func() { resetBoth(c, up) }}
 	defer a.track(oc)()
+	a.opened(&entry)
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
 	if d := oc.revocation(); d != nil {
-		entry.done(a.access, start, "revoked", revokedReason(d))
+		a.done(&entry, start, "revoked", revokedReason(d))
 		return
 	}
-	entry.done(a.access, start, relayResult(err), errString(err))
+	a.done(&entry, start, relayResult(err), errString(err))
 }
 
 // authorizeHBONE admits a CONNECT that arrived on the HBONE listener of the pod in ctx: it must
@@ -138,6 +139,8 @@ func (a *Agent) dialHBONEApp(ctx context.Context, req *tunnel.Request) (net.Conn
 	// Revoking the stream resets its upstream: the relay then ends the stream with RST_STREAM.
 	oc := &openConn{src: req.Peer.String(), dst: p.w, port: req.Authority.Port(), kill: func() { resetBoth(up) }}
 	a.hboneOpen.Store(req, &hboneConn{oc: oc, remove: a.track(oc)})
+	e := inboundEntry(req)
+	a.opened(&e)
 	return up, nil
 }
 
@@ -161,12 +164,11 @@ func (a *Agent) dialApp(ctx context.Context, p *pod, client netip.Addr, dst neti
 
 // logInbound writes the access line of an HBONE stream this node served or refused.
 func (a *Agent) logInbound(req *tunnel.Request, res tunnel.StreamResult) {
-	e := accessEntry{
-		direction: "inbound", src: req.Client.Addr(), dst: req.Authority, srcID: req.Peer.String(),
-		dstID: req.Local.String(), path: "hbone", sent: res.BytesIn, received: res.BytesOut,
-	}
+	e := inboundEntry(req)
+	e.sent, e.received, e.cause = res.BytesIn, res.BytesOut, res.Reason
 	result, reason := relayResult(res.Err), errString(res.Err)
 	if v, ok := a.hboneOpen.LoadAndDelete(req); ok {
+		e.opened = true // counted by dialHBONEApp
 		hc := v.(*hboneConn)
 		hc.remove()
 		if d := hc.oc.revocation(); d != nil {
@@ -180,7 +182,15 @@ func (a *Agent) logInbound(req *tunnel.Request, res tunnel.StreamResult) {
 		}
 		reason = res.Reason.String() + ": " + errString(res.Err)
 	}
-	e.log(a.access, res.Duration, result, reason)
+	a.record(&e, res.Duration, result, reason)
+}
+
+// inboundEntry is the access entry of an HBONE stream.
+func inboundEntry(req *tunnel.Request) accessEntry {
+	return accessEntry{
+		direction: "inbound", src: req.Client.Addr(), dst: req.Authority, srcID: req.Peer.String(),
+		dstID: req.Local.String(), path: "hbone",
+	}
 }
 
 // decide applies the policies of the destination pod to a source principal (empty for a

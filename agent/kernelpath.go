@@ -23,30 +23,26 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		err := a.red.KernelEvents(ctx, func(ev redirect.ConnEvent) {
+			e := a.kernelEntry(ev)
 			if !ev.Closed {
 				a.kernelOpen.opened(ev)
+				a.opened(&e)
 				return
 			}
 			kc, ok := a.kernelOpen.closed(ev.Cookie)
 			start := kc.start
-			e := accessEntry{direction: "outbound", path: "kernel", src: ev.Src.Addr(), dst: ev.Dst,
-				sent: int64(ev.BytesSent), received: int64(ev.BytesReceived)}
-			if p := a.podByIP(ev.Src.Addr()); p != nil {
-				e.srcID = p.id.String()
-			}
-			if p := a.podByIP(ev.Dst.Addr()); p != nil {
-				e.dstID = p.id.String()
-			}
+			e.sent, e.received = int64(ev.BytesSent), int64(ev.BytesReceived)
 			if !ok {
 				// Closed without ever being established: refused or unreachable.
-				e.log(a.access, 0, "error", "connection not established")
+				a.record(&e, 0, "error", "connection not established")
 				return
 			}
+			e.opened, e.inherited = true, kc.inherited
 			if kc.revoked != nil {
-				e.log(a.access, time.Duration(ev.MonotonicNanos-start), "revoked", revokedReason(kc.revoked))
+				a.record(&e, time.Duration(ev.MonotonicNanos-start), "revoked", revokedReason(kc.revoked))
 				return
 			}
-			e.log(a.access, time.Duration(ev.MonotonicNanos-start), "ok", "")
+			a.record(&e, time.Duration(ev.MonotonicNanos-start), "ok", "")
 		})
 		if err != nil {
 			a.log.Warn("kernel path events stopped", "err", err)
@@ -60,7 +56,11 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			a.red.FlushKernelPaths()
+			if !a.released.Load() {
+				// Stopping: no verdict may outlive the agent that decided it. A successor that
+				// took over keeps them: it is alive, and they are current.
+				a.red.FlushKernelPaths()
+			}
 			wg.Wait()
 			return
 		case <-t.C:
@@ -70,9 +70,22 @@ func (a *Agent) runKernelPath(ctx context.Context) {
 
 // kernelConn is an open short-circuited connection, as its open event told it.
 type kernelConn struct {
-	start    uint64 // monotonic open time
-	src, dst netip.AddrPort
-	revoked  *policy.Decision // set when a change revoked it
+	start     uint64 // monotonic open time
+	src, dst  netip.AddrPort
+	revoked   *policy.Decision // set when a change revoked it
+	inherited bool             // opened under the agent this one took over from
+}
+
+// kernelEntry is the access entry of a kernel-path connection's event.
+func (a *Agent) kernelEntry(ev redirect.ConnEvent) accessEntry {
+	e := accessEntry{direction: "outbound", path: "kernel", src: ev.Src.Addr(), dst: ev.Dst}
+	if p := a.podByIP(ev.Src.Addr()); p != nil {
+		e.srcID = p.id.String()
+	}
+	if p := a.podByIP(ev.Dst.Addr()); p != nil {
+		e.dstID = p.id.String()
+	}
+	return e
 }
 
 // kernelConns are the open short-circuited connections, by the client socket's cookie: the

@@ -54,5 +54,5 @@ func (a *Agent) serve(ctx context.Context, p *pod, ln acceptor, handle func(cont
 // refuse resets c and writes its access line with result and reason.
 func (a *Agent) refuse(c *net.TCPConn, e *accessEntry, start time.Time, result, reason string) {
 	resetBoth(c) // a refused connection must look refused to the app, not served
-	e.done(a.access, start, result, reason)
+	a.done(e, start, result, reason)
 }

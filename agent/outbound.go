@@ -100,6 +100,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 			Baggage:   baggage(p.w),
 		})
 		if err != nil {
+			entry.cause = tunnel.ReasonOf(err)
 			a.refuse(c, &entry, start, resultOf(err), err.Error())
 			return
 		}
@@ -114,14 +115,15 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		}
 	}
 	dialed()
+	a.opened(&entry)
 	entry.sent, entry.received, err = tunnel.Relay(c, up)
 	if tracked != nil {
 		if d := tracked.revocation(); d != nil {
-			entry.done(a.access, start, "revoked", revokedReason(d))
+			a.done(&entry, start, "revoked", revokedReason(d))
 			return
 		}
 	}
-	entry.done(a.access, start, relayResult(err), errString(err))
+	a.done(&entry, start, relayResult(err), errString(err))
 }
 
 // dialHBONE opens an HBONE connection from inside the source pod's netns, so the pod's IP is

@@ -138,7 +138,7 @@ const HostProcEnv = "AMESH_HOST_PROC"
 // fwmarkAcceptKey is tcp_fwmark_accept's path below a procfs.
 const fwmarkAcceptKey = "sys/net/ipv4/tcp_fwmark_accept"
 
-// setFwmarkAccept sets net.ipv4.tcp_fwmark_accept in the calling thread's netns. A container's
+// setFwmarkAccept sets net.ipv4.tcp_fwmark_accept and fwmark_reflect in the calling thread's netns. A container's
 // own /proc/sys is read-only, so on failure it writes through the node's /proc/sys/net mounted
 // under $AMESH_HOST_PROC: /proc/sys/net shows the netns of the thread that opens it, whichever
 // mount of it the path goes through (TestNetSysctlThroughBindMount).
@@ -147,8 +147,27 @@ func setFwmarkAccept() error {
 	if hostProc == "" {
 		hostProc = "/host/proc"
 	}
-	return writeNetSysctl("/proc/"+fwmarkAcceptKey, hostProc+"/"+fwmarkAcceptKey, "1")
+	if err := writeNetSysctl("/proc/"+fwmarkAcceptKey, hostProc+"/"+fwmarkAcceptKey, "1"); err != nil {
+		return err
+	}
+	// The kernel's own answers to the agent's transparent connects (the RST of a port nobody
+	// listens on) must carry the mark too, or they route out to the client's IP, and the agent
+	// waits out its dial timeout for a refusal that went elsewhere.
+	if err := writeNetSysctl("/proc/"+fwmarkReflect4Key, hostProc+"/"+fwmarkReflect4Key, "1"); err != nil {
+		return err
+	}
+	if _, err := os.Stat("/proc/" + fwmarkReflect6Key); err == nil { // absent without IPv6
+		return writeNetSysctl("/proc/"+fwmarkReflect6Key, hostProc+"/"+fwmarkReflect6Key, "1")
+	}
+	return nil
 }
+
+// fwmark_reflect's paths below a procfs: replies the kernel makes (RST, ICMP) carry the mark of
+// the packet they answer.
+const (
+	fwmarkReflect4Key = "sys/net/ipv4/fwmark_reflect"
+	fwmarkReflect6Key = "sys/net/ipv6/fwmark_reflect"
+)
 
 // writeNetSysctl writes value to the per-netns sysctl at path, or, when that fails (read-only),
 // at fallback.

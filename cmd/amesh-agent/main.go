@@ -128,6 +128,7 @@ type options struct {
 	health           *string
 	handoff          *string
 	statePoll        *time.Duration
+	metricsAddr      *string
 	maxConns         *int
 	maxStreams       *int
 }
@@ -185,6 +186,7 @@ Flags (environment variable in brackets):
 	o.keepEvery = fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
 	o.maxConns = fs.Int("max-conns-per-source", maxConnsDef, "HBONE connections one source pod may hold to this node at once; 0: the default (64) [AMESH_MAX_CONNS_PER_SOURCE]")
 	o.maxStreams = fs.Int("max-streams-per-source", maxStreamsDef, "tunneled connections one source pod may hold to this node's pods at once, its memory budget (~30 KiB each when stalled); 0: the default (2048) [AMESH_MAX_STREAMS_PER_SOURCE]")
+	o.metricsAddr = fs.String("metrics-addr", env("AMESH_METRICS_ADDR", ""), "address of the Prometheus metrics, /metrics and /stats/prometheus, with ztunnel's names (with --kube default "+agent.DefaultMetricsAddr+"; off when empty otherwise) [AMESH_METRICS_ADDR]")
 	o.statePoll = fs.Duration("state-poll", 0, "how often --state is re-read (0: 250ms)")
 	o.handoff = fs.String("handoff-socket", env("AMESH_HANDOFF_SOCKET", ""), "unix socket over which an upgraded agent takes this one's listening sockets, so an upgrade drops no connection; at start the agent takes over from whichever agent serves it (with --kube default "+agent.DefaultHandoffSocket+"; off when empty otherwise) [AMESH_HANDOFF_SOCKET]")
 	o.health = fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
@@ -216,7 +218,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 	cfg := agent.Config{
 		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
 		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
-		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll,
+		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll, MetricsAddr: *o.metricsAddr,
 		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
 	}
 	if !*o.kube {
@@ -236,6 +238,9 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 	}
 	if cfg.HandoffSocket == "" {
 		cfg.HandoffSocket = agent.DefaultHandoffSocket
+	}
+	if cfg.MetricsAddr == "" {
+		cfg.MetricsAddr = agent.DefaultMetricsAddr
 	}
 	return cfg, 0
 }

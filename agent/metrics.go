@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"cmp"
+	"strings"
+	"time"
+
+	"github.com/amesh-dev/amesh/metrics"
+	"github.com/amesh-dev/amesh/tunnel"
+	"github.com/amesh-dev/amesh/workload"
+)
+
+// Version is the agent's release, as istio_build's tag shows it (set at link time).
+var Version = "dev"
+
+// record writes e's access line and counts it: a connection counted as opened is closed, with
+// its bytes; one that never opened failed, with why.
+func (a *Agent) record(e *accessEntry, d time.Duration, result, reason string) {
+	e.log(a.access, d, result, reason)
+	a.metrics.Handled(e.direction, e.path, result)
+	if e.opened {
+		for _, t := range a.traffic(e) {
+			// received: from the source to the destination; sent: back.
+			a.metrics.Closed(t, e.sent, e.received, !e.inherited)
+		}
+		return
+	}
+	flags := responseFlags(e.cause, result)
+	for _, t := range a.traffic(e) {
+		t.ResponseFlags = flags
+		a.metrics.Failed(t)
+	}
+	a.metrics.Refused(cmp.Or(reasonLabel(e.cause), result))
+}
+
+// done is record for a connection that began at start.
+func (a *Agent) done(e *accessEntry, start time.Time, result, reason string) {
+	a.record(e, time.Since(start), result, reason)
+}
+
+// opened counts e as an established connection (istio_tcp_connections_opened_total and the
+// sockets-open gauge) and marks it so, for record.
+func (a *Agent) opened(e *accessEntry) {
+	e.opened = true
+	for _, t := range a.traffic(e) {
+		a.metrics.Opened(t)
+	}
+}
+
+// traffic returns e's metric labels for each reporter this agent is: the source's agent for an
+// outbound connection, the destination's for an inbound one, both for a connection within the
+// node (splice, kernel), where this agent serves both ends.
+func (a *Agent) traffic(e *accessEntry) []metrics.Traffic {
+	st := a.store.Load()
+	t := metrics.Traffic{SourcePrincipal: e.srcID, DestinationPrincipal: e.dstID}
+	if e.path == "hbone" {
+		t.ConnectionSecurityPolicy = metrics.MutualTLS
+	} else {
+		t.ConnectionSecurityPolicy = metrics.Plaintext
+	}
+	if w := st.WorkloadByIP(e.src); w != nil {
+		t.SourceWorkload, t.SourceWorkloadNamespace = w.Name, w.Namespace
+		t.SourceApp, t.SourceVersion, t.SourceCanonicalService, t.SourceCanonicalRevision = canonical(w)
+		t.SourceCluster = cluster
+	}
+	to := e.upstream
+	if !to.IsValid() {
+		to = e.dst
+	}
+	if w := st.WorkloadByIP(to.Addr()); w != nil {
+		t.DestinationWorkload, t.DestinationWorkloadNamespace = w.Name, w.Namespace
+		t.DestinationApp, t.DestinationVersion, t.DestinationCanonicalService, t.DestinationCanonicalRevision = canonical(w)
+		t.DestinationCluster = cluster
+	}
+	if svc, _, ok := st.ServiceByVIP(e.dst); ok {
+		t.DestinationService = svc.Name + "." + svc.Namespace + ".svc.cluster.local"
+		t.DestinationServiceNamespace, t.DestinationServiceName = svc.Namespace, svc.Name
+	}
+	switch {
+	case e.path == "splice" || e.path == "kernel":
+		src, dst := t, t
+		src.Reporter, dst.Reporter = metrics.ReporterSource, metrics.ReporterDestination
+		return []metrics.Traffic{src, dst}
+	case strings.HasPrefix(e.direction, "inbound"):
+		t.Reporter = metrics.ReporterDestination
+	default:
+		t.Reporter = metrics.ReporterSource
+	}
+	return []metrics.Traffic{t}
+}
+
+// cluster is the cluster label, Istio's default cluster ID.
+const cluster = "Kubernetes"
+
+// canonical returns w's app, version, canonical service and revision as Istio derives them
+// from the pod's labels.
+func canonical(w *workload.Workload) (app, version, service, revision string) {
+	l := w.Labels
+	app = cmp.Or(l["app"], l["app.kubernetes.io/name"])
+	version = cmp.Or(l["version"], l["app.kubernetes.io/version"])
+	service = cmp.Or(l["service.istio.io/canonical-name"], app, w.Name)
+	revision = cmp.Or(l["service.istio.io/canonical-revision"], version, "latest")
+	return app, version, service, revision
+}
+
+// responseFlags is ztunnel's response_flags for a connection that failed: DENY for a policy or
+// mode refusal, CONNECT when the destination could not be reached, TLS_FAILURE and
+// IDENTITY_ERROR for a peer that failed the handshake or presented the wrong identity.
+func responseFlags(r tunnel.Reason, result string) string {
+	switch r {
+	case tunnel.ReasonDenied, tunnel.ReasonSourceIdentity:
+		return "DENY"
+	case tunnel.ReasonUpstreamDial:
+		return "CONNECT"
+	case tunnel.ReasonHandshakeTimeout, tunnel.ReasonTLSVersion, tunnel.ReasonALPN, tunnel.ReasonNoClientCert,
+		tunnel.ReasonUntrusted, tunnel.ReasonHandshake:
+		return "TLS_FAILURE"
+	case tunnel.ReasonCertExpired, tunnel.ReasonCertNotYetValid, tunnel.ReasonWrongTrustDomain,
+		tunnel.ReasonNotSVID, tunnel.ReasonWrongServerID:
+		return "IDENTITY_ERROR"
+	case tunnel.ReasonProtocol, tunnel.ReasonBadMethod, tunnel.ReasonBadAuthority, tunnel.ReasonBadRequest,
+		tunnel.ReasonHeadersTooLarge:
+		return "H2_HANDSHAKE_FAILURE"
+	case tunnel.ReasonNone:
+	default:
+		return "OVERLOAD" // a budget: the peer was cut (see tunnel's reasons)
+	}
+	switch result {
+	case "denied", "refused":
+		return "DENY"
+	}
+	return "CONNECT"
+}
+
+// reasonLabel is r's name for amesh_refusals_total, "" for none.
+func reasonLabel(r tunnel.Reason) string {
+	if r == tunnel.ReasonNone {
+		return ""
+	}
+	return r.String()
+}

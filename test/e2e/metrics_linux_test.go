@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/test/lab"
+)
+
+// metricsAddr is where the lab's agents serve metrics, inside their node's netns.
+const metricsAddr = "127.0.0.1:15020"
+
+// TestMetrics: a known sequence of connections gives exactly those values of ztunnel's
+// metrics, read from a scrape of each agent in the exposition format: opened, closed and
+// bytes both ways on each path, failures with their response flags, each counted by the
+// reporter(s) that served it; and 100 more connections between the same workloads add no
+// series.
+func TestMetrics(t *testing.T) {
+	c := newCluster(t, "--same-node", "splice", "--metrics-addr", metricsAddr)
+	echo := func(from, to string, size int) {
+		t.Helper()
+		echoSized(t, c.lab.Pod(from), net.JoinHostPort(c.lab.Pod(to).IP.String(), lab.EchoPort), size)
+	}
+	refused := func(from, addr string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := c.lab.Pod(from).Dial(ctx, addr)
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if err == nil {
+			t.Fatalf("%s -> %s: served, want refused", from, addr)
+		}
+	}
+	echo("web", "api2", 1000)                                                      // hbone
+	echo("web", "api1", 2000)                                                      // splice
+	echo("web", "legacy", 3000)                                                    // passthrough
+	echo("plain", "perm", 4000)                                                    // plaintext into a PERMISSIVE pod
+	refused("nosy", net.JoinHostPort(c.lab.Pod("api2").IP.String(), lab.EchoPort)) // denied by api-allow-web
+	refused("web", net.JoinHostPort(c.lab.Pod("other").IP.String(), "9999"))       // nothing listens
+
+	type want struct {
+		node, metric string
+		labels       map[string]string
+		value        float64
+	}
+	l := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	const web, api = "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/shop/sa/api"
+	hbone := l("source_workload", "web", "destination_workload", "api2", "source_principal", web, "destination_principal", api,
+		"connection_security_policy", "mutual_tls", "source_app", "web", "destination_app", "api", "destination_canonical_service", "api",
+		"source_cluster", "Kubernetes", "request_protocol", "tcp", "response_flags", "-")
+	with := func(m map[string]string, kv ...string) map[string]string {
+		out := l(kv...)
+		for k, v := range m {
+			if _, ok := out[k]; !ok {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	wants := []want{
+		{"node1", "istio_tcp_connections_opened_total", with(hbone, "reporter", "source"), 1},
+		{"node1", "istio_tcp_connections_closed_total", with(hbone, "reporter", "source"), 1},
+		{"node1", "istio_tcp_received_bytes_total", with(hbone, "reporter", "source"), 1000},
+		{"node1", "istio_tcp_sent_bytes_total", with(hbone, "reporter", "source"), 1000},
+		{"node2", "istio_tcp_connections_opened_total", with(hbone, "reporter", "destination"), 1},
+		{"node2", "istio_tcp_received_bytes_total", with(hbone, "reporter", "destination"), 1000},
+		{"node2", "istio_tcp_sent_bytes_total", with(hbone, "reporter", "destination"), 1000},
+		{"node2", "istio_tcp_sockets_open", with(hbone, "reporter", "destination"), 0},
+		{"node1", "istio_tcp_received_bytes_total", l("reporter", "source", "destination_workload", "api1", "connection_security_policy", "unknown"), 2000},
+		{"node1", "istio_tcp_sent_bytes_total", l("reporter", "destination", "destination_workload", "api1"), 2000},
+		{"node1", "istio_tcp_connections_closed_total", l("reporter", "destination", "destination_workload", "api1"), 1},
+		{"node1", "istio_tcp_received_bytes_total", l("reporter", "source", "destination_workload", "legacy", "destination_principal", "unknown"), 3000},
+		{"node2", "istio_tcp_received_bytes_total", l("reporter", "destination", "destination_workload", "perm", "source_principal", "unknown"), 4000},
+		{"node2", "istio_tcp_connections_failed_total", l("reporter", "destination", "source_workload", "nosy", "destination_workload", "api2", "response_flags", "DENY"), 1},
+		{"node1", "istio_tcp_connections_failed_total", l("reporter", "source", "source_workload", "nosy", "destination_workload", "api2", "response_flags", "DENY"), 1},
+		{"node2", "istio_tcp_connections_failed_total", l("reporter", "destination", "destination_workload", "other", "response_flags", "CONNECT"), 1},
+		{"node1", "istio_tcp_connections_failed_total", l("reporter", "source", "destination_workload", "other", "response_flags", "CONNECT"), 1},
+		{"node1", "amesh_connections_total", l("direction", "outbound", "path", "splice", "result", "ok"), 1},
+		{"node2", "amesh_refusals_total", l("reason", "denied"), 1},
+		{"node1", "istio_build", l("component", "ztunnel"), 1},
+	}
+	for _, w := range wants {
+		name := fmt.Sprintf("%s %s%v", w.node, w.metric, w.labels)
+		var got float64
+		var found bool
+		// The counters move when each connection's relay ends, just after the client's close.
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			fams := scrape(t, c.lab.Node(w.node))
+			got, found = sum(fams, w.metric, w.labels)
+			if found && got == w.value {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%s = %v (found %v), want %v; the metric's series:\n%s", name, got, found, w.value, dump(fams[w.metric]))
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	// Cardinality: 100 more connections between the same two workloads add no series.
+	before := series(scrape(t, c.lab.Node("node1")))
+	for range 100 {
+		echo("web", "api2", 10)
+	}
+	testenv.WaitFor(t, "the 100 connections counted", 3*time.Second, func() bool {
+		v, _ := sum(scrape(t, c.lab.Node("node1")), "istio_tcp_connections_closed_total", with(hbone, "reporter", "source"))
+		return v == 101
+	})
+	if after := series(scrape(t, c.lab.Node("node1"))); after != before {
+		t.Errorf("100 connections between two workloads took the istio_tcp series from %d to %d: a label varies per connection", before, after)
+	}
+}
+
+// scrape reads node's agent metrics and parses them.
+func scrape(t *testing.T, n *lab.Node) map[string]*dto.MetricFamily {
+	t.Helper()
+	client := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return n.Dial(ctx, metricsAddr) },
+	}}
+	resp, err := client.Get("http://" + metricsAddr + "/stats/prometheus")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", n.Name, err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape %s: parse: %v", n.Name, err)
+	}
+	return fams
+}
+
+// sum adds the values of metric's series whose labels include want.
+func sum(fams map[string]*dto.MetricFamily, metric string, want map[string]string) (float64, bool) {
+	f, ok := fams[metric]
+	if !ok {
+		return 0, false
+	}
+	var total float64
+	found := false
+next:
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, lp := range m.Label {
+			labels[lp.GetName()] = lp.GetValue()
+		}
+		for k, v := range want {
+			if labels[k] != v {
+				continue next
+			}
+		}
+		found = true
+		switch {
+		case m.Counter != nil:
+			total += m.Counter.GetValue()
+		case m.Gauge != nil:
+			total += m.Gauge.GetValue()
+		}
+	}
+	return total, found
+}
+
+// dump shows f's series, for a failure message.
+func dump(f *dto.MetricFamily) string {
+	if f == nil {
+		return "  (none)"
+	}
+	var b strings.Builder
+	for _, m := range f.Metric {
+		var kv []string
+		for _, lp := range m.Label {
+			if lp.GetValue() != "unknown" {
+				kv = append(kv, lp.GetName()+"="+lp.GetValue())
+			}
+		}
+		v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		fmt.Fprintf(&b, "  {%s} %v\n", strings.Join(kv, ","), v)
+	}
+	return b.String()
+}
+
+// series counts the istio_tcp_* series.
+func series(fams map[string]*dto.MetricFamily) int {
+	n := 0
+	for name, f := range fams {
+		if strings.HasPrefix(name, "istio_tcp_") {
+			n += len(f.Metric)
+		}
+	}
+	return n
+}
