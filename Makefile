@@ -20,10 +20,12 @@ CNI_PLUGINS_VERSION := v1.9.1
 CNITOOL_VERSION     := v1.3.1
 CNI_BIN  := $(CACHE)/cni/bin
 K8S_BIN  := $(CACHE)/k8s
+# promtool, Prometheus' metrics linter, from Debian's prometheus package, unpacked (not installed).
+PROMTOOL := $(CACHE)/prometheus/usr/bin/promtool
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: all deps demo-deps base-deps soak cni-plugins k8s-bins build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -31,7 +33,14 @@ all: build
 deps: PKGS = $(APT_PKGS)
 deps: base-deps
 	@$(GO) build -o /dev/null tool
-	@$(MAKE) --no-print-directory cni-plugins k8s-bins
+	@$(MAKE) --no-print-directory cni-plugins k8s-bins promtool
+
+## promtool: Debian's promtool, unpacked into $(CACHE)/prometheus, once (the tests lint a scrape)
+promtool: $(PROMTOOL)
+$(PROMTOOL):
+	@echo "deps: unpacking promtool from Debian's prometheus package into $(CACHE)/prometheus"
+	@d=$$(mktemp -d) && cd $$d && { apt-get download prometheus >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
+	  mkdir -p $(CACHE)/prometheus && dpkg-deb -x prometheus_*.deb $(CACHE)/prometheus && rm -rf $$d && test -x $@
 
 ## demo-deps: only what `make demo` runs: its Debian packages, bpffs, the Go modules
 demo-deps: PKGS = $(DEMO_PKGS)

@@ -1,10 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +124,28 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 
+	// Prometheus' own linter on the live scrape.
+	t.Run("promtool check metrics", func(t *testing.T) {
+		promtool := os.Getenv("AMESH_PROMTOOL")
+		if promtool == "" {
+			home, _ := os.UserHomeDir()
+			promtool = filepath.Join(home, ".cache", "amesh", "prometheus", "usr", "bin", "promtool")
+		}
+		if _, err := os.Stat(promtool); err != nil {
+			if testenv.InCI() {
+				t.Fatalf("no promtool at %s (make deps unpacks it)", promtool)
+			}
+			t.Skipf("SKIPPED LOUDLY: no promtool at %s; `make promtool` unpacks it", promtool)
+		}
+		for _, n := range []string{"node1", "node2"} {
+			cmd := exec.Command(promtool, "check", "metrics")
+			cmd.Stdin = bytes.NewReader(scrapeRaw(t, c.lab.Node(n)))
+			if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+				t.Errorf("promtool check metrics on %s's scrape: %v\n%s", n, err, out)
+			}
+		}
+	})
+
 	// Cardinality: 100 more connections between the same two workloads add no series.
 	before := series(scrape(t, c.lab.Node("node1")))
 	for range 100 {
@@ -133,8 +160,8 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
-// scrape reads node's agent metrics and parses them.
-func scrape(t *testing.T, n *lab.Node) map[string]*dto.MetricFamily {
+// scrapeRaw reads node's agent metrics in the text exposition format.
+func scrapeRaw(t *testing.T, n *lab.Node) []byte {
 	t.Helper()
 	client := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return n.Dial(ctx, metricsAddr) },
@@ -144,8 +171,18 @@ func scrape(t *testing.T, n *lab.Node) map[string]*dto.MetricFamily {
 		t.Fatalf("scrape %s: %v", n.Name, err)
 	}
 	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %s, %v", n.Name, resp.Status, err)
+	}
+	return b
+}
+
+// scrape reads node's agent metrics and parses them.
+func scrape(t *testing.T, n *lab.Node) map[string]*dto.MetricFamily {
+	t.Helper()
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(scrapeRaw(t, n)))
 	if err != nil {
 		t.Fatalf("scrape %s: parse: %v", n.Name, err)
 	}
