@@ -44,6 +44,11 @@ type Config struct {
 	Kube *kube.Source
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
+	// AdminAddr serves the admin API (/config_dump, /logging, /debug/pprof/, /quitquitquit, as
+	// ztunnel's); a loopback address only; none when empty. The DaemonSet uses DefaultAdminAddr.
+	AdminAddr string
+	// LogLevel, when set, is the level /logging changes at run time.
+	LogLevel *slog.LevelVar
 	// MetricsAddr serves Prometheus metrics on /metrics and /stats/prometheus (ztunnel's
 	// names, package metrics); none when empty. The DaemonSet uses DefaultMetricsAddr.
 	MetricsAddr string
@@ -148,7 +153,11 @@ type Agent struct {
 	handoffWG   sync.WaitGroup
 	healthLn    *net.TCPListener
 	metricsLn   *net.TCPListener
-	cniLn       *net.UnixListener
+	adminLn     *net.TCPListener
+	// quit is closed by the admin API's /quitquitquit: Run stops as on SIGTERM.
+	quit     chan struct{}
+	quitOnce sync.Once
+	cniLn    *net.UnixListener
 	// stopKernel stops the kernel-path event reader and heartbeat and waits for them.
 	stopKernel func()
 }
@@ -162,6 +171,8 @@ const (
 	DefaultHealthAddr = ":15021"
 	// DefaultMetricsAddr is where a cluster's agent serves its metrics (ztunnel's port).
 	DefaultMetricsAddr = ":15020"
+	// DefaultAdminAddr is where a cluster's agent serves its admin API: the node's loopback.
+	DefaultAdminAddr = "127.0.0.1:15000"
 	// DefaultHandoffSocket is where a cluster's agent hands its sockets to its successor: beside
 	// the enrollment API's socket, in the directory both agent pods of a rollout mount.
 	DefaultHandoffSocket = "/var/run/amesh/handoff.sock"
@@ -183,6 +194,11 @@ func New(cfg Config) (_ *Agent, err error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.AdminAddr != "" {
+		if err := checkAdminAddr(cfg.AdminAddr); err != nil {
+			return nil, err
+		}
+	}
 	switch cfg.SameNode {
 	case "":
 		cfg.SameNode = SameNodeAuto
@@ -200,7 +216,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		access = log
 	}
 	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
-		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(Version)}
+		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(Version), quit: make(chan struct{})}
 
 	a.cniPods.init()
 	if cfg.Kube != nil {
@@ -327,6 +343,17 @@ func openCA(td spiffeid.TrustDomain, dir string, ttl time.Duration, kube bool) (
 func (a *Agent) Run(ctx context.Context) error {
 	// What the agent runs ends when Run says so, after the drain, not when ctx does: the pods'
 	// listeners and relays live in runCtx, and a drain that ended them first would drain nothing.
+	// /quitquitquit stops the agent as SIGTERM does.
+	ctx, stopCtx := context.WithCancel(ctx)
+	defer stopCtx()
+	go func() {
+		select {
+		case <-a.quit:
+			a.log.Info("stopping: /quitquitquit")
+			stopCtx()
+		case <-ctx.Done():
+		}
+	}()
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	feedDone := make(chan struct{})

@@ -41,12 +41,27 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		mux.HandleFunc("/healthz/live", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "live") })
 		mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 			if ok, why := a.readiness(); !ok {
-				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+				// As ztunnel answers: 500 and what is pending.
+				http.Error(w, "not ready, pending: "+why, http.StatusInternalServerError)
 				return
 			}
 			fmt.Fprintln(w, "ready")
 		})
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		wg.Go(func() { srv.Serve(ln) })
+		wg.Go(func() { <-ctx.Done(); srv.Close() })
+	}
+	if a.cfg.AdminAddr != "" {
+		ln := a.inheritedTCP(adminSocketName)
+		if ln == nil {
+			l, err := net.Listen("tcp", a.cfg.AdminAddr)
+			if err != nil {
+				return nil, fmt.Errorf("agent: admin endpoint: %w", err)
+			}
+			ln = l.(*net.TCPListener)
+		}
+		a.adminLn = ln
+		srv := &http.Server{Handler: a.adminMux(), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() { srv.Serve(ln) })
 		wg.Go(func() { <-ctx.Done(); srv.Close() })
 	}

@@ -24,6 +24,7 @@ import (
 const (
 	healthSocketName  = "health"
 	metricsSocketName = "metrics"
+	adminSocketName   = "admin"
 	cniSocketName     = "cni"
 )
 
@@ -153,12 +154,15 @@ func (h handoffHandler) Offer() (map[string]*os.File, error) {
 		}
 		files[healthSocketName] = f
 	}
-	if a.metricsLn != nil {
-		f, err := a.metricsLn.File()
-		if err != nil {
-			return fail(fmt.Errorf("metrics listener: %w", err))
+	for name, l := range map[string]*net.TCPListener{metricsSocketName: a.metricsLn, adminSocketName: a.adminLn} {
+		if l == nil {
+			continue
 		}
-		files[metricsSocketName] = f
+		f, err := l.File()
+		if err != nil {
+			return fail(fmt.Errorf("%s listener: %w", name, err))
+		}
+		files[name] = f
 	}
 	if a.cniLn != nil {
 		f, err := a.cniLn.File()
@@ -190,6 +194,9 @@ func (h handoffHandler) Release() (json.RawMessage, error) {
 	}
 	if a.metricsLn != nil {
 		a.metricsLn.Close()
+	}
+	if a.adminLn != nil {
+		a.adminLn.Close()
 	}
 	if a.stopKernel != nil {
 		a.stopKernel()

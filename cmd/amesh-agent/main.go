@@ -69,7 +69,10 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "amesh-agent: --log-level %q: %v\n", *o.level, err)
 		return 2
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	// A LevelVar, so the admin API's /logging can change it at run time.
+	var level slog.LevelVar
+	level.Set(lvl)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
 	if *o.pinDir == "" && *o.node != "" {
 		*o.pinDir = agent.DefaultPinDir(*o.node)
 	}
@@ -84,6 +87,7 @@ func run() int {
 	if code != 0 {
 		return code
 	}
+	cfg.LogLevel = &level
 	a, err := agent.New(cfg)
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -129,6 +133,7 @@ type options struct {
 	handoff          *string
 	statePoll        *time.Duration
 	metricsAddr      *string
+	adminAddr        *string
 	maxConns         *int
 	maxStreams       *int
 }
@@ -186,6 +191,7 @@ Flags (environment variable in brackets):
 	o.keepEvery = fs.Duration("cni-keep-interval", cniplugin.DefaultKeepInterval, "how often --cni-conf-dir is re-checked")
 	o.maxConns = fs.Int("max-conns-per-source", maxConnsDef, "HBONE connections one source pod may hold to this node at once; 0: the default (64) [AMESH_MAX_CONNS_PER_SOURCE]")
 	o.maxStreams = fs.Int("max-streams-per-source", maxStreamsDef, "tunneled connections one source pod may hold to this node's pods at once, its memory budget (~30 KiB each when stalled); 0: the default (2048) [AMESH_MAX_STREAMS_PER_SOURCE]")
+	o.adminAddr = fs.String("admin-addr", env("AMESH_ADMIN_ADDR", ""), "loopback address of the admin API: /config_dump, /logging?level=, /debug/pprof/, /quitquitquit (with --kube default "+agent.DefaultAdminAddr+"; off when empty otherwise) [AMESH_ADMIN_ADDR]")
 	o.metricsAddr = fs.String("metrics-addr", env("AMESH_METRICS_ADDR", ""), "address of the Prometheus metrics, /metrics and /stats/prometheus, with ztunnel's names (with --kube default "+agent.DefaultMetricsAddr+"; off when empty otherwise) [AMESH_METRICS_ADDR]")
 	o.statePoll = fs.Duration("state-poll", 0, "how often --state is re-read (0: 250ms)")
 	o.handoff = fs.String("handoff-socket", env("AMESH_HANDOFF_SOCKET", ""), "unix socket over which an upgraded agent takes this one's listening sockets, so an upgrade drops no connection; at start the agent takes over from whichever agent serves it (with --kube default "+agent.DefaultHandoffSocket+"; off when empty otherwise) [AMESH_HANDOFF_SOCKET]")
@@ -218,7 +224,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 	cfg := agent.Config{
 		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
 		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
-		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll, MetricsAddr: *o.metricsAddr,
+		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll, MetricsAddr: *o.metricsAddr, AdminAddr: *o.adminAddr,
 		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
 	}
 	if !*o.kube {
@@ -241,6 +247,9 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 	}
 	if cfg.MetricsAddr == "" {
 		cfg.MetricsAddr = agent.DefaultMetricsAddr
+	}
+	if cfg.AdminAddr == "" {
+		cfg.AdminAddr = agent.DefaultAdminAddr
 	}
 	return cfg, 0
 }

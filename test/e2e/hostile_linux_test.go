@@ -58,8 +58,8 @@ func TestEnrollRetry(t *testing.T) {
 	testenv.WaitFor(t, "the failed enrollment of "+uid, 10*time.Second, func() bool {
 		return anyLine(c.logLines("node2"), map[string]string{"msg": "enroll failed: the pod's traffic is refused until it succeeds", "pod": uid})
 	})
-	if r := c.readiness("node2"); !strings.HasSuffix(r, " 503") || !strings.Contains(r, uid) {
-		t.Fatalf("readiness while %s cannot enroll: %q, want 503 naming the pod", uid, r)
+	if r := c.readiness("node2"); !strings.HasSuffix(r, " 500") || !strings.Contains(r, "not ready, pending: ") || !strings.Contains(r, uid) {
+		t.Fatalf("readiness while %s cannot enroll: %q, want 500, not ready, pending, naming the pod", uid, r)
 	}
 	if out, err := c.curl("web", c.url("other")); err == nil {
 		t.Fatalf("web -> other while other is not enrolled: %q, want refused", out)
