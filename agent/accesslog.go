@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/amesh-dev/amesh/metrics"
 	"github.com/amesh-dev/amesh/tunnel"
 )
 
@@ -21,11 +22,21 @@ type accessEntry struct {
 	cause             tunnel.Reason
 }
 
-func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string) {
+// log writes the line; t adds the fields ztunnel's access log has, under its names.
+func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string, t metrics.Traffic) {
 	attrs := []any{
 		"direction", e.direction, "path", e.path, "src_addr", e.src.String(), "dst_addr", e.dst.String(),
 		"src_id", e.srcID, "dst_id", e.dstID, "bytes_sent", e.sent, "bytes_received", e.received,
 		"duration_ms", float64(d.Microseconds()) / 1000, "result", result,
+	}
+	for _, f := range []struct{ k, v string }{
+		{"src.workload", t.SourceWorkload}, {"src.namespace", t.SourceWorkloadNamespace}, {"src.identity", e.srcID},
+		{"dst.workload", t.DestinationWorkload}, {"dst.namespace", t.DestinationWorkloadNamespace},
+		{"dst.service", t.DestinationService}, {"dst.identity", e.dstID},
+	} {
+		if f.v != "" {
+			attrs = append(attrs, f.k, f.v)
+		}
 	}
 	if e.upstream.IsValid() && e.upstream != e.dst {
 		attrs = append(attrs, "upstream_addr", e.upstream.String())

@@ -47,6 +47,11 @@ type Config struct {
 	// AdminAddr serves the admin API (/config_dump, /logging, /debug/pprof/, /quitquitquit, as
 	// ztunnel's); a loopback address only; none when empty. The DaemonSet uses DefaultAdminAddr.
 	AdminAddr string
+	// AccessLogOff turns the access log off (metrics still count every connection);
+	// AccessLogSample, in (0, 1), logs that share of the connections that went well, and every
+	// one that did not.
+	AccessLogOff    bool
+	AccessLogSample float64
 	// LogLevel, when set, is the level /logging changes at run time.
 	LogLevel *slog.LevelVar
 	// MetricsAddr serves Prometheus metrics on /metrics and /stats/prometheus (ztunnel's

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"cmp"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -16,7 +17,10 @@ var Version = "dev"
 // record writes e's access line and counts it: a connection counted as opened is closed, with
 // its bytes; one that never opened failed, with why.
 func (a *Agent) record(e *accessEntry, d time.Duration, result, reason string) {
-	e.log(a.access, d, result, reason)
+	if a.logAccess(result) {
+		traffic := a.traffic(e)
+		e.log(a.access, d, result, reason, traffic[0])
+	}
 	a.metrics.Handled(e.direction, e.path, result)
 	if e.opened {
 		for _, t := range a.traffic(e) {
@@ -31,6 +35,19 @@ func (a *Agent) record(e *accessEntry, d time.Duration, result, reason string) {
 		a.metrics.Failed(t)
 	}
 	a.metrics.Refused(cmp.Or(reasonLabel(e.cause), result))
+}
+
+// logAccess says whether a connection that ended with result gets an access line: all of them
+// unless the log is off; with sampling, a share of those that went well and every one that did
+// not (a refusal is what an operator looks for).
+func (a *Agent) logAccess(result string) bool {
+	switch {
+	case a.cfg.AccessLogOff:
+		return false
+	case a.cfg.AccessLogSample <= 0 || a.cfg.AccessLogSample >= 1 || result != "ok":
+		return true
+	}
+	return rand.Float64() < a.cfg.AccessLogSample
 }
 
 // done is record for a connection that began at start.

@@ -134,6 +134,8 @@ type options struct {
 	statePoll        *time.Duration
 	metricsAddr      *string
 	adminAddr        *string
+	accessLog        *string
+	accessSample     *float64
 	maxConns         *int
 	maxStreams       *int
 }
@@ -192,6 +194,8 @@ Flags (environment variable in brackets):
 	o.maxConns = fs.Int("max-conns-per-source", maxConnsDef, "HBONE connections one source pod may hold to this node at once; 0: the default (64) [AMESH_MAX_CONNS_PER_SOURCE]")
 	o.maxStreams = fs.Int("max-streams-per-source", maxStreamsDef, "tunneled connections one source pod may hold to this node's pods at once, its memory budget (~30 KiB each when stalled); 0: the default (2048) [AMESH_MAX_STREAMS_PER_SOURCE]")
 	o.adminAddr = fs.String("admin-addr", env("AMESH_ADMIN_ADDR", ""), "loopback address of the admin API: /config_dump, /logging?level=, /debug/pprof/, /quitquitquit (with --kube default "+agent.DefaultAdminAddr+"; off when empty otherwise) [AMESH_ADMIN_ADDR]")
+	o.accessLog = fs.String("access-log", env("AMESH_ACCESS_LOG", "on"), "one JSON line per connection: on or off [AMESH_ACCESS_LOG]")
+	o.accessSample = fs.Float64("access-log-sample", 1, "with --access-log=on, the share (0 to 1) of connections that went well that get a line; refused and failed ones always do")
 	o.metricsAddr = fs.String("metrics-addr", env("AMESH_METRICS_ADDR", ""), "address of the Prometheus metrics, /metrics and /stats/prometheus, with ztunnel's names (with --kube default "+agent.DefaultMetricsAddr+"; off when empty otherwise) [AMESH_METRICS_ADDR]")
 	o.statePoll = fs.Duration("state-poll", 0, "how often --state is re-read (0: 250ms)")
 	o.handoff = fs.String("handoff-socket", env("AMESH_HANDOFF_SOCKET", ""), "unix socket over which an upgraded agent takes this one's listening sockets, so an upgrade drops no connection; at start the agent takes over from whichever agent serves it (with --kube default "+agent.DefaultHandoffSocket+"; off when empty otherwise) [AMESH_HANDOFF_SOCKET]")
@@ -225,7 +229,12 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 		Node: *o.node, StatePath: *o.state, CADir: *o.caDir, PinDir: *o.pinDir, SVIDTTL: *o.ttl,
 		DrainTimeout: *o.drain, SameNode: agent.SameNodeMode(*o.sameNode), Logger: log,
 		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll, MetricsAddr: *o.metricsAddr, AdminAddr: *o.adminAddr,
+		AccessLogOff: *o.accessLog == "off", AccessLogSample: *o.accessSample,
 		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
+	}
+	if *o.accessLog != "on" && *o.accessLog != "off" {
+		fmt.Fprintf(os.Stderr, "amesh-agent: --access-log %q: want on or off\n", *o.accessLog)
+		return cfg, 2
 	}
 	if !*o.kube {
 		return cfg, 0

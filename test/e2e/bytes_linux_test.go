@@ -38,6 +38,10 @@ func TestAccessLogBytes(t *testing.T) {
 				testenv.WaitFor(t, fmt.Sprintf("%s's %s %s line with %d bytes both ways", l.node, l.direction, l.path, tt.size), 3*time.Second, func() bool {
 					for _, m := range c.accessLines(l.node) {
 						if m["path"] == l.path && m["direction"] == l.direction && fmt.Sprint(m["bytes_sent"]) == want && fmt.Sprint(m["bytes_received"]) == want {
+							// ztunnel's fields too, under its names.
+							if m["src.workload"] != tt.from || m["dst.workload"] != tt.to || m["src.namespace"] == nil {
+								t.Errorf("%s line: src.workload %v, dst.workload %v, src.namespace %v", l.path, m["src.workload"], m["dst.workload"], m["src.namespace"])
+							}
 							return true
 						}
 					}
