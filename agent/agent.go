@@ -127,6 +127,8 @@ type Agent struct {
 	byIP       map[netip.Addr]*pod
 
 	metrics   *metrics.Registry
+	// observeEnrollment records how long a pod's enrollment took, in seconds.
+	observeEnrollment func(float64)
 	lbCounter atomic.Uint64
 	// acceptErrors counts accept errors of the pods' listeners (each retried).
 	acceptErrors atomic.Uint64
@@ -285,6 +287,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		a.src.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	a.registerMetrics()
 	return a, nil
 }
 

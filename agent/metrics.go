@@ -2,6 +2,7 @@ package agent
 
 import (
 	"cmp"
+	"context"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -13,6 +14,55 @@ import (
 
 // Version is the agent's release, as istio_build's tag shows it (set at link time).
 var Version = "dev"
+
+// registerMetrics adds what other rooms count (the tunnel's refusals, the eBPF programs'
+// counters) and the agent's own state, all read at scrape time.
+func (a *Agent) registerMetrics() {
+	m := a.metrics
+	snap := func(c *tunnel.Counters) func() map[string]float64 {
+		return func() map[string]float64 {
+			out := map[string]float64{}
+			for k, v := range c.Snapshot() {
+				out[k] = float64(v)
+			}
+			return out
+		}
+	}
+	m.CounterSet("amesh_hbone_server_refusals_total", "HBONE connections and streams this agent's server refused or cut, by reason.", "reason", snap(a.srv.Counters()))
+	m.CounterSet("amesh_hbone_client_refusals_total", "HBONE dials of this agent refused, by reason.", "reason", snap(a.cli.Counters()))
+	m.CounterSet("amesh_ebpf_events_total", "What the eBPF programs did (captures, steering, drops, lost events), by event.", "event", func() map[string]float64 {
+		out := map[string]float64{}
+		stats, err := a.red.Stats()
+		if err != nil {
+			return out
+		}
+		for k, v := range stats {
+			out[k] = float64(v)
+		}
+		return out
+	})
+	m.Gauge("amesh_enrolled_pods", "Pods of this node in the mesh.", func() float64 {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return float64(len(a.pods))
+	})
+	m.Gauge("amesh_enrollment_failures", "Pods of this node whose last enrollment failed (retried).", func() float64 { return float64(a.failedEnrollments()) })
+	m.GaugeSet("amesh_certificate_expiration_timestamp_seconds", "When each identity's current X.509-SVID held by this agent expires (Unix time).", "identity", func() map[string]float64 {
+		out := map[string]float64{}
+		for _, id := range a.src.Held() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			svid, err := a.src.SVID(ctx, id)
+			cancel()
+			if err == nil && len(svid.Certificates) > 0 {
+				out[id.String()] = float64(svid.Certificates[0].NotAfter.Unix())
+			}
+		}
+		return out
+	})
+	m.Counter("amesh_accept_errors_total", "Accept errors on the pods' listeners (each retried).", func() float64 { return float64(a.acceptErrors.Load()) })
+	m.Counter("amesh_dial_budget_refusals_total", "Connections refused over a pod's dial budget.", func() float64 { return float64(a.dialsRefused.Load()) })
+	a.observeEnrollment = m.Histogram("amesh_enrollment_duration_seconds", "How long enrolling a pod took (listeners, certificate, redirection).")
+}
 
 // record writes e's access line and counts it: a connection counted as opened is closed, with
 // its bytes; one that never opened failed, with why.

@@ -125,6 +125,7 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 			continue
 		}
 		delete(a.enrollErrs, uid)
+		a.observeEnrollment(time.Since(start).Seconds())
 		a.log.Info("pod enrolled", "pod", uid, "id", p.id.String(), "ips", w.IPs, "netns_cookie", p.cookie, "took", time.Since(start))
 	}
 	if a.cfg.SameNode == SameNodeKernel {

@@ -160,3 +160,47 @@ func (r *Registry) Handler() http.Handler {
 
 // Register adds c (the tunnel's or the redirector's own counters, read at scrape time).
 func (r *Registry) Register(c prometheus.Collector) error { return r.reg.Register(c) }
+
+// snapshot exports a set of values read at scrape time (another package's counters), one series
+// per key, under a single label.
+type snapshot struct {
+	desc *prometheus.Desc
+	typ  prometheus.ValueType
+	read func() map[string]float64
+}
+
+func (s *snapshot) Describe(ch chan<- *prometheus.Desc) { ch <- s.desc }
+
+func (s *snapshot) Collect(ch chan<- prometheus.Metric) {
+	for k, v := range s.read() {
+		ch <- prometheus.MustNewConstMetric(s.desc, s.typ, v, k)
+	}
+}
+
+// CounterSet exports read's values, read at each scrape, as the counter name with label.
+func (r *Registry) CounterSet(name, help, label string, read func() map[string]float64) {
+	r.reg.MustRegister(&snapshot{desc: prometheus.NewDesc(name, help, []string{label}, nil), typ: prometheus.CounterValue, read: read})
+}
+
+// GaugeSet exports read's values, read at each scrape, as the gauge name with label.
+func (r *Registry) GaugeSet(name, help, label string, read func() map[string]float64) {
+	r.reg.MustRegister(&snapshot{desc: prometheus.NewDesc(name, help, []string{label}, nil), typ: prometheus.GaugeValue, read: read})
+}
+
+// Gauge exports read's value, read at each scrape, as the gauge name.
+func (r *Registry) Gauge(name, help string, read func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, read))
+}
+
+// Counter exports read's value, read at each scrape, as the counter name.
+func (r *Registry) Counter(name, help string, read func() float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, read))
+}
+
+// Histogram registers a histogram of seconds (Prometheus' default buckets) and returns its
+// Observe.
+func (r *Registry) Histogram(name, help string) func(seconds float64) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: prometheus.DefBuckets})
+	r.reg.MustRegister(h)
+	return h.Observe
+}

@@ -103,6 +103,13 @@ func TestMetrics(t *testing.T) {
 		{"node1", "amesh_connections_total", l("direction", "outbound", "path", "splice", "result", "ok"), 1},
 		{"node2", "amesh_refusals_total", l("reason", "denied"), 1},
 		{"node1", "istio_build", l("component", "ztunnel"), 1},
+		// amesh's own: node1 enrolled web, api1 and nosy (plain is not in the mesh), each
+		// enrollment timed; node2's HBONE server refused nosy once (denied).
+		{"node1", "amesh_enrolled_pods", l(), 3},
+		{"node1", "amesh_enrollment_failures", l(), 0},
+		{"node1", "amesh_enrollment_duration_seconds", l(), 3},
+		{"node2", "amesh_hbone_server_refusals_total", l("reason", "denied"), 1},
+		{"node1", "amesh_hbone_client_refusals_total", l("reason", "denied"), 1},
 	}
 	for _, w := range wants {
 		name := fmt.Sprintf("%s %s%v", w.node, w.metric, w.labels)
@@ -122,6 +129,18 @@ func TestMetrics(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+
+	// Every identity of node1's pods has a certificate whose expiry is in the future; the eBPF
+	// programs counted captures.
+	fams := scrape(t, c.lab.Node("node1"))
+	for _, id := range []string{web, api, "spiffe://cluster.local/ns/shop/sa/nosy"} {
+		if v, ok := sum(fams, "amesh_certificate_expiration_timestamp_seconds", l("identity", id)); !ok || v < float64(time.Now().Unix()) {
+			t.Errorf("certificate expiry of %s: %v (found %v), want a time ahead", id, v, ok)
+		}
+	}
+	if v, ok := sum(fams, "amesh_ebpf_events_total", l()); !ok || v == 0 {
+		t.Errorf("amesh_ebpf_events_total: %v (found %v), want the programs' counts", v, ok)
 	}
 
 	// Prometheus' own linter on the live scrape.
@@ -214,6 +233,8 @@ next:
 			total += m.Counter.GetValue()
 		case m.Gauge != nil:
 			total += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			total += float64(m.Histogram.GetSampleCount())
 		}
 	}
 	return total, found
