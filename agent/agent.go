@@ -126,10 +126,10 @@ type Agent struct {
 	enrollErrs map[string]error // by workload UID: why its last enrollment failed
 	byIP       map[netip.Addr]*pod
 
-	metrics   *metrics.Registry
+	metrics *metrics.Registry
 	// observeEnrollment records how long a pod's enrollment took, in seconds.
 	observeEnrollment func(float64)
-	lbCounter atomic.Uint64
+	lbCounter         atomic.Uint64
 	// acceptErrors counts accept errors of the pods' listeners (each retried).
 	acceptErrors atomic.Uint64
 	// dialsRefused counts connections refused over a pod's dial budget (maxPodDials).
