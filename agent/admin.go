@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/amesh-dev/amesh/adminapi"
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/workload"
 )
@@ -80,78 +81,12 @@ func (a *Agent) adminMux() *http.ServeMux {
 	return mux
 }
 
-// configDump is /config_dump: the top-level fields and names of ztunnel's, so tools written
-// for its dump parse this one, plus amesh's own (connections, kernelPath).
-type configDump struct {
-	Workloads    []dumpWorkload    `json:"workloads"`
-	Services     []dumpService     `json:"services"`
-	Policies     []dumpPolicy      `json:"policies"`
-	Certificates []dumpCertificate `json:"certificates"`
-	Connections  []dumpConnection  `json:"connections"`
-	KernelPath   []dumpConnection  `json:"kernelPath"`
-}
-
-type dumpWorkload struct {
-	UID               string   `json:"uid"`
-	WorkloadIPs       []string `json:"workloadIps"`
-	Protocol          string   `json:"protocol"`
-	Name              string   `json:"name"`
-	Namespace         string   `json:"namespace"`
-	ServiceAccount    string   `json:"serviceAccount"`
-	Node              string   `json:"node"`
-	TrustDomain       string   `json:"trustDomain"`
-	ClusterID         string   `json:"clusterId"`
-	CanonicalName     string   `json:"canonicalName"`
-	CanonicalRevision string   `json:"canonicalRevision"`
-	Status            string   `json:"status"`
-	Waypoint          string   `json:"waypoint,omitempty"`
-}
-
-type dumpService struct {
-	Name      string            `json:"name"`
-	Namespace string            `json:"namespace"`
-	Hostname  string            `json:"hostname"`
-	VIPs      []string          `json:"vips"`
-	Ports     map[string]uint16 `json:"ports"`
-	Endpoints []string          `json:"endpoints"`
-}
-
-type dumpPolicy struct {
-	Name      string            `json:"name"`
-	Namespace string            `json:"namespace"`
-	Scope     string            `json:"scope"`
-	Action    string            `json:"action"`
-	Selector  map[string]string `json:"selector,omitempty"`
-	Rules     any               `json:"rules"`
-}
-
-type dumpCertificate struct {
-	Identity  string     `json:"identity"`
-	State     string     `json:"state"`
-	CertChain []dumpCert `json:"certChain"`
-	RootCerts []dumpCert `json:"rootCerts"`
-}
-
-type dumpCert struct {
-	PEM            string `json:"pem"`
-	SerialNumber   string `json:"serialNumber"`
-	ValidFrom      string `json:"validFrom"`
-	ExpirationTime string `json:"expirationTime"`
-}
-
-type dumpConnection struct {
-	Src  string `json:"src"`
-	Dst  string `json:"dst"`
-	Port uint16 `json:"port,omitempty"`
-	Path string `json:"path,omitempty"`
-}
-
-func (a *Agent) configDump(ctx context.Context) configDump {
+func (a *Agent) configDump(ctx context.Context) adminapi.ConfigDump {
 	st := a.store.Load()
-	d := configDump{Workloads: []dumpWorkload{}, Services: []dumpService{}, Policies: []dumpPolicy{}, Certificates: []dumpCertificate{}, Connections: []dumpConnection{}, KernelPath: []dumpConnection{}}
+	d := adminapi.ConfigDump{Workloads: []adminapi.Workload{}, Services: []adminapi.Service{}, Policies: []adminapi.Policy{}, Certificates: []adminapi.Certificate{}, Connections: []adminapi.Connection{}, KernelPath: []adminapi.Connection{}}
 	for _, w := range st.Workloads() {
 		_, _, svc, rev := canonical(w)
-		dw := dumpWorkload{UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Node: w.Node,
+		dw := adminapi.Workload{UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Node: w.Node,
 			TrustDomain: st.TrustDomain().Name(), ClusterID: cluster, CanonicalName: svc, CanonicalRevision: rev, Status: "Healthy",
 			Protocol: "TCP", Waypoint: w.Waypoint}
 		if w.Enrolled() {
@@ -163,7 +98,7 @@ func (a *Agent) configDump(ctx context.Context) configDump {
 		d.Workloads = append(d.Workloads, dw)
 	}
 	for _, s := range st.Services() {
-		ds := dumpService{Name: s.Name, Namespace: s.Namespace, Hostname: s.Name + "." + s.Namespace + ".svc.cluster.local", Ports: map[string]uint16{}, VIPs: []string{}, Endpoints: []string{}}
+		ds := adminapi.Service{Name: s.Name, Namespace: s.Namespace, Hostname: s.Name + "." + s.Namespace + ".svc.cluster.local", Ports: map[string]uint16{}, VIPs: []string{}, Endpoints: []string{}}
 		for _, v := range s.VIPs {
 			ds.VIPs = append(ds.VIPs, cluster+"/"+v.String())
 		}
@@ -187,10 +122,10 @@ func (a *Agent) configDump(ctx context.Context) configDump {
 		if p.Action == policy.Deny {
 			action = "Deny"
 		}
-		d.Policies = append(d.Policies, dumpPolicy{Name: p.Name, Namespace: p.Namespace, Scope: scope, Action: action, Selector: p.Selector, Rules: p.Rules})
+		d.Policies = append(d.Policies, adminapi.Policy{Name: p.Name, Namespace: p.Namespace, Scope: scope, Action: action, Selector: p.Selector, Rules: p.Rules})
 	}
 	for _, id := range a.src.Held() {
-		c := dumpCertificate{Identity: id.String(), State: "Unavailable", CertChain: []dumpCert{}, RootCerts: []dumpCert{}}
+		c := adminapi.Certificate{Identity: id.String(), State: "Unavailable", CertChain: []adminapi.Cert{}, RootCerts: []adminapi.Cert{}}
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		svid, err := a.src.SVID(sctx, id)
 		cancel()
@@ -210,12 +145,12 @@ func (a *Agent) configDump(ctx context.Context) configDump {
 	sort.Slice(d.Certificates, func(i, j int) bool { return d.Certificates[i].Identity < d.Certificates[j].Identity })
 	a.open.mu.Lock()
 	for c := range a.open.conns {
-		d.Connections = append(d.Connections, dumpConnection{Src: c.src, Dst: dstName(c.dst), Port: c.port})
+		d.Connections = append(d.Connections, adminapi.Connection{Src: c.src, Dst: dstName(c.dst), Port: c.port})
 	}
 	a.open.mu.Unlock()
 	a.kernelOpen.mu.Lock()
 	for _, c := range a.kernelOpen.conns {
-		d.KernelPath = append(d.KernelPath, dumpConnection{Src: c.src.String(), Dst: c.dst.String(), Path: "kernel"})
+		d.KernelPath = append(d.KernelPath, adminapi.Connection{Src: c.src.String(), Dst: c.dst.String(), Path: "kernel"})
 	}
 	a.kernelOpen.mu.Unlock()
 	return d
@@ -228,7 +163,7 @@ func dstName(w *workload.Workload) string {
 	return w.UID
 }
 
-func certOf(der []byte, serial string, from, to time.Time) dumpCert {
-	return dumpCert{PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), SerialNumber: serial,
+func certOf(der []byte, serial string, from, to time.Time) adminapi.Cert {
+	return adminapi.Cert{PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), SerialNumber: serial,
 		ValidFrom: from.UTC().Format(time.RFC3339), ExpirationTime: to.UTC().Format(time.RFC3339)}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/amesh-dev/amesh/handoff"
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/internal/version"
 	"github.com/amesh-dev/amesh/metrics"
 	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
@@ -223,7 +224,7 @@ func New(cfg Config) (_ *Agent, err error) {
 		access = log
 	}
 	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
-		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(Version), quit: make(chan struct{})}
+		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(version.Version), quit: make(chan struct{})}
 
 	a.cniPods.init()
 	if cfg.Kube != nil {

@@ -12,9 +12,6 @@ import (
 	"github.com/amesh-dev/amesh/workload"
 )
 
-// Version is the agent's release, as istio_build's tag shows it (set at link time).
-var Version = "dev"
-
 // registerMetrics adds what other rooms count (the tunnel's refusals, the eBPF programs'
 // counters) and the agent's own state, all read at scrape time.
 func (a *Agent) registerMetrics() {

@@ -1,39 +1,89 @@
-// Command ameshctl is amesh's operator tool. Today it has one verb, bench: the side-by-side
-// benchmark suite (direct, amesh's same-node modes and HBONE, ghostunnel and stunnel pairs) on a
-// two-node netns lab that it builds and tears down on this machine.
+// Command ameshctl is amesh's operator tool: what a node's agent holds (workloads, services,
+// policies, certificates, open connections), its log level, and the side-by-side benchmark suite.
+// It reads the agent's admin API (--admin-addr, the node's 127.0.0.1:15000 by default).
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
+	"github.com/spf13/cobra"
+
+	"github.com/amesh-dev/amesh/adminapi"
 	"github.com/amesh-dev/amesh/bench"
+	"github.com/amesh-dev/amesh/internal/version"
 )
 
-const usage = `ameshctl: amesh's operator tool.
-
-Usage:
-  ameshctl bench [flags]   run the side-by-side benchmark suite in a netns lab (root; -h for flags)
-  ameshctl help
-`
-
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
+	if err := root().Execute(); err != nil {
+		os.Exit(1)
 	}
-	switch os.Args[1] {
-	case "bench":
-		self, err := os.Executable()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "ameshctl:", err)
-			os.Exit(1)
+}
+
+func root() *cobra.Command {
+	var addr, output string
+	client := func() *adminapi.Client { return &adminapi.Client{Addr: addr} }
+	cmd := &cobra.Command{
+		Use:           "ameshctl",
+		Short:         "amesh's operator tool",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	cmd.PersistentFlags().StringVar(&addr, "admin-addr", adminapi.DefaultAddr, "the agent's admin API (run ameshctl on the agent's node)")
+	for _, kind := range adminapi.Kinds {
+		c := &cobra.Command{
+			Use:   kind,
+			Short: "the " + kind + " the agent holds",
+			Args:  cobra.NoArgs,
+			RunE: func(c *cobra.Command, _ []string) error {
+				d, err := client().ConfigDump(c.Context())
+				if err != nil {
+					return err
+				}
+				return adminapi.Write(c.OutOrStdout(), d, kind, output)
+			},
 		}
-		os.Exit(bench.Main([]string{self, "bench"}, os.Args[2:]))
-	case "help", "-h", "--help":
-		fmt.Print(usage)
-	default:
-		fmt.Fprintf(os.Stderr, "ameshctl: unknown command %q\n\n%s", os.Args[1], usage)
-		os.Exit(2)
+		c.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+		cmd.AddCommand(c)
 	}
+	var level string
+	logCmd := &cobra.Command{
+		Use:   "log",
+		Short: "show the agent's log level, or set it with --level",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			out, err := client().LogLevel(c.Context(), level)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(c.OutOrStdout(), out)
+			return nil
+		},
+	}
+	logCmd.Flags().StringVar(&level, "level", "", "debug, info, warn or error")
+	cmd.AddCommand(logCmd)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "ameshctl's version",
+		Args:  cobra.NoArgs,
+		Run:   func(c *cobra.Command, _ []string) { fmt.Fprintln(c.OutOrStdout(), "ameshctl", version.Version) },
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:                "bench",
+		Short:              "run the side-by-side benchmark suite in a netns lab (root; bench -h for its flags)",
+		DisableFlagParsing: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if code := bench.Main([]string{self, "bench"}, args); code != 0 {
+				os.Exit(code)
+			}
+			return nil
+		},
+	})
+	cmd.SetContext(context.Background())
+	return cmd
 }

@@ -57,7 +57,7 @@ type cluster struct {
 	closed bool
 }
 
-var agentBin string
+var agentBin, ctlBin string
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(echoProcEnv); addr != "" {
@@ -69,9 +69,12 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	agentBin = filepath.Join(dir, "amesh-agent")
-	if out, err := exec.Command("go", "build", "-o", agentBin, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build amesh-agent: %v\n%s", err, out)
-		os.Exit(1)
+	ctlBin = filepath.Join(dir, "ameshctl")
+	for bin, pkg := range map[string]string{agentBin: "github.com/amesh-dev/amesh/cmd/amesh-agent", ctlBin: "github.com/amesh-dev/amesh/cmd/ameshctl"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -1,0 +1,111 @@
+package adminapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Kinds are the lists of a dump that ameshctl shows.
+var Kinds = []string{"workloads", "services", "policies", "certificates", "connections"}
+
+// Section returns the list of d called kind (see Kinds), for -o json|yaml.
+func Section(d *ConfigDump, kind string) (any, error) {
+	switch kind {
+	case "workloads":
+		return d.Workloads, nil
+	case "services":
+		return d.Services, nil
+	case "policies":
+		return d.Policies, nil
+	case "certificates":
+		return d.Certificates, nil
+	case "connections":
+		return slices.Concat(d.Connections, d.KernelPath), nil
+	}
+	return nil, fmt.Errorf("unknown list %q (want one of %s)", kind, strings.Join(Kinds, ", "))
+}
+
+// Write prints the list of d called kind in format: table (aligned columns), json or yaml.
+func Write(w io.Writer, d *ConfigDump, kind, format string) error {
+	v, err := Section(d, kind)
+	if err != nil {
+		return err
+	}
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		// Through JSON, so the keys are the API's names.
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		var generic any
+		if err := yaml.Unmarshal(b, &generic); err != nil {
+			return err
+		}
+		return yaml.NewEncoder(w).Encode(generic)
+	case "", "table":
+	default:
+		return fmt.Errorf("output format %q: want table, json or yaml", format)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(cols ...string) { fmt.Fprintln(tw, strings.Join(cols, "\t")) }
+	switch kind {
+	case "workloads":
+		row("NAMESPACE", "NAME", "IP", "NODE", "PROTOCOL", "IDENTITY")
+		ws := slices.Clone(d.Workloads)
+		slices.SortFunc(ws, func(a, b Workload) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
+		for _, x := range ws {
+			row(x.Namespace, x.Name, strings.Join(x.WorkloadIPs, ","), x.Node, x.Protocol, "spiffe://"+x.TrustDomain+"/ns/"+x.Namespace+"/sa/"+x.ServiceAccount)
+		}
+	case "services":
+		row("NAMESPACE", "NAME", "VIPS", "PORTS", "ENDPOINTS")
+		ss := slices.Clone(d.Services)
+		slices.SortFunc(ss, func(a, b Service) int { return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
+		for _, x := range ss {
+			var ports []string
+			for _, p := range slices.Sorted(maps.Keys(x.Ports)) {
+				ports = append(ports, fmt.Sprintf("%s->%d", p, x.Ports[p]))
+			}
+			row(x.Namespace, x.Name, strings.Join(x.VIPs, ","), strings.Join(ports, ","), fmt.Sprint(len(x.Endpoints)))
+		}
+	case "policies":
+		row("NAMESPACE", "NAME", "ACTION", "SCOPE")
+		for _, x := range d.Policies {
+			row(x.Namespace, x.Name, x.Action, x.Scope)
+		}
+	case "certificates":
+		row("IDENTITY", "STATE", "SERIAL", "VALID FROM", "EXPIRES")
+		for _, x := range d.Certificates {
+			serial, from, to := "-", "-", "-"
+			if len(x.CertChain) > 0 {
+				serial, from, to = x.CertChain[0].SerialNumber, x.CertChain[0].ValidFrom, x.CertChain[0].ExpirationTime
+			}
+			row(x.Identity, x.State, serial, from, to)
+		}
+	case "connections":
+		row("SOURCE", "DESTINATION", "PORT", "PATH")
+		for _, x := range slices.Concat(d.Connections, d.KernelPath) {
+			path := x.Path
+			if path == "" {
+				path = "relayed"
+			}
+			port := "-"
+			if x.Port != 0 {
+				port = fmt.Sprint(x.Port)
+			}
+			row(x.Src, x.Dst, port, path)
+		}
+	}
+	return tw.Flush()
+}
