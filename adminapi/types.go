@@ -52,8 +52,8 @@ type Policy struct {
 
 // Certificate is an identity the agent holds an SVID for: state Available or Unavailable.
 type Certificate struct {
-	Identity  string     `json:"identity"`
-	State     string     `json:"state"`
+	Identity  string `json:"identity"`
+	State     string `json:"state"`
 	CertChain []Cert `json:"certChain"`
 	RootCerts []Cert `json:"rootCerts"`
 }
@@ -73,4 +73,3 @@ type Connection struct {
 	Port uint16 `json:"port,omitempty"`
 	Path string `json:"path,omitempty"`
 }
-
