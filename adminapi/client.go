@@ -72,3 +72,17 @@ func (c *Client) LogLevel(ctx context.Context, level string) (string, error) {
 	b, err := c.do(ctx, method, path)
 	return strings.TrimSpace(string(b)), err
 }
+
+// PolicyCheck asks the agent how its policies decide a connection from the principal from (a
+// SPIFFE ID; empty for a plaintext source) to to (ip:port of a workload).
+func (c *Client) PolicyCheck(ctx context.Context, from, to string) (*PolicyCheck, error) {
+	b, err := c.do(ctx, http.MethodGet, "/policy_check?from="+url.QueryEscape(from)+"&to="+url.QueryEscape(to))
+	if err != nil {
+		return nil, err
+	}
+	var pc PolicyCheck
+	if err := json.Unmarshal(b, &pc); err != nil {
+		return nil, fmt.Errorf("admin API: /policy_check: %w", err)
+	}
+	return &pc, nil
+}

@@ -109,3 +109,41 @@ func Write(w io.Writer, d *ConfigDump, kind, format string) error {
 	}
 	return tw.Flush()
 }
+
+// WriteCheck prints a policy check: one line (ALLOW or DENY, the deciding policy, why), or json
+// or yaml.
+func WriteCheck(w io.Writer, pc *PolicyCheck, format string) error {
+	switch format {
+	case "json", "yaml":
+		b, err := json.Marshal(pc)
+		if err != nil {
+			return err
+		}
+		if format == "json" {
+			_, err = fmt.Fprintf(w, "%s\n", b)
+			return err
+		}
+		var generic any
+		if err := yaml.Unmarshal(b, &generic); err != nil {
+			return err
+		}
+		return yaml.NewEncoder(w).Encode(generic)
+	case "", "table":
+	default:
+		return fmt.Errorf("output format %q: want table, json or yaml", format)
+	}
+	verdict := "DENY"
+	if pc.Allowed {
+		verdict = "ALLOW"
+	}
+	by := "by default"
+	if pc.Policy != "" {
+		by = "by " + pc.Policy
+	}
+	from := pc.From
+	if from == "" {
+		from = "(plaintext)"
+	}
+	_, err := fmt.Fprintf(w, "%s %s -> %s (%s) %s: %s\n", verdict, from, pc.To, pc.Destination, by, pc.Reason)
+	return err
+}

@@ -73,3 +73,14 @@ type Connection struct {
 	Port uint16 `json:"port,omitempty"`
 	Path string `json:"path,omitempty"`
 }
+
+// PolicyCheck is /policy_check's answer: what the agent's policy decision says for a
+// connection from a principal to a destination, with the agent's state and the agent's function.
+type PolicyCheck struct {
+	From        string `json:"from"`
+	To          string `json:"to"`
+	Destination string `json:"destination"`
+	Allowed     bool   `json:"allowed"`
+	Policy      string `json:"policy,omitempty"`
+	Reason      string `json:"reason"`
+}

@@ -73,6 +73,24 @@ func (a *Agent) adminMux() *http.ServeMux {
 		fmt.Fprintln(w, "OK")
 		a.quitOnce.Do(func() { close(a.quit) })
 	})
+	mux.HandleFunc("/policy_check", func(w http.ResponseWriter, r *http.Request) {
+		from, to := r.URL.Query().Get("from"), r.URL.Query().Get("to")
+		dst, err := netip.ParseAddrPort(to)
+		if err != nil {
+			http.Error(w, "to: want ip:port of a workload: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		st := a.store.Load()
+		wl := st.WorkloadByIP(dst.Addr())
+		if wl == nil {
+			http.Error(w, "no workload has the address "+dst.Addr().String(), http.StatusNotFound)
+			return
+		}
+		// The very decision the data path makes (decide), on the agent's current state.
+		d := a.decide(st, from, &pod{w: wl}, dst.Port())
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(adminapi.PolicyCheck{From: from, To: to, Destination: wl.UID, Allowed: d.Allowed, Policy: d.Policy, Reason: d.Reason})
+	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -63,6 +63,26 @@ func root() *cobra.Command {
 	}
 	logCmd.Flags().StringVar(&level, "level", "", "debug, info, warn or error")
 	cmd.AddCommand(logCmd)
+	var from, to string
+	check := &cobra.Command{
+		Use:   "check",
+		Short: "how the agent's policies decide a connection: --from <spiffe id> (empty: plaintext) --to <ip:port>",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			pc, err := client().PolicyCheck(c.Context(), from, to)
+			if err != nil {
+				return err
+			}
+			return adminapi.WriteCheck(c.OutOrStdout(), pc, output)
+		},
+	}
+	check.Flags().StringVar(&from, "from", "", "the source principal (spiffe://…); empty for a plaintext source")
+	check.Flags().StringVar(&to, "to", "", "the destination, ip:port of a workload")
+	check.Flags().StringVarP(&output, "output", "o", "table", "table, json or yaml")
+	check.MarkFlagRequired("to")
+	policy := &cobra.Command{Use: "policy", Short: "policy tools"}
+	policy.AddCommand(check)
+	cmd.AddCommand(policy)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "ameshctl's version",

@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/amesh-dev/amesh/test/lab"
 )
 
 // updateGolden rewrites testdata/ameshctl/*.golden from a run (go test -run TestAmeshctl
@@ -75,6 +78,34 @@ func TestAmeshctl(t *testing.T) {
 			}
 		})
 	}
+	// policy check says what the agent enforces: each case is checked, then tried for real.
+	for _, tc := range []struct{ from, to string }{{"web", "api1"}, {"nosy", "api1"}, {"other", "api1"}, {"web", "nosy"}, {"nosy", "web"}} {
+		id := "spiffe://cluster.local/ns/" + c.lab.Pod(tc.from).Spec.Namespace + "/sa/" + c.lab.Pod(tc.from).Spec.ServiceAccount
+		to := net.JoinHostPort(c.lab.Pod(tc.to).IP.String(), lab.EchoPort)
+		out, err := run("policy", "check", "--from", id, "--to", to, "-o", "json")
+		var pc struct {
+			Allowed bool   `json:"allowed"`
+			Policy  string `json:"policy"`
+		}
+		if err != nil || json.Unmarshal([]byte(out), &pc) != nil {
+			t.Errorf("policy check %s -> %s: %v\n%s", tc.from, tc.to, err, out)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		conn, err := c.lab.Pod(tc.from).Dial(ctx, to)
+		cancel()
+		if err == nil {
+			err = roundTrip(conn)
+			conn.Close()
+		}
+		if enforced := err == nil; enforced != pc.Allowed {
+			t.Errorf("policy check %s -> %s says allowed=%v (policy %q), the agent enforced allowed=%v (%v)", tc.from, tc.to, pc.Allowed, pc.Policy, enforced, err)
+		}
+	}
+	if out, err := run("policy", "check", "--from", "spiffe://cluster.local/ns/shop/sa/nosy", "--to", net.JoinHostPort(c.lab.Pod("api1").IP.String(), "9000")); err != nil || !strings.HasPrefix(out, "DENY ") {
+		t.Errorf("policy check nosy -> api1: %v\n%s", err, out)
+	}
+
 	out, err := run("workloads", "-o", "json")
 	var ws []map[string]any
 	if err != nil || json.Unmarshal([]byte(out), &ws) != nil || len(ws) != len(c.lab.Pods()) {
