@@ -131,6 +131,8 @@ type Agent struct {
 	// observeEnrollment records how long a pod's enrollment took, in seconds.
 	observeEnrollment func(float64)
 	lbCounter         atomic.Uint64
+	// stateUpdates counts the states the agent applied.
+	stateUpdates atomic.Uint64
 	// acceptErrors counts accept errors of the pods' listeners (each retried).
 	acceptErrors atomic.Uint64
 	// dialsRefused counts connections refused over a pod's dial budget (maxPodDials).
@@ -282,7 +284,13 @@ func New(cfg Config) (_ *Agent, err error) {
 		a.src.Close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	a.cli, err = tunnel.NewClient(tunnel.ClientConfig{Source: a.src, Dial: a.dialHBONE, Logger: log})
+	observeHandshake := a.metrics.Histogram("amesh_hbone_handshake_duration_seconds", "How long a new outbound HBONE connection took to be ready (TCP, TLS 1.3, HTTP/2), when it succeeded.")
+	a.cli, err = tunnel.NewClient(tunnel.ClientConfig{Source: a.src, Dial: a.dialHBONE, Logger: log,
+		OnHandshake: func(d time.Duration, err error) {
+			if err == nil {
+				observeHandshake(d.Seconds())
+			}
+		}})
 	if err != nil {
 		a.red.Close()
 		a.src.Close()
@@ -437,6 +445,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if !ok {
 				continue
 			}
+			a.stateUpdates.Add(1)
 			a.reconcile(runCtx, st)
 			if n := a.revokeDenied(st) + a.revokeKernel(st); n > 0 {
 				a.log.Info("open connections revoked by a state change", "count", n)

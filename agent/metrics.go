@@ -58,6 +58,8 @@ func (a *Agent) registerMetrics() {
 	})
 	m.Counter("amesh_accept_errors_total", "Accept errors on the pods' listeners (each retried).", func() float64 { return float64(a.acceptErrors.Load()) })
 	m.Counter("amesh_dial_budget_refusals_total", "Connections refused over a pod's dial budget.", func() float64 { return float64(a.dialsRefused.Load()) })
+	m.Gauge("amesh_hbone_pool_connections", "Outbound HBONE connections this agent's pool holds.", func() float64 { return float64(a.cli.PoolConns()) })
+	m.Counter("amesh_state_updates_total", "States (of the state file or the API server) this agent applied.", func() float64 { return float64(a.stateUpdates.Load()) })
 	a.observeEnrollment = m.Histogram("amesh_enrollment_duration_seconds", "How long enrolling a pod took (listeners, certificate, redirection).")
 }
 

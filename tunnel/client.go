@@ -35,6 +35,9 @@ type ClientConfig struct {
 	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// HandshakeTimeout bounds the TCP dial plus TLS handshake; 10s when zero.
 	HandshakeTimeout time.Duration
+	// OnHandshake, when set, is told how long each new HBONE connection took to be ready (TCP,
+	// TLS and the HTTP/2 preface), and its error if it failed: the agent's latency histogram.
+	OnHandshake func(d time.Duration, err error)
 	// Logger; discarded when nil.
 	Logger *slog.Logger
 }
@@ -93,6 +96,17 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 
 // Counters returns the client's refusal counts.
 func (c *Client) Counters() *Counters { return &c.counters }
+
+// PoolConns returns how many HBONE connections the pool holds now.
+func (c *Client) PoolConns() int {
+	c.pool.mu.Lock()
+	defer c.pool.mu.Unlock()
+	n := 0
+	for _, cs := range c.pool.conns {
+		n += len(cs)
+	}
+	return n
+}
 
 // Dial opens one tunneled connection to t. The returned Stream is established (the server
 // answered 200); a refusal is a *RefusedError with its Reason.
@@ -196,6 +210,15 @@ func (c *h2conn) openStream(fields []hpack.HeaderField) (*Stream, error) {
 
 // connect dials and handshakes one HBONE connection for key.
 func (c *Client) connect(ctx context.Context, key poolKey) (*h2conn, error) {
+	start := time.Now()
+	hc, err := c.connectOnce(ctx, key)
+	if c.cfg.OnHandshake != nil {
+		c.cfg.OnHandshake(time.Since(start), err)
+	}
+	return hc, err
+}
+
+func (c *Client) connectOnce(ctx context.Context, key poolKey) (*h2conn, error) {
 	// The dial serves every caller waiting on this key, so it outlives the first caller's ctx.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandshakeTimeout)
 	defer cancel()

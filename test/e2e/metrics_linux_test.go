@@ -110,6 +110,10 @@ func TestMetrics(t *testing.T) {
 		{"node1", "amesh_enrollment_duration_seconds", l(), 3},
 		{"node2", "amesh_hbone_server_refusals_total", l("reason", "denied"), 1},
 		{"node1", "amesh_hbone_client_refusals_total", l("reason", "denied"), 1},
+		// node1's HBONE connections: web's to api2 and to other, nosy's to api2 (one per
+		// source identity, source IP and destination), each handshake timed.
+		{"node1", "amesh_hbone_handshake_duration_seconds", l(), 3},
+		{"node1", "amesh_hbone_pool_connections", l(), 3},
 	}
 	for _, w := range wants {
 		name := fmt.Sprintf("%s %s%v", w.node, w.metric, w.labels)
