@@ -3,10 +3,12 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/lab"
 )
@@ -56,6 +61,7 @@ func TestMetrics(t *testing.T) {
 	echo("plain", "perm", 4000)                                                    // plaintext into a PERMISSIVE pod
 	refused("nosy", net.JoinHostPort(c.lab.Pod("api2").IP.String(), lab.EchoPort)) // denied by api-allow-web
 	refused("web", net.JoinHostPort(c.lab.Pod("other").IP.String(), "9999"))       // nothing listens
+	badCertificate(t, c.lab.Node("node1"), netip.AddrPortFrom(c.lab.Pod("api2").IP, 15008))
 
 	type want struct {
 		node, metric string
@@ -103,6 +109,7 @@ func TestMetrics(t *testing.T) {
 		{"node1", "amesh_connections_total", l("direction", "outbound", "path", "splice", "result", "ok"), 1},
 		{"node2", "amesh_refusals_total", l("reason", "denied"), 1},
 		{"node1", "istio_build", l("component", "ztunnel"), 1},
+		{"node2", "amesh_hbone_server_refusals_total", l("reason", "untrusted_cert"), 1},
 		// amesh's own: node1 enrolled web, api1 and nosy (plain is not in the mesh), each
 		// enrollment timed; node2's HBONE server refused nosy once (denied).
 		{"node1", "amesh_enrolled_pods", l(), 3},
@@ -180,6 +187,42 @@ func TestMetrics(t *testing.T) {
 	})
 	if after := series(scrape(t, c.lab.Node("node1"))); after != before {
 		t.Errorf("100 connections between two workloads took the istio_tcp series from %d to %d: a label varies per connection", before, after)
+	}
+}
+
+// badCertificate opens an HBONE connection to addr from node n with a valid-looking SVID of
+// another CA: the agent must refuse it in the handshake (and count it).
+func badCertificate(t *testing.T, n *lab.Node, addr netip.AddrPort) {
+	t.Helper()
+	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"), identity.CAConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.Issue(context.Background(), spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{PrivateKey: svid.PrivateKey}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	raw, err := n.Dial(ctx, addr.String())
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer raw.Close()
+	tc := tls.Client(raw, &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true, NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS13})
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	// In TLS 1.3 the server judges the client's certificate after the client's handshake: the
+	// refusal shows on the first read.
+	err = tc.Handshake()
+	if err == nil {
+		_, err = tc.Read(make([]byte, 1))
+	}
+	if err == nil {
+		t.Fatal("an HBONE handshake with another CA's certificate was accepted")
 	}
 }
 
