@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -176,17 +177,50 @@ func TestMetrics(t *testing.T) {
 		}
 	})
 
-	// Cardinality: 100 more connections between the same two workloads add no series.
-	before := series(scrape(t, c.lab.Node("node1")))
-	for range 100 {
-		echo("web", "api2", 10)
+	// Cardinality: 1,000 connections among six workloads (each pair's first one makes its
+	// series) add no series: no label varies per connection, address or port.
+	pairs := []struct{ from, to string }{{"web", "api2"}, {"web", "other"}, {"nosy", "other"}, {"api1", "other"}, {"nosy", "web"}, {"api1", "perm"}}
+	for _, p := range pairs {
+		echo(p.from, p.to, 10)
 	}
-	testenv.WaitFor(t, "the 100 connections counted", 3*time.Second, func() bool {
-		v, _ := sum(scrape(t, c.lab.Node("node1")), "istio_tcp_connections_closed_total", with(hbone, "reporter", "source"))
-		return v == 101
-	})
-	if after := series(scrape(t, c.lab.Node("node1"))); after != before {
-		t.Errorf("100 connections between two workloads took the istio_tcp series from %d to %d: a label varies per connection", before, after)
+	closedOn1 := func() float64 {
+		v, _ := sum(scrape(t, c.lab.Node("node1")), "istio_tcp_connections_closed_total", l("reporter", "source"))
+		return v
+	}
+	// 9 on node1 as source: the hbone, splice and passthrough ones above, and these six.
+	testenv.WaitFor(t, "the first connection of each pair counted", 3*time.Second, func() bool { return closedOn1() == 9 })
+	before := []int{series(scrape(t, c.lab.Node("node1"))), series(scrape(t, c.lab.Node("node2")))}
+	base := closedOn1()
+	const more = 1000
+	work := make(chan int, more)
+	for i := range more {
+		work <- i
+	}
+	close(work)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				p := pairs[i%len(pairs)]
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				conn, err := c.lab.Pod(p.from).Dial(ctx, net.JoinHostPort(c.lab.Pod(p.to).IP.String(), lab.EchoPort))
+				cancel()
+				if err == nil {
+					err = roundTrip(conn)
+					conn.Close()
+				}
+				if err != nil {
+					t.Errorf("%s -> %s #%d: %v", p.from, p.to, i, err) // Errorf: not the test's goroutine
+				}
+			}
+		})
+	}
+	wg.Wait()
+	testenv.WaitFor(t, "the 1,000 connections counted", 10*time.Second, func() bool { return closedOn1() == base+more })
+	after := []int{series(scrape(t, c.lab.Node("node1"))), series(scrape(t, c.lab.Node("node2")))}
+	t.Logf("istio_tcp series on node1, node2: %v before, %v after 1,000 more connections", before, after)
+	if after[0] != before[0] || after[1] != before[1] {
+		t.Errorf("1,000 connections between the same workloads took the istio_tcp series from %v to %v: a label varies per connection", before, after)
 	}
 }
 
