@@ -38,6 +38,25 @@ func (a *Agent) registerMetrics() {
 		}
 		return out
 	})
+	usage := func(capacity bool) func() map[string]float64 {
+		return func() map[string]float64 {
+			out := map[string]float64{}
+			entries, limit, err := a.red.MapUsage()
+			if err != nil {
+				return out
+			}
+			src := entries
+			if capacity {
+				src = limit
+			}
+			for k, v := range src {
+				out[k] = float64(v)
+			}
+			return out
+		}
+	}
+	m.GaugeSet("amesh_ebpf_map_entries", "Entries of the eBPF maps that fill with traffic.", "map", usage(false))
+	m.GaugeSet("amesh_ebpf_map_capacity", "How many entries those maps can hold (an LRU map that is full forgets its oldest).", "map", usage(true))
 	m.Gauge("amesh_enrolled_pods", "Pods of this node in the mesh.", func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

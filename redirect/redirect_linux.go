@@ -465,3 +465,32 @@ func (ep *ameshEnrolledPod) ips() []netip.Addr {
 	}
 	return out
 }
+
+// MapUsage returns how many entries the maps that fill with traffic hold, and how many they can:
+// an operator's early warning (an LRU map that is full forgets its oldest entries).
+func (r *Redirector) MapUsage() (entries, capacity map[string]int, err error) {
+	entries, capacity = map[string]int{}, map[string]int{}
+	for name, m := range map[string]*ebpf.Map{
+		"enrolled": r.objs.Enrolled, "local_verdicts": r.objs.LocalVerdicts, "passthrough": r.objs.Passthrough,
+		"kernel_socks": r.objs.KernelSocks, "agent_socks": r.objs.AgentSocks, "orig_by_cookie": r.objs.OrigByCookie,
+		"orig_by_tuple": r.objs.OrigByTuple,
+	} {
+		n := 0
+		key := make([]byte, m.KeySize())
+		var prev any // nil: the first key
+		for n < int(m.MaxEntries()) {
+			next := make([]byte, m.KeySize())
+			if err := m.NextKey(prev, &next); err != nil {
+				if !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return nil, nil, fmt.Errorf("redirect: count %s: %w", name, err)
+				}
+				break
+			}
+			n++
+			copy(key, next)
+			prev = key
+		}
+		entries[name], capacity[name] = n, int(m.MaxEntries())
+	}
+	return entries, capacity, nil
+}

@@ -93,3 +93,11 @@ func MarkControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }
 
 // AgentControl fails off Linux.
 func (*Redirector) AgentControl(_, _ string, _ syscall.RawConn) error { return errNotLinux }
+
+// Stats fails: eBPF needs Linux.
+func (*Redirector) Stats() (map[string]uint64, error) { return nil, errNotLinux }
+
+// MapUsage fails: eBPF needs Linux.
+func (*Redirector) MapUsage() (entries, capacity map[string]int, err error) {
+	return nil, nil, errNotLinux
+}

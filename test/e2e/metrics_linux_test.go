@@ -114,6 +114,8 @@ func TestMetrics(t *testing.T) {
 		// amesh's own: node1 enrolled web, api1 and nosy (plain is not in the mesh), each
 		// enrollment timed; node2's HBONE server refused nosy once (denied).
 		{"node1", "amesh_enrolled_pods", l(), 3},
+		{"node1", "amesh_ebpf_map_entries", l("map", "enrolled"), 3},
+		{"node1", "amesh_ebpf_map_capacity", l("map", "enrolled"), 4096},
 		{"node1", "amesh_enrollment_failures", l(), 0},
 		{"node1", "amesh_enrollment_duration_seconds", l(), 3},
 		{"node2", "amesh_hbone_server_refusals_total", l("reason", "denied"), 1},
