@@ -57,6 +57,9 @@ func median(rs []Result) Result {
 	out.CPS = med(func(r Result) float64 { return r.CPS })
 	out.AgentCPU = med(func(r Result) float64 { return r.AgentCPU })
 	out.AgentRSSMiB = med(func(r Result) float64 { return r.AgentRSSMiB })
+	for _, r := range rs {
+		out.Scrapes += r.Scrapes // over every round
+	}
 	return out
 }
 

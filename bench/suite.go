@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -111,6 +113,8 @@ type Result struct {
 	CPS         float64            `json:"new_connections_per_s"`
 	AgentCPU    float64            `json:"agent_vcpu_per_1000rps,omitempty"`
 	AgentRSSMiB float64            `json:"agent_rss_mib,omitempty"`
+	// Scrapes is how many metric scrapes of the agents succeeded while it ran (scrape scenarios).
+	Scrapes int `json:"scrapes,omitempty"`
 }
 
 // scenario is a path to measure: the client pod, where its traffic is sent (address), the port
@@ -123,7 +127,11 @@ type scenario struct {
 	iperfPod  string // where the iperf3 server runs
 	agents    []string
 	base      string // the direct scenario of the same placement, for ratios
+	scrape    bool   // the agents' metrics are scraped every second while it runs
 }
+
+// metricsAddr is where the suite's agents serve their metrics, in their node's netns.
+const metricsAddr = "127.0.0.1:15020"
 
 // The direct scenarios, which the others are compared with.
 const sameDirect, crossDirect = "direct same-node (no mesh)", "direct cross-node (no mesh)"
@@ -247,7 +255,7 @@ func (s *suite) startAgents(ctx context.Context, sameNode string) error {
 	}
 	for _, n := range s.lab.Nodes {
 		p, err := s.lab.Start(ctx, n.Netns, filepath.Join(s.lab.Dir, n.Name+"-agent.log"), s.agentBin, "--node", n.Name,
-			"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn")
+			"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn", "--metrics-addr", metricsAddr)
 		if err != nil {
 			return err
 		}
@@ -299,6 +307,8 @@ func labScenarios(l *lab.Lab) []scenario {
 		{name: "amesh same-node (kernel)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
 		{name: "amesh same-node (hbone)", from: "web", rrAddr: ip("api1") + ":9000", iperfAddr: ip("api1") + ":5201", iperfPod: "api1", agents: []string{"node1"}, base: sameDirect},
 		{name: "amesh cross-node (HBONE)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: crossDirect},
+		// As Prometheus does (every second, so 15× its usual rate): what the telemetry costs.
+		{name: "amesh cross-node (HBONE, scraped 1/s)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: "amesh cross-node (HBONE)", scrape: true},
 	}
 }
 
@@ -357,8 +367,14 @@ func warm(ctx context.Context, l *lab.Lab, s scenario) {
 }
 
 // measure runs every workload of one scenario.
-func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration) (Result, error) {
-	r := Result{Scenario: s.name, Base: s.base}
+func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration) (r Result, err error) {
+	r = Result{Scenario: s.name, Base: s.base}
+	if s.scrape {
+		sctx, stop := context.WithCancel(ctx)
+		done := make(chan int)
+		go func() { done <- scrapeEverySecond(sctx, l, s.agents) }()
+		defer func() { stop(); r.Scrapes = <-done }() // r is the named result: the count reaches the caller
+	}
 	cpu0 := agentCPU(agents, s.agents)
 	rr, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "1000", "-duration", d.String())
 	if err != nil {
@@ -394,6 +410,34 @@ func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents 
 		}
 	}
 	return r, nil
+}
+
+// scrapeEverySecond reads the metrics of the agents of nodes every second until ctx ends, and
+// returns how many scrapes succeeded.
+func scrapeEverySecond(ctx context.Context, l *lab.Lab, nodes []string) int {
+	ok := 0
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		for _, name := range nodes {
+			n := l.Node(name)
+			client := http.Client{Timeout: time.Second, Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return n.Dial(ctx, metricsAddr) },
+			}}
+			if resp, err := client.Get("http://" + metricsAddr + "/stats/prometheus"); err == nil {
+				if _, err := io.Copy(io.Discard, resp.Body); err == nil && resp.StatusCode == http.StatusOK {
+					ok++
+				}
+				resp.Body.Close()
+			}
+			client.CloseIdleConnections()
+		}
+		select {
+		case <-ctx.Done():
+			return ok
+		case <-t.C:
+		}
+	}
 }
 
 func pct(m map[string]float64) map[string]float64 {

@@ -60,6 +60,7 @@ func TestSuiteRuns(t *testing.T) {
 	for _, name := range []string{
 		"direct same-node (no mesh)", "direct cross-node (no mesh)",
 		"amesh same-node (kernel)", "amesh same-node (splice)", "amesh same-node (hbone)", "amesh cross-node (HBONE)",
+		"amesh cross-node (HBONE, scraped 1/s)",
 	} {
 		r, ok := got[name]
 		if !ok {
@@ -75,6 +76,9 @@ func TestSuiteRuns(t *testing.T) {
 		if !strings.Contains(string(md), name) {
 			t.Errorf("results.md lacks %q", name)
 		}
+	}
+	if r := got["amesh cross-node (HBONE, scraped 1/s)"]; r.Scrapes == 0 {
+		t.Error("the scraped scenario scraped nothing")
 	}
 	if st, err := os.Stat(filepath.Join(out, "results.png")); err != nil || st.Size() < 1000 {
 		t.Errorf("results.png: %v", err)
