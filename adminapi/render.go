@@ -38,25 +38,8 @@ func Write(w io.Writer, d *ConfigDump, kind, format string) error {
 	if err != nil {
 		return err
 	}
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		// Through JSON, so the keys are the API's names.
-		b, err := json.Marshal(v)
-		if err != nil {
-			return err
-		}
-		var generic any
-		if err := yaml.Unmarshal(b, &generic); err != nil {
-			return err
-		}
-		return yaml.NewEncoder(w).Encode(generic)
-	case "", "table":
-	default:
-		return fmt.Errorf("output format %q: want table, json or yaml", format)
+	if done, err := encode(w, v, format); done || err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(cols ...string) { fmt.Fprintln(tw, strings.Join(cols, "\t")) }
@@ -113,24 +96,8 @@ func Write(w io.Writer, d *ConfigDump, kind, format string) error {
 // WriteCheck prints a policy check: one line (ALLOW or DENY, the deciding policy, why), or json
 // or yaml.
 func WriteCheck(w io.Writer, pc *PolicyCheck, format string) error {
-	switch format {
-	case "json", "yaml":
-		b, err := json.Marshal(pc)
-		if err != nil {
-			return err
-		}
-		if format == "json" {
-			_, err = fmt.Fprintf(w, "%s\n", b)
-			return err
-		}
-		var generic any
-		if err := yaml.Unmarshal(b, &generic); err != nil {
-			return err
-		}
-		return yaml.NewEncoder(w).Encode(generic)
-	case "", "table":
-	default:
-		return fmt.Errorf("output format %q: want table, json or yaml", format)
+	if done, err := encode(w, pc, format); done || err != nil {
+		return err
 	}
 	verdict := "DENY"
 	if pc.Allowed {
@@ -146,4 +113,28 @@ func WriteCheck(w io.Writer, pc *PolicyCheck, format string) error {
 	}
 	_, err := fmt.Fprintf(w, "%s %s -> %s (%s) %s: %s\n", verdict, from, pc.To, pc.Destination, by, pc.Reason)
 	return err
+}
+
+// encode writes v as json or yaml (through JSON, so the keys are the API's names) and says it
+// did; for table (or no format) it does nothing, and the caller draws the table.
+func encode(w io.Writer, v any, format string) (done bool, err error) {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return true, enc.Encode(v)
+	case "yaml":
+		b, err := json.Marshal(v)
+		if err != nil {
+			return true, err
+		}
+		var generic any
+		if err := yaml.Unmarshal(b, &generic); err != nil {
+			return true, err
+		}
+		return true, yaml.NewEncoder(w).Encode(generic)
+	case "", "table":
+		return false, nil
+	}
+	return true, fmt.Errorf("output format %q: want table, json or yaml", format)
 }
