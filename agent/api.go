@@ -27,6 +27,7 @@ const addPodTimeout = 20 * time.Second
 // result waits for both to have stopped.
 func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 	var wg sync.WaitGroup
+	refused := a.metrics.CounterVec("amesh_endpoint_refusals_total", "Connections to the agent's HTTP endpoints (health, metrics, admin) closed at once: over the budget of their source or of the endpoint.", "endpoint", "reason")
 	if a.cfg.HealthAddr != "" {
 		ln := a.inheritedTCP(healthSocketName)
 		if ln == nil {
@@ -47,9 +48,7 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 			}
 			fmt.Fprintln(w, "ready")
 		})
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		wg.Go(func() { srv.Serve(ln) })
-		wg.Go(func() { <-ctx.Done(); srv.Close() })
+		serveEndpoint(ctx, &wg, "health", ln, mux, endpointTimeouts{readHeader: 5 * time.Second, idle: 30 * time.Second, write: 10 * time.Second}, refused)
 	}
 	if a.cfg.AdminAddr != "" {
 		ln := a.inheritedTCP(adminSocketName)
@@ -61,9 +60,8 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 			ln = l.(*net.TCPListener)
 		}
 		a.adminLn = ln
-		srv := &http.Server{Handler: a.adminMux(), ReadHeaderTimeout: 5 * time.Second}
-		wg.Go(func() { srv.Serve(ln) })
-		wg.Go(func() { <-ctx.Done(); srv.Close() })
+		// No write timeout: /debug/pprof/profile streams for as long as it was asked to.
+		serveEndpoint(ctx, &wg, "admin", ln, a.adminMux(), endpointTimeouts{readHeader: 5 * time.Second, idle: 30 * time.Second}, refused)
 	}
 	if a.cfg.MetricsAddr != "" {
 		ln := a.inheritedTCP(metricsSocketName)
@@ -78,9 +76,7 @@ func (a *Agent) startAPIs(ctx context.Context) (*sync.WaitGroup, error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", a.metrics.Handler())
 		mux.Handle("/stats/prometheus", a.metrics.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		wg.Go(func() { srv.Serve(ln) })
-		wg.Go(func() { <-ctx.Done(); srv.Close() })
+		serveEndpoint(ctx, &wg, "metrics", ln, mux, endpointTimeouts{readHeader: 5 * time.Second, idle: 90 * time.Second, write: 30 * time.Second}, refused)
 	}
 	if a.cfg.CNISocket != "" {
 		ln, err := a.listenEnrollment(a.cfg.CNISocket)

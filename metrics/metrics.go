@@ -204,3 +204,10 @@ func (r *Registry) Histogram(name, help string) func(seconds float64) {
 	r.reg.MustRegister(h)
 	return h.Observe
 }
+
+// CounterVec registers a counter with labels, counted by its owner as things happen.
+func (r *Registry) CounterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	r.reg.MustRegister(c)
+	return c
+}
