@@ -19,6 +19,7 @@ type Workload struct {
 	WorkloadIPs       []string `json:"workloadIps"`
 	Protocol          string   `json:"protocol"`
 	Name              string   `json:"name"`
+	WorkloadName      string   `json:"workloadName"`
 	Namespace         string   `json:"namespace"`
 	ServiceAccount    string   `json:"serviceAccount"`
 	Node              string   `json:"node"`

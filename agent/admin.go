@@ -104,7 +104,7 @@ func (a *Agent) configDump(ctx context.Context) adminapi.ConfigDump {
 	d := adminapi.ConfigDump{Workloads: []adminapi.Workload{}, Services: []adminapi.Service{}, Policies: []adminapi.Policy{}, Certificates: []adminapi.Certificate{}, Connections: []adminapi.Connection{}, KernelPath: []adminapi.Connection{}}
 	for _, w := range st.Workloads() {
 		_, _, svc, rev := canonical(w)
-		dw := adminapi.Workload{UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Node: w.Node,
+		dw := adminapi.Workload{UID: w.UID, Name: w.Name, WorkloadName: w.Owner(), Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Node: w.Node,
 			TrustDomain: st.TrustDomain().Name(), ClusterID: cluster, CanonicalName: svc, CanonicalRevision: rev, Status: "Healthy",
 			Protocol: "TCP", Waypoint: w.Waypoint}
 		if w.Enrolled() {

@@ -15,6 +15,14 @@ type feed interface {
 	start(ctx context.Context) (*workload.State, error)
 	// run replaces store's State on every change until ctx is done.
 	run(ctx context.Context, store *workload.Store)
+	// health counts what went wrong so far: states rejected whole (the last good one kept),
+	// objects left out of a state, interrupted watches.
+	health() feedHealth
+}
+
+// feedHealth is what a feed counts of its failures.
+type feedHealth struct {
+	rejected, ignored, watchErrors uint64
 }
 
 type fileFeed struct{ src *file.Source }
@@ -23,8 +31,15 @@ func (f fileFeed) start(context.Context) (*workload.State, error) { return f.src
 
 func (f fileFeed) run(ctx context.Context, store *workload.Store) { f.src.Run(ctx, store) }
 
+// health: a state file is taken or rejected whole, and is not watched.
+func (f fileFeed) health() feedHealth { return feedHealth{rejected: f.src.Rejected()} }
+
 type kubeFeed struct{ src *kube.Source }
 
 func (k kubeFeed) start(ctx context.Context) (*workload.State, error) { return k.src.Start(ctx) }
 
 func (k kubeFeed) run(ctx context.Context, store *workload.Store) { k.src.Run(ctx, store) }
+
+func (k kubeFeed) health() feedHealth {
+	return feedHealth{rejected: k.src.Rejected(), ignored: uint64(k.src.Problems()), watchErrors: k.src.WatchErrors()}
+}

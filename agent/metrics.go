@@ -79,6 +79,10 @@ func (a *Agent) registerMetrics() {
 	m.Counter("amesh_dial_budget_refusals_total", "Connections refused over a pod's dial budget.", func() float64 { return float64(a.dialsRefused.Load()) })
 	m.Gauge("amesh_hbone_pool_connections", "Outbound HBONE connections this agent's pool holds.", func() float64 { return float64(a.cli.PoolConns()) })
 	m.Counter("amesh_state_updates_total", "States (of the state file or the API server) this agent applied.", func() float64 { return float64(a.stateUpdates.Load()) })
+	m.CounterSet("amesh_state_errors_total", "What went wrong with the state source: versions rejected whole (the last good state kept), objects left out of a state (invalid), interrupted API watches; by kind.", "kind", func() map[string]float64 {
+		h := a.feed.health()
+		return map[string]float64{"rejected": float64(h.rejected), "ignored_object": float64(h.ignored), "watch_interrupted": float64(h.watchErrors)}
+	})
 	a.observeEnrollment = m.Histogram("amesh_enrollment_duration_seconds", "How long enrolling a pod took (listeners, certificate, redirection).")
 }
 
@@ -144,7 +148,7 @@ func (a *Agent) traffic(e *accessEntry) []metrics.Traffic {
 		t.ConnectionSecurityPolicy = metrics.Plaintext
 	}
 	if w := st.WorkloadByIP(e.src); w != nil {
-		t.SourceWorkload, t.SourceWorkloadNamespace = w.Name, w.Namespace
+		t.SourceWorkload, t.SourceWorkloadNamespace = w.Owner(), w.Namespace
 		t.SourceApp, t.SourceVersion, t.SourceCanonicalService, t.SourceCanonicalRevision = canonical(w)
 		t.SourceCluster = cluster
 	}
@@ -153,7 +157,7 @@ func (a *Agent) traffic(e *accessEntry) []metrics.Traffic {
 		to = e.dst
 	}
 	if w := st.WorkloadByIP(to.Addr()); w != nil {
-		t.DestinationWorkload, t.DestinationWorkloadNamespace = w.Name, w.Namespace
+		t.DestinationWorkload, t.DestinationWorkloadNamespace = w.Owner(), w.Namespace
 		t.DestinationApp, t.DestinationVersion, t.DestinationCanonicalService, t.DestinationCanonicalRevision = canonical(w)
 		t.DestinationCluster = cluster
 	}
@@ -183,7 +187,7 @@ func canonical(w *workload.Workload) (app, version, service, revision string) {
 	l := w.Labels
 	app = cmp.Or(l["app"], l["app.kubernetes.io/name"])
 	version = cmp.Or(l["version"], l["app.kubernetes.io/version"])
-	service = cmp.Or(l["service.istio.io/canonical-name"], app, w.Name)
+	service = cmp.Or(l["service.istio.io/canonical-name"], app, w.Owner())
 	revision = cmp.Or(l["service.istio.io/canonical-revision"], version, "latest")
 	return app, version, service, revision
 }

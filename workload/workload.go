@@ -1,6 +1,7 @@
 package workload
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 
@@ -62,8 +63,12 @@ func (m InboundMode) String() string {
 // State and must not be modified.
 type Workload struct {
 	// UID identifies the workload across states; NewState sets it to "namespace/name" when empty.
-	UID            string
-	Name           string
+	UID  string
+	Name string
+	// WorkloadName is the name of what runs the workload (its Deployment, StatefulSet, CronJob,
+	// …) as Istio derives it from the pod's owner; the metrics' source_workload and
+	// destination_workload. Name when empty (a bare pod): see Owner.
+	WorkloadName   string
 	Namespace      string
 	ServiceAccount string
 	// Node is the name of the node the workload runs on.
@@ -85,6 +90,9 @@ type Workload struct {
 	// source address probes come from. Invalid when unknown.
 	HostIP netip.Addr
 }
+
+// Owner returns WorkloadName, or Name for a workload that has none.
+func (w *Workload) Owner() string { return cmp.Or(w.WorkloadName, w.Name) }
 
 // ID returns the workload's SPIFFE ID in trust domain td.
 func (w *Workload) ID(td spiffeid.TrustDomain) (spiffeid.ID, error) {

@@ -224,6 +224,18 @@ func TestMetrics(t *testing.T) {
 	if after[0] != before[0] || after[1] != before[1] {
 		t.Errorf("1,000 connections between the same workloads took the istio_tcp series from %v to %v: a label varies per connection", before, after)
 	}
+
+	// A state file that does not parse is rejected whole, and counted.
+	if err := os.WriteFile(c.state, []byte("nodes: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"node1", "node2"} {
+		testenv.WaitFor(t, n+" counting the rejected state file", 10*time.Second, func() bool {
+			v, _ := sum(scrape(t, c.lab.Node(n)), "amesh_state_errors_total", l("kind", "rejected"))
+			return v == 1
+		})
+	}
+	echo("web", "api2", 10) // the last good state still in force
 }
 
 // badCertificate opens an HBONE connection to addr from node n with a valid-looking SVID of

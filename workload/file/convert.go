@@ -64,7 +64,7 @@ func convertWorkloads(in []workloadYAML, p *workload.Problems) []workload.Worklo
 	for i, w := range in {
 		what := "workload " + w.Namespace + "/" + w.Name
 		wl := workload.Workload{
-			UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
+			UID: w.UID, Name: w.Name, WorkloadName: w.WorkloadName, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
 			Node: w.Node, Netns: w.Netns, Labels: w.Labels, Waypoint: w.Waypoint,
 		}
 		for k, s := range w.IPs {

@@ -23,6 +23,7 @@
 //	    inboundMode: strict        # strict | permissive (plaintext accepted); default strict
 //	    labels: {app: web}
 //	    # uid: ...                 # optional; default namespace/name
+//	    # workloadName: web        # optional, what runs it (its Deployment…); default name
 //	    # waypoint: ...            # optional
 //	    # probePorts: [8080]       # kubelet probe ports: plaintext from the node reaches them
 //	services:

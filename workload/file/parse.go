@@ -31,6 +31,7 @@ type (
 	workloadYAML struct {
 		UID            string            `yaml:"uid"`
 		Name           string            `yaml:"name"`
+		WorkloadName   string            `yaml:"workloadName"`
 		Namespace      string            `yaml:"namespace"`
 		ServiceAccount string            `yaml:"serviceAccount"`
 		Node           string            `yaml:"node"`

@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -143,7 +146,7 @@ func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Add
 		return workload.Workload{}, false
 	}
 	w := workload.Workload{
-		UID: string(pod.UID), Name: pod.Name, Namespace: pod.Namespace,
+		UID: string(pod.UID), Name: pod.Name, WorkloadName: ownerName(pod), Namespace: pod.Namespace,
 		ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
 		Node:           pod.Spec.NodeName, Labels: pod.Labels,
 		Mode:        workload.ModeNone,
@@ -419,4 +422,33 @@ func Policy(u *unstructured.Unstructured) (policy.Policy, error) {
 		return failClosed(err)
 	}
 	return p, nil
+}
+
+// cronJobSuffix is how the CronJob controller names a Job it starts: "<cronjob>-<scheduled time
+// in minutes>".
+var cronJobSuffix = regexp.MustCompile(`^(.+)-[0-9]{8,10}$`)
+
+// ownerName is the name of what runs pod, as Istio derives a workload's name: the Deployment
+// of a ReplicaSet the Deployment controller made (the ReplicaSet's name less its
+// pod-template-hash), the CronJob of a Job the CronJob controller made, otherwise the name of
+// the pod's controller (StatefulSet, DaemonSet, Job, ReplicaSet), and the pod's own name when
+// it has none.
+func ownerName(pod *corev1.Pod) string {
+	ref := metav1.GetControllerOf(pod)
+	if ref == nil {
+		return pod.Name
+	}
+	switch ref.Kind {
+	case "ReplicaSet":
+		if h := pod.Labels["pod-template-hash"]; h != "" {
+			if name, ok := strings.CutSuffix(ref.Name, "-"+h); ok && name != "" {
+				return name
+			}
+		}
+	case "Job":
+		if m := cronJobSuffix.FindStringSubmatch(ref.Name); m != nil {
+			return m[1]
+		}
+	}
+	return ref.Name
 }

@@ -333,3 +333,36 @@ func policyEqual(a, b policy.Policy) bool {
 	}
 	return true
 }
+
+func TestOwnerName(t *testing.T) {
+	owned := func(kind, name string, labels map[string]string) podOpt {
+		return func(p *corev1.Pod) {
+			p.Labels = labels
+			p.OwnerReferences = []metav1.OwnerReference{{Kind: kind, Name: name, Controller: ptr(true)}}
+		}
+	}
+	hash := map[string]string{"pod-template-hash": "7d4b9c8f6"}
+	for _, tc := range []struct {
+		what string
+		opt  podOpt
+		want string
+	}{
+		{"bare pod", func(*corev1.Pod) {}, "p-1"},
+		{"deployment", owned("ReplicaSet", "reviews-v1-7d4b9c8f6", hash), "reviews-v1"},
+		{"replicaset of its own", owned("ReplicaSet", "reviews-rs", nil), "reviews-rs"},
+		{"replicaset, hash that is not its suffix", owned("ReplicaSet", "reviews-rs", hash), "reviews-rs"},
+		{"statefulset", owned("StatefulSet", "db", nil), "db"},
+		{"daemonset", owned("DaemonSet", "agent", nil), "agent"},
+		{"cronjob", owned("Job", "backup-29012345", nil), "backup"},
+		{"job", owned("Job", "migrate", nil), "migrate"},
+		{"owner that is not the controller", func(p *corev1.Pod) {
+			p.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "x"}}
+		}, "p-1"},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			if got := ownerName(kpod("shop", "p-1", "n1", "10.0.0.1", tc.opt)); got != tc.want {
+				t.Errorf("ownerName = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

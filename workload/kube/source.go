@@ -59,6 +59,8 @@ type Source struct {
 	changed    chan struct{}
 	urgent     chan struct{}
 	problems   atomic.Int64
+	rejected   atomic.Uint64
+	watchErrs  atomic.Uint64
 	lastReport string
 }
 
@@ -120,6 +122,7 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 			return nil, fmt.Errorf("workload: watch: %w", err)
 		}
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			k.watchErrs.Add(1)
 			k.Logger.Warn("kubernetes watch interrupted; serving from the cache until it resyncs", "err", err)
 		}); err != nil {
 			return nil, fmt.Errorf("workload: watch: %w", err)
@@ -184,6 +187,7 @@ func (k *Source) Run(ctx context.Context, store *workload.Store) {
 		}
 		st, err := k.build()
 		if err != nil {
+			k.rejected.Add(1)
 			k.Logger.Error("kubernetes state rejected; keeping the previous one", "err", err)
 			continue
 		}
@@ -193,6 +197,12 @@ func (k *Source) Run(ctx context.Context, store *workload.Store) {
 
 // Problems returns how many objects were left out or replaced (invalid policies) so far.
 func (k *Source) Problems() int64 { return k.problems.Load() }
+
+// Rejected returns how many rebuilt states Run rejected (the previous one stayed in force).
+func (k *Source) Rejected() uint64 { return k.rejected.Load() }
+
+// WatchErrors returns how many times a watch was interrupted (each resumed by its informer).
+func (k *Source) WatchErrors() uint64 { return k.watchErrs.Load() }
 
 func (k *Source) build() (*workload.State, error) {
 	objs := Objects{
