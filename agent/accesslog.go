@@ -20,6 +20,8 @@ type accessEntry struct {
 	// inherited: opened under the agent this one took over from; cause: why it failed.
 	opened, inherited bool
 	cause             tunnel.Reason
+	// waypoint is the waypoint ("namespace/name") an outbound connection was sent through.
+	waypoint string
 }
 
 // log writes the line; t adds the fields ztunnel's access log has, under its names.
@@ -37,6 +39,9 @@ func (e accessEntry) log(l *slog.Logger, d time.Duration, result, reason string,
 		if f.v != "" {
 			attrs = append(attrs, f.k, f.v)
 		}
+	}
+	if e.waypoint != "" {
+		attrs = append(attrs, "waypoint", e.waypoint)
 	}
 	if e.upstream.IsValid() && e.upstream != e.dst {
 		attrs = append(attrs, "upstream_addr", e.upstream.String())

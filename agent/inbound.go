@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/amesh-dev/amesh/policy"
@@ -63,6 +64,9 @@ func (a *Agent) authorizeHBONE(ctx context.Context, req *tunnel.Request) error {
 	st, err := a.awaitSource(ctx, req.Client.Addr(), req.Peer)
 	if err != nil {
 		return tunnel.Refuse(tunnel.ReasonSourceIdentity, err)
+	}
+	if d, covered := waypointDecision(st, req.Peer.String(), p.w, req.Authority.Port()); covered && !d.Allowed {
+		return tunnel.Refuse(tunnel.ReasonWaypointBypass, errors.New(d.Reason))
 	}
 	d := a.decide(st, req.Peer.String(), p, req.Authority.Port())
 	if !d.Allowed {
@@ -195,7 +199,40 @@ func inboundEntry(req *tunnel.Request) accessEntry {
 
 // decide applies the policies of the destination pod to a source principal (empty for a
 // plaintext source): one decision for the HBONE, splice and plaintext paths alike.
+//
+// A port a waypoint covers takes mesh traffic from that waypoint only (DESIGN §7: unlike
+// Istio, skipping the waypoint is refused), and traffic from the waypoint is the waypoint's to
+// authorize: it evaluates the destination's policies against the original caller, whom this
+// agent no longer sees.
 func (a *Agent) decide(st *workload.State, src string, dst *pod, port uint16) policy.Decision {
+	if d, covered := waypointDecision(st, src, dst.w, port); covered {
+		return d
+	}
 	req := policy.Request{SrcPrincipal: src, DstNamespace: dst.w.Namespace, DstLabels: dst.w.Labels, DstPort: port}
 	return policy.Evaluate(st.PolicySet(), req, st.RootNamespace())
+}
+
+// waypointDecision decides traffic from src to port of w when a waypoint covers it; covered is
+// false when none does (or w accepts bypass), and policy decides.
+func waypointDecision(st *workload.State, src string, w *workload.Workload, port uint16) (d policy.Decision, covered bool) {
+	if w.AllowWaypointBypass {
+		return policy.Decision{}, false
+	}
+	wps, err := st.WaypointsCovering(w, port)
+	if err != nil {
+		return policy.Decision{Reason: "waypoint: " + err.Error()}, true
+	}
+	if len(wps) == 0 {
+		return policy.Decision{}, false
+	}
+	names := make([]string, 0, len(wps))
+	for _, wp := range wps {
+		for _, ep := range st.Endpoints(wp) {
+			if id, err := ep.ID(st.TrustDomain()); err == nil && id.String() == src && src != "" {
+				return policy.Decision{Allowed: true, Reason: "from its waypoint " + wp.Key() + " (which authorized the caller)"}, true
+			}
+		}
+		names = append(names, wp.Key())
+	}
+	return policy.Decision{Reason: fmt.Sprintf("waypoint bypassed: port %d of %s takes mesh traffic only through waypoint %s", port, w.UID, strings.Join(names, ", "))}, true
 }

@@ -197,7 +197,7 @@ func canonical(w *workload.Workload) (app, version, service, revision string) {
 // IDENTITY_ERROR for a peer that failed the handshake or presented the wrong identity.
 func responseFlags(r tunnel.Reason, result string) string {
 	switch r {
-	case tunnel.ReasonDenied, tunnel.ReasonSourceIdentity:
+	case tunnel.ReasonDenied, tunnel.ReasonSourceIdentity, tunnel.ReasonWaypointBypass:
 		return "DENY"
 	case tunnel.ReasonUpstreamDial:
 		return "CONNECT"

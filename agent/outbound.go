@@ -27,7 +27,7 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	}
 	entry.dst = orig
 	st := a.store.Load()
-	rt := resolve(st, orig, a.lbCounter.Add(1))
+	rt := resolve(st, p.w, orig, a.lbCounter.Add(1))
 	if rt.refuse != "" {
 		a.refuse(c, &entry, start, "refused", rt.refuse)
 		return
@@ -45,7 +45,29 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 	defer cancel()
 	var up net.Conn
 	var tracked *openConn // the splice path's entry in a.open
-	if local := a.localPod(rt); local != nil && a.cfg.SameNode != SameNodeHBONE {
+	if rt.via != nil {
+		// Through a waypoint: over HBONE to one of its pods, wherever it runs (never the
+		// splice or kernel path, which would skip it), asking for the original destination.
+		wpID, err := rt.dst.ID(st.TrustDomain())
+		if err != nil {
+			a.refuse(c, &entry, start, "error", err.Error())
+			return
+		}
+		entry.dstID, entry.path, entry.waypoint = wpID.String(), "hbone", rt.via.Key()
+		entry.upstream = rt.hop
+		up, err = a.cli.Dial(dctx, tunnel.Target{
+			Source: p.id, SourceIP: p.ip(), Dest: wpID,
+			Addr:      rt.hop,
+			Authority: rt.addr,
+			Forwarded: "for=" + forwardedFor(p.ip()),
+			Baggage:   baggage(p.w),
+		})
+		if err != nil {
+			entry.cause = tunnel.ReasonOf(err)
+			a.refuse(c, &entry, start, resultOf(err), "waypoint "+rt.via.Key()+": "+err.Error())
+			return
+		}
+	} else if local := a.localPod(rt); local != nil && a.cfg.SameNode != SameNodeHBONE {
 		// Both ends on this node: the agent knows both identities first-hand, so it authorizes
 		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
 		// app seeing the client's IP exactly as over HBONE.

@@ -46,6 +46,7 @@ const (
 	ReasonTooManyHandshakes // more than ServerConfig.MaxHandshakes handshakes at once
 	ReasonAcceptError       // Accept failed (EMFILE and the like); Serve backs off and retries
 	ReasonSourceIdentity    // the peer's identity is not that of the workload at its source address (Authorize says so with Refuse)
+	ReasonWaypointBypass    // traffic for a waypoint-covered port that did not come from the waypoint (Authorize says so with Refuse)
 	reasonCount
 )
 
@@ -78,6 +79,7 @@ var reasonNames = [reasonCount]string{
 	ReasonStreamIdle:        "stream_idle",
 	ReasonHalfCloseTimeout:  "half_close_timeout",
 	ReasonTooManyConns:      "too_many_conns",
+	ReasonWaypointBypass:    "waypoint_bypass",
 	ReasonTooManyHandshakes: "too_many_handshakes",
 	ReasonAcceptError:       "accept_error",
 	ReasonSourceIdentity:    "source_identity",

@@ -212,6 +212,9 @@ func checkServices(spec *Spec, ips map[netip.Addr]int, p *Problems) {
 			seen[sp.Port] = true
 		}
 		checkLabelsWaypoint(p, SectionServices, i, what, "selector", svc.Selector, svc.Waypoint)
+		if svc.WaypointFor > WaypointForNone {
+			p.Addf(SectionServices, i, "waypointFor", what, "waypointFor %d is not service, workload, all or none", svc.WaypointFor)
+		}
 	}
 }
 

@@ -70,6 +70,6 @@ func enrolledOn(s *State, node string) map[string]*Workload {
 func equal(a, b *Workload) bool {
 	return a.UID == b.UID && a.Name == b.Name && a.Namespace == b.Namespace &&
 		a.ServiceAccount == b.ServiceAccount && a.Node == b.Node && a.Netns == b.Netns &&
-		a.Mode == b.Mode && a.InboundMode == b.InboundMode && a.Waypoint == b.Waypoint &&
+		a.Mode == b.Mode && a.InboundMode == b.InboundMode && a.Waypoint == b.Waypoint && a.AllowWaypointBypass == b.AllowWaypointBypass &&
 		slices.Equal(a.IPs, b.IPs) && maps.Equal(a.Labels, b.Labels)
 }

@@ -48,6 +48,9 @@ type State struct {
 	byVIP     map[netip.Addr]*Service
 	endpoints map[string][]*Workload // by service key
 
+	servicesOf map[*Workload][]*Service // the services a workload is an endpoint of
+	waypointOf map[*Workload]*Service   // a waypoint's pods: the waypoint (the first, by key)
+
 	policies []policy.Policy
 }
 
@@ -129,6 +132,17 @@ func Build(spec Spec, p *Problems) *State {
 		for _, w := range s.workloads {
 			if w.Namespace == svc.Namespace && selects(svc.Selector, w.Labels) {
 				s.endpoints[svc.Key()] = append(s.endpoints[svc.Key()], w)
+			}
+		}
+	}
+
+	s.servicesOf = make(map[*Workload][]*Service)
+	s.waypointOf = make(map[*Workload]*Service)
+	for _, svc := range s.services { // sorted: each list is too
+		for _, w := range s.endpoints[svc.Key()] {
+			s.servicesOf[w] = append(s.servicesOf[w], svc)
+			if svc.WaypointFor != NotWaypoint && s.waypointOf[w] == nil {
+				s.waypointOf[w] = svc
 			}
 		}
 	}

@@ -80,8 +80,12 @@ type Workload struct {
 	Mode        Mode
 	InboundMode InboundMode
 	Labels      map[string]string
-	// Waypoint names the waypoint its traffic goes through; empty for none.
+	// Waypoint names the waypoint its traffic goes through (see Service.Waypoint).
 	Waypoint string
+	// AllowWaypointBypass lets mesh traffic in that skipped the workload's waypoints (as Istio
+	// does by default). Unset, the workload's agent accepts traffic for a waypoint-covered port
+	// only from the waypoint (State.WaypointsCovering).
+	AllowWaypointBypass bool
 	// ProbePorts are the ports the kubelet probes (httpGet, tcpSocket and grpc probes of the pod
 	// spec). Only for these, plaintext from the workload's own node (HostIP) reaches the app even
 	// under STRICT, as Istio ambient lets kubelet probes through.
@@ -124,9 +128,60 @@ type Service struct {
 	// addresses of its EndpointSlices, as kube-proxy uses them. An address that is no workload's
 	// is not an endpoint amesh can reach (the state knows no identity for it) and is left out.
 	EndpointIPs []netip.Addr
-	// Waypoint names the waypoint its traffic goes through; empty for none.
+	// Waypoint names the waypoint its traffic goes through: a service of its namespace whose
+	// WaypointFor is set; empty for none, WaypointOptOut to refuse its namespace's.
 	Waypoint string
+	// WaypointFor makes the service a waypoint (its endpoints are the waypoint's pods) and says
+	// which traffic it takes: addressed to services, to workloads, or both. Zero: not a
+	// waypoint.
+	WaypointFor WaypointTraffic
 }
+
+// WaypointTraffic is which traffic a waypoint takes, as Istio's istio.io/waypoint-for.
+type WaypointTraffic uint8
+
+// The kinds of waypoint.
+const (
+	NotWaypoint         WaypointTraffic = iota
+	WaypointForService                  // traffic addressed to a service's VIP
+	WaypointForWorkload                 // traffic addressed to a pod's IP
+	WaypointForAll                      // both
+	WaypointForNone                     // a waypoint that takes no traffic (Istio's "none")
+)
+
+// WaypointOptOut as a Waypoint name keeps a workload or service off its namespace's waypoint.
+const WaypointOptOut = "none"
+
+// String returns the label value: "service", "workload", "all", "none"; "" when not a waypoint.
+func (t WaypointTraffic) String() string {
+	switch t {
+	case WaypointForService:
+		return "service"
+	case WaypointForWorkload:
+		return "workload"
+	case WaypointForAll:
+		return "all"
+	case WaypointForNone:
+		return "none"
+	}
+	return ""
+}
+
+// ParseWaypointTraffic parses a label value (String's); ok is false for anything else.
+func ParseWaypointTraffic(s string) (t WaypointTraffic, ok bool) {
+	for t := WaypointForService; t <= WaypointForNone; t++ {
+		if t.String() == s {
+			return t, true
+		}
+	}
+	return NotWaypoint, false
+}
+
+// forServices reports whether the waypoint takes traffic addressed to services.
+func (t WaypointTraffic) forServices() bool { return t == WaypointForService || t == WaypointForAll }
+
+// forWorkloads reports whether the waypoint takes traffic addressed to workloads.
+func (t WaypointTraffic) forWorkloads() bool { return t == WaypointForWorkload || t == WaypointForAll }
 
 // Key returns "namespace/name".
 func (s *Service) Key() string { return s.Namespace + "/" + s.Name }

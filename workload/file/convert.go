@@ -66,6 +66,7 @@ func convertWorkloads(in []workloadYAML, p *workload.Problems) []workload.Worklo
 		wl := workload.Workload{
 			UID: w.UID, Name: w.Name, WorkloadName: w.WorkloadName, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
 			Node: w.Node, Netns: w.Netns, Labels: w.Labels, Waypoint: w.Waypoint,
+			AllowWaypointBypass: w.AllowBypass,
 		}
 		for k, s := range w.IPs {
 			wl.IPs = append(wl.IPs, addr(p, workload.SectionWorkloads, i, fmt.Sprintf("ips[%d]", k), what, "ip", s))
@@ -103,6 +104,13 @@ func convertServices(in []serviceYAML, p *workload.Problems) []workload.Service 
 	for i, s := range in {
 		what := "service " + s.Namespace + "/" + s.Name
 		svc := workload.Service{Name: s.Name, Namespace: s.Namespace, Selector: s.Selector, Waypoint: s.Waypoint}
+		if s.WaypointFor != "" {
+			t, ok := workload.ParseWaypointTraffic(s.WaypointFor)
+			if !ok {
+				p.Addf(workload.SectionServices, i, "waypointFor", what, "waypointFor %q is not service, workload, all or none", s.WaypointFor)
+			}
+			svc.WaypointFor = t
+		}
 		for k, v := range s.VIPs {
 			svc.VIPs = append(svc.VIPs, addr(p, workload.SectionServices, i, fmt.Sprintf("vips[%d]", k), what, "vip", v))
 		}

@@ -24,7 +24,9 @@
 //	    labels: {app: web}
 //	    # uid: ...                 # optional; default namespace/name
 //	    # workloadName: web        # optional, what runs it (its Deployment…); default name
-//	    # waypoint: ...            # optional
+//	    # waypoint: wp             # optional: the waypoint (a service of the namespace) its
+//	    #                          # traffic goes through; none to opt out
+//	    # allowWaypointBypass: true # optional: accept mesh traffic that skipped the waypoint
 //	    # probePorts: [8080]       # kubelet probe ports: plaintext from the node reaches them
 //	services:
 //	  - name: api
@@ -32,6 +34,9 @@
 //	    vips: [10.96.0.10]
 //	    ports: [{port: 80, targetPort: 8080}]   # targetPort defaults to port
 //	    selector: {app: api}       # endpoints: workloads of the namespace with these labels
+//	    # waypoint: wp             # optional, as for workloads
+//	    # waypointFor: service     # optional: this service is a waypoint (service | workload |
+//	    #                          # all | none), its endpoints the waypoint's pods
 //	policies:
 //	  - name: api-allow-web
 //	    namespace: shop

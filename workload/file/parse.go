@@ -41,6 +41,7 @@ type (
 		InboundMode    string            `yaml:"inboundMode"`
 		Labels         map[string]string `yaml:"labels"`
 		Waypoint       string            `yaml:"waypoint"`
+		AllowBypass    bool              `yaml:"allowWaypointBypass"`
 		ProbePorts     []int             `yaml:"probePorts"`
 	}
 	serviceYAML struct {
@@ -50,6 +51,8 @@ type (
 		Ports     []servicePortYAML `yaml:"ports"`
 		Selector  map[string]string `yaml:"selector"`
 		Waypoint  string            `yaml:"waypoint"`
+		// WaypointFor makes the service a waypoint: service, workload, all or none.
+		WaypointFor string `yaml:"waypointFor"`
 	}
 	servicePortYAML struct {
 		Port       int `yaml:"port"`
@@ -132,6 +135,9 @@ func Parse(name string, data []byte) (*workload.State, error) {
 	if err := p.Err(heading); err != nil {
 		return nil, err
 	}
+	// A reference to a waypoint that is not there is refused with its line: in a file, it is a
+	// typo to fix before the file applies.
+	workload.CheckWaypointReferences(&spec, p)
 	s := workload.Build(spec, p)
 	if err := p.Err(heading); err != nil {
 		return nil, err

@@ -29,7 +29,15 @@ const (
 	// takes it out and "ambient" puts it in whatever its namespace says.
 	LabelDataplaneMode = "amesh.io/dataplane-mode"
 	// LabelUseWaypoint on a namespace, pod or service names the waypoint its traffic goes through.
+	// "none" on a pod or service keeps it off its namespace's waypoint.
 	LabelUseWaypoint = "amesh.io/use-waypoint"
+	// LabelWaypointFor on a Service makes it a waypoint (its endpoints are the waypoint's pods)
+	// and says which traffic it takes: service (Istio's default), workload, all or none.
+	LabelWaypointFor = "amesh.io/waypoint-for"
+	// LabelAllowWaypointBypass ("true") on a namespace or pod accepts mesh traffic that
+	// skipped the pod's waypoints, as Istio does; unset, only the waypoint may send it traffic
+	// for the ports the waypoint covers.
+	LabelAllowWaypointBypass = "amesh.io/allow-waypoint-bypass"
 	// LabelInboundMode on a namespace or pod ("permissive") lets plaintext in besides HBONE; the
 	// default is strict.
 	LabelInboundMode = "amesh.io/inbound-mode"
@@ -149,9 +157,10 @@ func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Add
 		UID: string(pod.UID), Name: pod.Name, WorkloadName: ownerName(pod), Namespace: pod.Namespace,
 		ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
 		Node:           pod.Spec.NodeName, Labels: pod.Labels,
-		Mode:        workload.ModeNone,
-		InboundMode: workload.InboundStrict,
-		Waypoint:    cmp.Or(pod.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
+		Mode:                workload.ModeNone,
+		InboundMode:         workload.InboundStrict,
+		Waypoint:            cmp.Or(pod.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
+		AllowWaypointBypass: cmp.Or(pod.Labels[LabelAllowWaypointBypass], nsLabels[LabelAllowWaypointBypass]) == "true",
 	}
 	if w.UID == "" {
 		w.UID = pod.Namespace + "/" + pod.Name
@@ -246,6 +255,16 @@ func service(svc *corev1.Service, nsLabels map[string]string, eps []*discoveryv1
 		Name: svc.Name, Namespace: svc.Namespace,
 		Waypoint:    cmp.Or(svc.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
 		EndpointIPs: []netip.Addr{}, // endpoints come from EndpointSlices only, even when there are none
+	}
+	if v, ok := svc.Labels[LabelWaypointFor]; ok {
+		t, ok := workload.ParseWaypointTraffic(v)
+		if !ok {
+			// Fail closed: not a waypoint, so traffic that names it is refused (the
+			// reference does not resolve), never sent direct.
+			problems = append(problems, fmt.Errorf("service %s: label %s=%q is not service, workload, all or none", key, LabelWaypointFor, v))
+			t = workload.NotWaypoint
+		}
+		out.WaypointFor = t
 	}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {

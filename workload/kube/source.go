@@ -213,6 +213,12 @@ func (k *Source) build() (*workload.State, error) {
 		objs.PodIPs = k.PodIPs()
 	}
 	spec, problems := Spec(k.TrustDomain, k.RootNamespace, objs)
+	st, err := workload.NewState(spec)
+	if err != nil {
+		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
+	}
+	// Kept in the state (the traffic they cover is refused), reported with the rest.
+	problems = append(problems, st.WaypointErrors()...)
 	if len(problems) > 0 {
 		k.problems.Add(int64(len(problems)))
 		// Logged when they change, not on every rebuild.
@@ -224,10 +230,6 @@ func (k *Source) build() (*workload.State, error) {
 		}
 	} else {
 		k.lastReport = ""
-	}
-	st, err := workload.NewState(spec)
-	if err != nil {
-		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
 	}
 	return st, nil
 }
