@@ -85,7 +85,8 @@ func sourceHolds(st *workload.State, client netip.Addr, peer spiffeid.ID) error 
 	if w == nil {
 		return fmt.Errorf("source identity: %s presented from %s, and no workload of the mesh has the address", peer, client)
 	}
-	if !w.Enrolled() {
+	// A waypoint's pod is not captured (it speaks HBONE itself) but is of the mesh.
+	if !w.Enrolled() && st.WaypointOf(w) == nil {
 		return fmt.Errorf("source identity: %s presented from %s, which is the address of %s/%s, a workload outside the mesh", peer, client, w.Namespace, w.Name)
 	}
 	id, err := w.ID(st.TrustDomain())

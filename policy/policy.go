@@ -12,6 +12,11 @@
 //
 // A policy applies to a workload when it lives in the workload's namespace, or in the root namespace
 // (mesh-wide), and its selector's labels are a subset of the workload's labels.
+//
+// A policy with TargetRefs is a waypoint's (Istio's targetRefs): it never applies to a workload
+// at L4, may use L7 fields (hosts, methods, paths, when conditions), and is decided per HTTP
+// request by EvaluateHTTP in the waypoint it targets (package waypoint), against the original
+// caller. L7 fields on any other policy are refused by Validate.
 package policy
 
 import (
@@ -43,6 +48,10 @@ type Policy struct {
 	Selector map[string]string
 	// Action is ALLOW or DENY; empty means ALLOW.
 	Action Action
+	// TargetRefs, when set, make the policy a waypoint's: it applies to the traffic of the
+	// waypoints it names (Istio's targetRefs), which may use L7 fields, and never to workloads by
+	// selector at L4 (AppliesTo is false for it; Selector must then be empty).
+	TargetRefs []TargetRef
 	// Rules: the policy matches a request if any rule matches. A policy with no rules matches
 	// nothing, so an ALLOW policy without rules denies every request to the workloads it selects
 	// and a DENY policy without rules has no effect. A rule with neither From nor To matches
@@ -50,12 +59,33 @@ type Policy struct {
 	Rules []Rule
 }
 
-// Rule matches a request when From matches and To matches.
+// TargetRef names what a waypoint policy applies to, as Istio's targetRefs: the waypoint's
+// Service (Kind "Service", Group "") or its Gateway (Kind "Gateway", Group
+// "gateway.networking.k8s.io"), in the policy's namespace.
+type TargetRef struct {
+	Group string
+	Kind  string
+	Name  string
+}
+
+// Rule matches a request when From matches, To matches and every When condition holds.
 type Rule struct {
 	// From matches if any of its sources matches; an empty From matches every source.
 	From []Source
 	// To matches if any of its operations matches; an empty To matches every operation.
 	To []Operation
+	// When: conditions, all of which must hold (L7: waypoint policies only).
+	When []Condition
+}
+
+// Condition is one of Istio's "when" conditions: Key names an attribute
+// ("request.headers[<name>]", "source.principal", "source.namespace", "destination.port"), and
+// the condition holds when the attribute matches any of Values (if set) and none of NotValues.
+// Values use the patterns of Source (exact, "*", "prefix*", "*suffix").
+type Condition struct {
+	Key       string
+	Values    []string
+	NotValues []string
 }
 
 // Source describes the peer of a connection. Every field that is set must match (AND); within a
@@ -73,9 +103,21 @@ type Source struct {
 
 // Operation describes the destination side of a connection: at L4, only its port. Ports and
 // NotPorts are the destination workload's ports (a Service's targetPort), as in Istio.
+//
+// The L7 fields are for waypoint policies (TargetRefs set) only: Hosts (the request's Host or
+// :authority, case-insensitive), Methods (exact, e.g. "GET") and Paths (the request path without
+// its query; exact, "prefix*", "*suffix" or "*"), each with its Not form. Every field that is
+// set must match (AND); within a field any entry may match (OR).
 type Operation struct {
 	Ports    []uint16
 	NotPorts []uint16
+
+	Hosts      []string
+	NotHosts   []string
+	Methods    []string
+	NotMethods []string
+	Paths      []string
+	NotPaths   []string
 }
 
 // Key returns "namespace/name", the name a Decision reports.
@@ -85,6 +127,9 @@ func (p Policy) Key() string { return p.Namespace + "/" + p.Name }
 // that namespace or in rootNS (DefaultRootNamespace when empty), and every label of p.Selector is
 // among labels.
 func (p Policy) AppliesTo(namespace string, labels map[string]string, rootNS string) bool {
+	if len(p.TargetRefs) > 0 {
+		return false // a waypoint's policy (Targets), never a workload's by selector
+	}
 	if rootNS == "" {
 		rootNS = DefaultRootNamespace
 	}
@@ -115,6 +160,7 @@ func Applicable(policies []Policy, namespace string, labels map[string]string, r
 func (p Policy) Clone() Policy {
 	c := p
 	c.Selector = maps.Clone(p.Selector)
+	c.TargetRefs = slices.Clone(p.TargetRefs)
 	if p.Rules != nil {
 		c.Rules = make([]Rule, len(p.Rules))
 		for i, r := range p.Rules {
@@ -140,7 +186,16 @@ func (r Rule) clone() Rule {
 	if r.To != nil {
 		c.To = make([]Operation, len(r.To))
 		for i, o := range r.To {
-			c.To[i] = Operation{Ports: slices.Clone(o.Ports), NotPorts: slices.Clone(o.NotPorts)}
+			c.To[i] = Operation{Ports: slices.Clone(o.Ports), NotPorts: slices.Clone(o.NotPorts),
+				Hosts: slices.Clone(o.Hosts), NotHosts: slices.Clone(o.NotHosts),
+				Methods: slices.Clone(o.Methods), NotMethods: slices.Clone(o.NotMethods),
+				Paths: slices.Clone(o.Paths), NotPaths: slices.Clone(o.NotPaths)}
+		}
+	}
+	if r.When != nil {
+		c.When = make([]Condition, len(r.When))
+		for i, w := range r.When {
+			c.When[i] = Condition{Key: w.Key, Values: slices.Clone(w.Values), NotValues: slices.Clone(w.NotValues)}
 		}
 	}
 	return c

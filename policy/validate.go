@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -62,6 +63,22 @@ func Validate(p Policy) error {
 	default:
 		v.add("action", fmt.Errorf("%q is not ALLOW or DENY", p.Action))
 	}
+	v.l7 = len(p.TargetRefs) > 0
+	if v.l7 && len(p.Selector) > 0 {
+		v.add("selector", errors.New("targetRefs and selector are exclusive"))
+	}
+	for i, ref := range p.TargetRefs {
+		at := fmt.Sprintf("targetRefs[%d]", i)
+		switch {
+		case ref.Kind == "Service" && (ref.Group == "" || ref.Group == "core"):
+		case ref.Kind == "Gateway" && ref.Group == "gateway.networking.k8s.io":
+		default:
+			v.add(at+".kind", fmt.Errorf("%s (group %q) is not a waypoint: want kind Service, or Gateway of group gateway.networking.k8s.io", ref.Kind, ref.Group))
+		}
+		if len(ref.Name) > 253 || !dnsSubdomain.MatchString(ref.Name) {
+			v.add(at+".name", fmt.Errorf("%q is not a DNS-1123 subdomain", ref.Name))
+		}
+	}
 	for i, r := range p.Rules {
 		rule := fmt.Sprintf("rules[%d]", i)
 		for j, s := range r.From {
@@ -70,12 +87,16 @@ func Validate(p Policy) error {
 		for j, o := range r.To {
 			v.operation(fmt.Sprintf("%s.to[%d].operation", rule, j), o)
 		}
+		for j, c := range r.When {
+			v.condition(fmt.Sprintf("%s.when[%d]", rule, j), c)
+		}
 	}
 	return errors.Join(v.errs...)
 }
 
 type validator struct {
 	policy string
+	l7     bool // a waypoint's policy: L7 fields allowed
 	errs   []error
 }
 
@@ -108,8 +129,35 @@ func (v *validator) source(field string, s Source) {
 }
 
 func (v *validator) operation(field string, o Operation) {
-	if len(o.Ports)+len(o.NotPorts) == 0 {
-		v.add(field, errors.New("operation sets neither ports nor notPorts (amesh enforces L4 fields only)"))
+	l7 := []struct {
+		name  string
+		items []string
+		check func(string) error
+	}{
+		{"hosts", o.Hosts, validateHost}, {"notHosts", o.NotHosts, validateHost},
+		{"methods", o.Methods, validateMethod}, {"notMethods", o.NotMethods, validateMethod},
+		{"paths", o.Paths, validatePath}, {"notPaths", o.NotPaths, validatePath},
+	}
+	n7 := 0
+	for _, l := range l7 {
+		if len(l.items) == 0 {
+			continue
+		}
+		n7 += len(l.items)
+		if !v.l7 {
+			// Refused, not widened or dropped as Istio does for a policy its ztunnel
+			// enforces: a rule that means less than it says is a hole or an outage.
+			v.add(field+"."+l.name, errors.New("is an L7 field: the node agent enforces L4 only; set targetRefs to a waypoint to enforce it there"))
+			continue
+		}
+		for i, s := range l.items {
+			if err := l.check(s); err != nil {
+				v.add(fmt.Sprintf("%s.%s[%d]", field, l.name, i), err)
+			}
+		}
+	}
+	if len(o.Ports)+len(o.NotPorts)+n7 == 0 {
+		v.add(field, errors.New("operation sets neither ports nor notPorts (nor, in a waypoint policy, an L7 field)"))
 		return
 	}
 	for _, l := range []struct {
@@ -122,6 +170,78 @@ func (v *validator) operation(field string, o Operation) {
 			}
 		}
 	}
+}
+
+// condition checks a waypoint policy's when condition.
+func (v *validator) condition(field string, c Condition) {
+	if !v.l7 {
+		v.add(field, errors.New("when is L7: the node agent enforces L4 only; set targetRefs to a waypoint to enforce it there"))
+		return
+	}
+	if len(c.Values)+len(c.NotValues) == 0 {
+		v.add(field, errors.New("condition sets neither values nor notValues"))
+	}
+	var check func(string) error
+	switch key := c.Key; {
+	case strings.HasPrefix(key, "request.headers[") && strings.HasSuffix(key, "]"):
+		if name := key[len("request.headers[") : len(key)-1]; !httpToken.MatchString(name) {
+			v.add(field+".key", fmt.Errorf("header name %q is not an HTTP token", name))
+		}
+		check = func(p string) error { _, err := checkPattern(p); return err }
+	case key == "source.principal":
+		check = validatePrincipal
+	case key == "source.namespace":
+		check = validateNamespacePattern
+	case key == "destination.port":
+		check = func(p string) error {
+			if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+				return fmt.Errorf("port %q is not a number in 1..65535", p)
+			}
+			return nil
+		}
+	default:
+		v.add(field+".key", fmt.Errorf("%q is not supported (request.headers[<name>], source.principal, source.namespace, destination.port)", key))
+		return
+	}
+	for _, l := range []struct {
+		name string
+		vals []string
+	}{{"values", c.Values}, {"notValues", c.NotValues}} {
+		for i, s := range l.vals {
+			if err := check(s); err != nil {
+				v.add(fmt.Sprintf("%s.%s[%d]", field, l.name, i), err)
+			}
+		}
+	}
+}
+
+// httpToken is an HTTP method or header name (RFC 9110 token).
+var httpToken = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+func validateMethod(m string) error {
+	if m == "" || strings.ToUpper(m) != m || !httpToken.MatchString(m) {
+		return fmt.Errorf("method %q is not an upper-case HTTP method", m)
+	}
+	return nil
+}
+
+func validatePath(p string) error {
+	rest, err := checkPattern(p)
+	if err != nil {
+		return err
+	}
+	if rest == p && !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("path %q does not start with /", p)
+	}
+	if strings.HasSuffix(p, "*") && !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("path prefix %q does not start with /", p)
+	}
+	return nil
+}
+
+func validateHost(h string) error {
+	_, err := checkPattern(h)
+	return err
 }
 
 // checkPattern checks the wildcard shape of a pattern and returns it without its '*'.

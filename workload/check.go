@@ -53,6 +53,7 @@ func check(spec *Spec, p *Problems) {
 	ips := checkWorkloads(spec, nodes, p)
 	checkServices(spec, ips, p)
 	checkPolicies(spec, p)
+	checkRoutes(spec, p)
 }
 
 func checkTop(spec *Spec, p *Problems) {

@@ -15,6 +15,7 @@ const (
 	SectionWorkloads = "workloads"
 	SectionServices  = "services"
 	SectionPolicies  = "policies"
+	SectionRoutes    = "routes"
 )
 
 // A Locator returns the line of the source node at path inside item i of section, or 0 when it

@@ -20,6 +20,7 @@ type Spec struct {
 	Workloads     []Workload
 	Services      []Service
 	Policies      []policy.Policy
+	Routes        []Route
 }
 
 // State is an immutable, indexed snapshot of the cluster as one agent sees it.
@@ -47,6 +48,9 @@ type State struct {
 	byKey     map[string]*Service
 	byVIP     map[netip.Addr]*Service
 	endpoints map[string][]*Workload // by service key
+
+	routes   []*Route
+	routesOf map[string][]*Route // by parent service key
 
 	servicesOf map[*Workload][]*Service // the services a workload is an endpoint of
 	waypointOf map[*Workload]*Service   // a waypoint's pods: the waypoint (the first, by key)
@@ -147,6 +151,21 @@ func Build(spec Spec, p *Problems) *State {
 		}
 	}
 
+	for i := range spec.Routes {
+		s.routes = append(s.routes, &spec.Routes[i])
+	}
+	slices.SortFunc(s.routes, func(a, b *Route) int { return cmp.Compare(a.Key(), b.Key()) })
+	s.routesOf = make(map[string][]*Route)
+	for _, r := range s.routes {
+		seen := map[string]bool{}
+		for _, p := range r.Parents {
+			if k := r.Namespace + "/" + p.Service; !seen[k] {
+				seen[k] = true
+				s.routesOf[k] = append(s.routesOf[k], r)
+			}
+		}
+	}
+
 	slices.SortFunc(s.policies, func(a, b policy.Policy) int { return cmp.Compare(a.Key(), b.Key()) })
 	return s
 }
@@ -195,6 +214,10 @@ func cloneSpec(spec Spec) Spec {
 	}
 	for i := range c.Nodes {
 		c.Nodes[i].IP = c.Nodes[i].IP.Unmap()
+	}
+	c.Routes = make([]Route, len(spec.Routes))
+	for i, r := range spec.Routes {
+		c.Routes[i] = r.clone()
 	}
 	return c
 }

@@ -55,9 +55,11 @@ type cluster struct {
 	apps   []*http.Server
 	echoes []net.Listener
 	closed bool
+	// waypointLog is the log of the waypoint startWaypoint started last.
+	waypointLog string
 }
 
-var agentBin, ctlBin string
+var agentBin, ctlBin, waypointBin string
 
 func TestMain(m *testing.M) {
 	if addr := os.Getenv(echoProcEnv); addr != "" {
@@ -70,7 +72,8 @@ func TestMain(m *testing.M) {
 	}
 	agentBin = filepath.Join(dir, "amesh-agent")
 	ctlBin = filepath.Join(dir, "ameshctl")
-	for bin, pkg := range map[string]string{agentBin: "github.com/amesh-dev/amesh/cmd/amesh-agent", ctlBin: "github.com/amesh-dev/amesh/cmd/ameshctl"} {
+	waypointBin = filepath.Join(dir, "amesh-waypoint")
+	for bin, pkg := range map[string]string{agentBin: "github.com/amesh-dev/amesh/cmd/amesh-agent", ctlBin: "github.com/amesh-dev/amesh/cmd/ameshctl", waypointBin: "github.com/amesh-dev/amesh/cmd/amesh-waypoint"} {
 		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
 			os.Exit(1)

@@ -39,6 +39,7 @@ type PodSpec struct {
 	InboundMode    string // "strict" (default) or "permissive"
 	Labels         map[string]string
 	ProbePorts     []uint16 // the kubelet probe ports the state file lists for it
+	Waypoint       string   // the waypoint the state file names for it, if any
 }
 
 // Lab is a cluster of namespaces built by New. Its exported fields are set by New and must not

@@ -38,6 +38,9 @@ func (l *Lab) StateYAML() []byte {
 		fmt.Fprintf(&b, "    netns: %s\n", q(p.Netns))
 		fmt.Fprintf(&b, "    mode: %s\n", q(p.Spec.Mode))
 		fmt.Fprintf(&b, "    inboundMode: %s\n", q(p.Spec.InboundMode))
+		if p.Spec.Waypoint != "" {
+			fmt.Fprintf(&b, "    waypoint: %s\n", q(p.Spec.Waypoint))
+		}
 		if len(p.Spec.ProbePorts) > 0 {
 			var ports []string
 			for _, v := range p.Spec.ProbePorts {

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/workload"
@@ -20,6 +21,7 @@ func convert(doc *fileDoc, p *workload.Problems) workload.Spec {
 	spec.Workloads = convertWorkloads(doc.Workloads, p)
 	spec.Services = convertServices(doc.Services, p)
 	spec.Policies = convertPolicies(doc.Policies, p)
+	spec.Routes = convertRoutes(doc.Routes, p)
 	return spec
 }
 
@@ -134,6 +136,9 @@ func convertPolicies(in []policyYAML, p *workload.Problems) []policy.Policy {
 	for i, pol := range in {
 		what := "policy " + pol.Namespace + "/" + pol.Name
 		np := policy.Policy{Name: pol.Name, Namespace: pol.Namespace, Selector: pol.Selector, Action: policy.Action(pol.Action)}
+		for _, ref := range pol.TargetRefs {
+			np.TargetRefs = append(np.TargetRefs, policy.TargetRef{Group: ref.Group, Kind: ref.Kind, Name: ref.Name})
+		}
 		if pol.Rules != nil {
 			np.Rules = make([]policy.Rule, 0, len(pol.Rules))
 		}
@@ -147,10 +152,16 @@ func convertPolicies(in []policyYAML, p *workload.Problems) []policy.Policy {
 				})
 			}
 			for t, to := range rule.To {
+				o := to.Operation
 				nr.To = append(nr.To, policy.Operation{
-					Ports:    operationPorts(p, i, r, t, what, "ports", to.Operation.Ports),
-					NotPorts: operationPorts(p, i, r, t, what, "notPorts", to.Operation.NotPorts),
+					Ports:    operationPorts(p, i, r, t, what, "ports", o.Ports),
+					NotPorts: operationPorts(p, i, r, t, what, "notPorts", o.NotPorts),
+					Hosts:    o.Hosts, NotHosts: o.NotHosts, Methods: o.Methods, NotMethods: o.NotMethods,
+					Paths: o.Paths, NotPaths: o.NotPaths,
 				})
+			}
+			for _, c := range rule.When {
+				nr.When = append(nr.When, policy.Condition{Key: c.Key, Values: c.Values, NotValues: c.NotValues})
 			}
 			np.Rules = append(np.Rules, nr)
 		}
@@ -170,6 +181,79 @@ func operationPorts(p *workload.Problems, i, r, t int, what, field string, in []
 				"port %q is not a number in 1..65535", s)
 		}
 		out = append(out, uint16(v))
+	}
+	return out
+}
+
+// convertRoutes converts the routes: the subset of HTTPRoute amesh implements, anything else
+// refused at its field.
+func convertRoutes(in []routeYAML, p *workload.Problems) []workload.Route {
+	var out []workload.Route
+	port := func(i int, field, what string, v int) uint16 {
+		if v < 0 || v > 65535 {
+			p.Addf(workload.SectionRoutes, i, field, what, "port %d is out of range 1..65535", v)
+			return 0
+		}
+		return uint16(v)
+	}
+	for i, r := range in {
+		what := "route " + r.Namespace + "/" + r.Name
+		wr := workload.Route{Name: r.Name, Namespace: r.Namespace}
+		for k, ref := range r.ParentRefs {
+			at := fmt.Sprintf("parentRefs[%d]", k)
+			if ref.Kind != "Service" || (ref.Group != "" && ref.Group != "core") {
+				p.Addf(workload.SectionRoutes, i, at+".kind", what, "parentRef %s %q: only kind Service (Gateway API's GAMMA form) is supported", ref.Kind, ref.Name)
+			}
+			wr.Parents = append(wr.Parents, workload.RouteParent{Service: ref.Name, Port: port(i, at+".port", what, ref.Port)})
+		}
+		for k, rule := range r.Rules {
+			at := fmt.Sprintf("rules[%d]", k)
+			var wrule workload.RouteRule
+			if rule.Timeouts.Request != "" {
+				d, err := time.ParseDuration(rule.Timeouts.Request)
+				if err != nil {
+					p.Addf(workload.SectionRoutes, i, at+".timeouts.request", what, "timeout %q is not a duration (e.g. 5s)", rule.Timeouts.Request)
+				}
+				wrule.Timeout = d
+			}
+			for m, match := range rule.Matches {
+				mat := fmt.Sprintf("%s.matches[%d]", at, m)
+				wm := workload.RouteMatch{Method: match.Method}
+				if match.Path != nil {
+					switch match.Path.Type {
+					case "", "PathPrefix":
+					case "Exact":
+						wm.PathType = workload.PathExact
+					default:
+						p.Addf(workload.SectionRoutes, i, mat+".path.type", what, "path match type %q is not supported (PathPrefix or Exact)", match.Path.Type)
+					}
+					wm.Path = match.Path.Value
+				}
+				for h, hm := range match.Headers {
+					if hm.Type != "" && hm.Type != "Exact" {
+						p.Addf(workload.SectionRoutes, i, fmt.Sprintf("%s.headers[%d].type", mat, h), what, "header match type %q is not supported (Exact)", hm.Type)
+					}
+					wm.Headers = append(wm.Headers, workload.HeaderMatch{Name: hm.Name, Value: hm.Value})
+				}
+				wrule.Matches = append(wrule.Matches, wm)
+			}
+			for b, be := range rule.BackendRefs {
+				bat := fmt.Sprintf("%s.backendRefs[%d]", at, b)
+				if (be.Kind != "" && be.Kind != "Service") || (be.Group != "" && be.Group != "core") {
+					p.Addf(workload.SectionRoutes, i, bat+".kind", what, "backendRef %s %q: only kind Service is supported", be.Kind, be.Name)
+				}
+				w := int32(1) // Gateway API's default
+				if be.Weight != nil {
+					if *be.Weight < 0 || *be.Weight > 1000000 {
+						p.Addf(workload.SectionRoutes, i, bat+".weight", what, "weight %d is out of range 0..1000000", *be.Weight)
+					}
+					w = int32(min(max(*be.Weight, -1), 1000001))
+				}
+				wrule.Backends = append(wrule.Backends, workload.RouteBackend{Service: be.Name, Port: port(i, bat+".port", what, be.Port), Weight: w})
+			}
+			wr.Rules = append(wr.Rules, wrule)
+		}
+		out = append(out, wr)
 	}
 	return out
 }

@@ -23,6 +23,7 @@ type (
 		Workloads     []workloadYAML `yaml:"workloads"`
 		Services      []serviceYAML  `yaml:"services"`
 		Policies      []policyYAML   `yaml:"policies"`
+		Routes        []routeYAML    `yaml:"routes"`
 	}
 	nodeYAML struct {
 		Name string `yaml:"name"`
@@ -64,10 +65,23 @@ type (
 		Selector  map[string]string `yaml:"selector"`
 		Action    string            `yaml:"action"`
 		Rules     []ruleYAML        `yaml:"rules"`
+		// TargetRefs make it a waypoint's policy (L7 fields allowed), as Istio's.
+		TargetRefs []targetRefYAML `yaml:"targetRefs"`
+	}
+	targetRefYAML struct {
+		Group string `yaml:"group"`
+		Kind  string `yaml:"kind"`
+		Name  string `yaml:"name"`
 	}
 	ruleYAML struct {
-		From []fromYAML `yaml:"from"`
-		To   []toYAML   `yaml:"to"`
+		From []fromYAML      `yaml:"from"`
+		To   []toYAML        `yaml:"to"`
+		When []conditionYAML `yaml:"when"`
+	}
+	conditionYAML struct {
+		Key       string   `yaml:"key"`
+		Values    []string `yaml:"values"`
+		NotValues []string `yaml:"notValues"`
 	}
 	fromYAML struct {
 		Source sourceYAML `yaml:"source"`
@@ -83,8 +97,53 @@ type (
 	}
 	// Ports are strings in Istio's API; plain YAML numbers decode into them too.
 	operationYAML struct {
-		Ports    []string `yaml:"ports"`
-		NotPorts []string `yaml:"notPorts"`
+		Ports      []string `yaml:"ports"`
+		NotPorts   []string `yaml:"notPorts"`
+		Hosts      []string `yaml:"hosts"`
+		NotHosts   []string `yaml:"notHosts"`
+		Methods    []string `yaml:"methods"`
+		NotMethods []string `yaml:"notMethods"`
+		Paths      []string `yaml:"paths"`
+		NotPaths   []string `yaml:"notPaths"`
+	}
+	// A route is an HTTPRoute's metadata and spec, flattened, with Gateway API's field names.
+	routeYAML struct {
+		Name       string          `yaml:"name"`
+		Namespace  string          `yaml:"namespace"`
+		ParentRefs []parentRefYAML `yaml:"parentRefs"`
+		Rules      []routeRuleYAML `yaml:"rules"`
+	}
+	parentRefYAML struct {
+		Group string `yaml:"group"`
+		Kind  string `yaml:"kind"`
+		Name  string `yaml:"name"`
+		Port  int    `yaml:"port"`
+	}
+	routeRuleYAML struct {
+		Matches     []routeMatchYAML `yaml:"matches"`
+		BackendRefs []backendRefYAML `yaml:"backendRefs"`
+		Timeouts    struct {
+			Request string `yaml:"request"`
+		} `yaml:"timeouts"`
+	}
+	routeMatchYAML struct {
+		Path *struct {
+			Type  string `yaml:"type"`
+			Value string `yaml:"value"`
+		} `yaml:"path"`
+		Headers []struct {
+			Type  string `yaml:"type"`
+			Name  string `yaml:"name"`
+			Value string `yaml:"value"`
+		} `yaml:"headers"`
+		Method string `yaml:"method"`
+	}
+	backendRefYAML struct {
+		Group  string `yaml:"group"`
+		Kind   string `yaml:"kind"`
+		Name   string `yaml:"name"`
+		Port   int    `yaml:"port"`
+		Weight *int   `yaml:"weight"`
 	}
 )
 
