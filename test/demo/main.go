@@ -1,7 +1,8 @@
 // Command demo is `make demo`: it builds a two-node cluster out of network namespaces (the
 // test/lab), runs one amesh-agent per node, and shows real traffic through the mesh: curl
 // between pods across nodes and within a node with the SPIFFE identities used, a connection
-// refused by policy, a plaintext client refused by a STRICT pod, and latency direct vs mesh.
+// refused by policy, a plaintext client refused by a STRICT pod, latency direct vs mesh, and
+// L7 through a waypoint (a request allowed, one refused with 403, the waypoint not skippable).
 // Everything is torn down at the end, also on Ctrl-C. It needs root.
 package main
 
@@ -56,6 +57,10 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	waypoint := filepath.Join(bin, "amesh-waypoint")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", waypoint, "github.com/amesh-dev/amesh/cmd/amesh-waypoint").CombinedOutput(); err != nil {
+		return fmt.Errorf("build amesh-waypoint: %v\n%s", err, out)
+	}
 	l, err := buildLab(ctx)
 	if err != nil {
 		return err
@@ -86,6 +91,80 @@ func run(ctx context.Context) error {
 			return err
 		}
 	}
+	return d.throughWaypoint(ctx, waypoint, state)
+}
+
+// waypointServices: api (a VIP over both api pods) uses the waypoint wp.
+const waypointServices = `
+  - name: api
+    namespace: shop
+    vips: [10.96.0.10]
+    ports: [{port: 80, targetPort: 8080}]
+    selector: {app: api}
+    waypoint: wp
+  - name: wp
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 15008}]
+    selector: {app: wp}
+    waypointFor: service
+`
+
+// waypointPolicy: the waypoint refuses DELETE /admin*.
+const waypointPolicy = `
+  - name: no-admin-delete
+    namespace: shop
+    targetRefs: [{kind: Service, name: wp}]
+    action: DENY
+    rules:
+      - to: [{operation: {methods: [DELETE], paths: ["/admin*"]}}]
+`
+
+func (d *demo) throughWaypoint(ctx context.Context, waypoint, state string) error {
+	step("6. L7 through a waypoint: service api names waypoint wp (amesh-waypoint in pod wp, node2)")
+	log := filepath.Join(d.lab.Dir, "waypoint.log")
+	p, err := d.lab.Start(ctx, d.lab.Pod("wp").Netns, log, waypoint, "--state", state, "--name", "wp",
+		"--namespace", "shop", "--service-account", "waypoint", "--ca-dir", filepath.Join(d.lab.Dir, "ca"))
+	if err != nil {
+		return err
+	}
+	defer p.Kill()
+	if err := d.lab.WriteState(state, waypointServices, policies+waypointPolicy); err != nil {
+		return err
+	}
+	time.Sleep(time.Second) // the agents and the waypoint re-read the state file
+	showRequest := func() {
+		time.Sleep(100 * time.Millisecond)
+		for _, m := range slices.Backward(logLines(log)) {
+			if m["msg"] == "request" {
+				fmt.Printf("    waypoint log: %v %v status=%v src_id=%v", m["method"], m["path"], m["status"], m["src_id"])
+				if u, ok := m["upstream"]; ok {
+					fmt.Printf(" upstream=%v", u)
+				}
+				if r, ok := m["reason"]; ok {
+					fmt.Printf(" reason=%q", r)
+				}
+				fmt.Println()
+				return
+			}
+		}
+	}
+	for _, c := range []struct{ method, url string }{{"GET", "http://10.96.0.10/"}, {"DELETE", "http://10.96.0.10/admin"}} {
+		fmt.Printf("  $ kubectl exec web -- curl -s -X %s %s\n", c.method, c.url)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		out, err := d.lab.Command(cctx, d.lab.Pod("web").Netns, "curl", "-sS", "--max-time", "3", "-X", c.method, "-w", " [%{http_code}]", c.url).CombinedOutput()
+		cancel()
+		fmt.Printf("    %s\n", strings.ReplaceAll(strings.TrimSpace(string(out)), "\n", " "))
+		if err != nil {
+			return fmt.Errorf("curl through the waypoint: %w", err)
+		}
+		showRequest()
+	}
+	fmt.Println("  and web dialling api2's pod IP directly, around the waypoint:")
+	if _, err := d.curl(ctx, "web", "api2"); err == nil {
+		return errors.New("web skipped the waypoint")
+	}
+	d.showAccess("node2", "web")
 	return nil
 }
 
@@ -102,7 +181,7 @@ func buildAgent(ctx context.Context, dir string) (string, error) {
 // buildLab builds the demo's two nodes: on each a client or servers of the shop in the mesh, and
 // a pod out of it; node2 also holds an intruder, in the mesh but not allowed to call api.
 func buildLab(ctx context.Context) (*lab.Lab, error) {
-	step("building the lab: 2 nodes on an underlay bridge, 5 pods, each its own netns")
+	step("building the lab: 2 nodes on an underlay bridge, 6 pods, each its own netns")
 	return lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
 		{Name: "node1", Pods: []lab.PodSpec{
 			{Name: "web", Namespace: "shop", ServiceAccount: "web", Labels: map[string]string{"app": "web"}},
@@ -113,6 +192,7 @@ func buildLab(ctx context.Context) (*lab.Lab, error) {
 			{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
 			{Name: "intruder", Namespace: "shop", ServiceAccount: "intruder"},
 			{Name: "plain2", Namespace: "legacy", ServiceAccount: "default", Mode: "none"},
+			{Name: "wp", Namespace: "shop", ServiceAccount: "waypoint", Mode: "none", Labels: map[string]string{"app": "wp"}},
 		}},
 	}})
 }

@@ -298,6 +298,66 @@ func TestParseErrors(t *testing.T) {
       - from:
           - {} # <-
 `, "rules[0].from[0].source: source sets none"},
+		{"unknown waypoint", header + webWorkload + "    waypoint: wq # <-\n", "waypoint shop/wq: no such service"},
+		{"waypoint that is not one", header + webWorkload + `services:
+  - name: wp
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 15008}]
+  - name: api
+    namespace: shop
+    vips: [10.96.0.10]
+    ports: [{port: 80}]
+    waypoint: wp # <-
+`, "the service is not a waypoint"},
+		{"bad waypointFor", header + `services:
+  - name: wp
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 15008}]
+    waypointFor: everything # <-
+`, `waypointFor "everything" is not service, workload, all or none`},
+		{"L7 field on an L4 policy", header + `policies:
+  - name: p
+    namespace: shop
+    rules:
+      - to:
+          - operation:
+              methods: [GET] # <-
+`, "the node agent enforces L4 only; set targetRefs"},
+		{"route to a Gateway", header + `routes:
+  - name: r
+    namespace: shop
+    parentRefs:
+      - {kind: Gateway, name: gw} # <-
+    rules: [{backendRefs: [{name: api, port: 80}]}]
+`, "only kind Service"},
+		{"route path without slash", header + `routes:
+  - name: r
+    namespace: shop
+    parentRefs: [{kind: Service, name: api}]
+    rules:
+      - matches:
+          - path: {type: PathPrefix, value: api} # <-
+        backendRefs: [{name: api, port: 80}]
+`, `path "api" does not start with /`},
+		{"route regex path", header + `routes:
+  - name: r
+    namespace: shop
+    parentRefs: [{kind: Service, name: api}]
+    rules:
+      - matches:
+          - path: {type: RegularExpression, value: /a.*} # <-
+        backendRefs: [{name: api, port: 80}]
+`, `"RegularExpression" is not supported`},
+		{"route timeout", header + `routes:
+  - name: r
+    namespace: shop
+    parentRefs: [{kind: Service, name: api}]
+    rules:
+      - backendRefs: [{name: api, port: 80}]
+        timeouts: {request: soon} # <-
+`, "is not a duration"},
 		{"duplicate policy", header + `policies:
   - name: p
     namespace: shop
