@@ -242,6 +242,14 @@ func TestAuthorizationPolicySchema(t *testing.T) {
     - operation: {ports: ["1", "80", "8080", "65535"], notPorts: ["9090"]}
   - to:
     - operation: {notPorts: ["22"]}`, "DENY"},
+		{"a waypoint's, with L7 fields", `spec:
+  targetRefs: [{kind: Service, name: wp}, {group: gateway.networking.k8s.io, kind: Gateway, name: wp}]
+  action: DENY
+  rules:
+  - to:
+    - operation: {methods: [DELETE], paths: ["/admin*"], hosts: ["*.svc.cluster.local"], notPaths: ["/admin/health"]}
+    when:
+    - {key: "request.headers[x-debug]", values: ["*"]}`, "DENY"},
 	}
 	for _, c := range valid {
 		t.Run("valid/"+c.name, func(t *testing.T) {
@@ -266,13 +274,16 @@ func TestAuthorizationPolicySchema(t *testing.T) {
 		{"L7 paths", "spec: {rules: [{to: [{operation: {paths: [/health]}}]}]}",
 			"amesh enforces AuthorizationPolicy at L4 only: hosts, methods and paths"},
 		{"when", `spec: {rules: [{when: [{key: "request.headers[x-user]", values: ["y"]}]}]}`,
-			`"when" conditions are not supported`},
+			`"when" conditions are L7; set targetRefs to a waypoint`},
 		{"requestPrincipals", "spec: {rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]}",
 			"requestPrincipals (JWT, L7)"},
 		{"ipBlocks", "spec: {rules: [{from: [{source: {principals: [\"*\"], ipBlocks: [10.0.0.0/8]}}]}]}",
 			"ipBlocks"},
 		{"targetRef", "spec: {targetRef: {kind: Service, name: checkout}}",
-			"amesh does not support provider (CUSTOM action) nor targetRef(s)"},
+			"amesh does not support provider (CUSTOM action) nor targetRef"},
+		{"targetRefs and selector", "spec: {targetRefs: [{kind: Service, name: wp}], selector: {matchLabels: {app: a}}}",
+			"targetRefs and selector are exclusive"},
+		{"targetRefs to a Pod", "spec: {targetRefs: [{kind: Pod, name: wp}]}", `Unsupported value: "Pod"`},
 		{"action AUDIT", "spec: {action: AUDIT}", `Unsupported value: "AUDIT": supported values: "ALLOW", "DENY"`},
 		{"action CUSTOM", "spec: {action: CUSTOM}", `Unsupported value: "CUSTOM"`},
 		{"port 0", `spec: {rules: [{to: [{operation: {ports: ["0"]}}]}]}`, "spec.rules[0].to[0].operation.ports[0] in body should match"},

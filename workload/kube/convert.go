@@ -340,12 +340,18 @@ func service(svc *corev1.Service, nsLabels map[string]string, eps []*discoveryv1
 	return out, problems
 }
 
-// The AuthorizationPolicy spec, Istio's L4 shape; deploy/crd.yaml is its schema.
+// The AuthorizationPolicy spec, Istio's shape (L7 fields for waypoint policies only);
+// deploy/crd.yaml is its schema.
 type (
 	policySpec struct {
 		Selector *struct {
 			MatchLabels map[string]string `json:"matchLabels"`
 		} `json:"selector"`
+		TargetRefs []struct {
+			Group string `json:"group"`
+			Kind  string `json:"kind"`
+			Name  string `json:"name"`
+		} `json:"targetRefs"`
 		Action string `json:"action"`
 		Rules  []struct {
 			From []struct {
@@ -358,24 +364,39 @@ type (
 			} `json:"from"`
 			To []struct {
 				Operation struct {
-					Ports    []string `json:"ports"`
-					NotPorts []string `json:"notPorts"`
+					Ports      []string `json:"ports"`
+					NotPorts   []string `json:"notPorts"`
+					Hosts      []string `json:"hosts"`
+					NotHosts   []string `json:"notHosts"`
+					Methods    []string `json:"methods"`
+					NotMethods []string `json:"notMethods"`
+					Paths      []string `json:"paths"`
+					NotPaths   []string `json:"notPaths"`
 				} `json:"operation"`
 			} `json:"to"`
+			When []struct {
+				Key       string   `json:"key"`
+				Values    []string `json:"values"`
+				NotValues []string `json:"notValues"`
+			} `json:"when"`
 		} `json:"rules"`
 	}
 )
 
-// Policy converts an AuthorizationPolicy object. Fields amesh does not know (L7 ones such as
-// methods or paths, which the CRD's schema already refuses) and invalid values are an error; the
-// Policy returned with an error denies every connection to the workloads it selects (an ALLOW
-// with no rules), so that a policy amesh cannot enforce as written fails closed.
+// Policy converts an AuthorizationPolicy object. Fields amesh does not know, L7 fields on a
+// policy without targetRefs (both of which the CRD's schema already refuses) and invalid values
+// are an error; the Policy returned with an error denies every connection to the workloads it
+// selects, or through the waypoints it targets (an ALLOW with no rules), so that a policy amesh
+// cannot enforce as written fails closed.
 func Policy(u *unstructured.Unstructured) (policy.Policy, error) {
 	p := policy.Policy{Name: u.GetName(), Namespace: u.GetNamespace()}
 	failClosed := func(err error) (policy.Policy, error) {
-		closed := policy.Policy{Name: p.Name, Namespace: p.Namespace, Selector: p.Selector, Action: policy.Allow, Rules: []policy.Rule{}}
-		if policy.ValidateLabels(closed.Selector) != nil {
+		closed := policy.Policy{Name: p.Name, Namespace: p.Namespace, Selector: p.Selector, TargetRefs: p.TargetRefs, Action: policy.Allow, Rules: []policy.Rule{}}
+		if policy.ValidateLabels(closed.Selector) != nil || len(closed.TargetRefs) > 0 {
 			closed.Selector = nil // a selector we cannot read: deny for the whole namespace
+		}
+		if policy.Validate(closed) != nil {
+			closed.TargetRefs = nil // targets we cannot read: deny at L4 for the namespace
 		}
 		return closed, fmt.Errorf("workload: AuthorizationPolicy %s/%s: %w: denying all traffic to the workloads it selects until it is fixed", p.Namespace, p.Name, err)
 	}
@@ -398,6 +419,9 @@ func Policy(u *unstructured.Unstructured) (policy.Policy, error) {
 	}
 	if spec.Selector != nil {
 		p.Selector = spec.Selector.MatchLabels
+	}
+	for _, r := range spec.TargetRefs {
+		p.TargetRefs = append(p.TargetRefs, policy.TargetRef{Group: r.Group, Kind: r.Kind, Name: r.Name})
 	}
 	switch spec.Action {
 	case "", "ALLOW":
@@ -430,7 +454,12 @@ func Policy(u *unstructured.Unstructured) (policy.Policy, error) {
 				}
 				return out
 			}
-			nr.To = append(nr.To, policy.Operation{Ports: ports("ports", to.Operation.Ports), NotPorts: ports("notPorts", to.Operation.NotPorts)})
+			o := to.Operation
+			nr.To = append(nr.To, policy.Operation{Ports: ports("ports", o.Ports), NotPorts: ports("notPorts", o.NotPorts),
+				Hosts: o.Hosts, NotHosts: o.NotHosts, Methods: o.Methods, NotMethods: o.NotMethods, Paths: o.Paths, NotPaths: o.NotPaths})
+		}
+		for _, w := range rule.When {
+			nr.When = append(nr.When, policy.Condition{Key: w.Key, Values: w.Values, NotValues: w.NotValues})
 		}
 		p.Rules = append(p.Rules, nr)
 	}

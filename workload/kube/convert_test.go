@@ -2,6 +2,7 @@ package kube
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -268,7 +269,24 @@ func TestPolicy(t *testing.T) {
 			name:    "L7 field fails closed",
 			spec:    map[string]any{"selector": map[string]any{"matchLabels": map[string]any{"app": "api"}}, "action": "DENY", "rules": rules(map[string]any{"to": []any{map[string]any{"operation": map[string]any{"methods": []any{"GET"}}}}})},
 			want:    policy.Policy{Name: "p", Namespace: "shop", Selector: map[string]string{"app": "api"}, Action: policy.Allow, Rules: []policy.Rule{}},
-			wantErr: `unknown field "methods"`,
+			wantErr: `is an L7 field: the node agent enforces L4 only`,
+		},
+		{
+			name: "waypoint policy with L7 fields",
+			spec: map[string]any{"targetRefs": []any{map[string]any{"kind": "Service", "name": "wp"}}, "action": "DENY", "rules": rules(map[string]any{
+				"to":   []any{map[string]any{"operation": map[string]any{"methods": []any{"DELETE"}, "paths": []any{"/admin*"}}}},
+				"when": []any{map[string]any{"key": "request.headers[x-debug]", "values": []any{"1"}}},
+			})},
+			want: policy.Policy{Name: "p", Namespace: "shop", TargetRefs: []policy.TargetRef{{Kind: "Service", Name: "wp"}}, Action: policy.Deny, Rules: []policy.Rule{{
+				To:   []policy.Operation{{Methods: []string{"DELETE"}, Paths: []string{"/admin*"}}},
+				When: []policy.Condition{{Key: "request.headers[x-debug]", Values: []string{"1"}}},
+			}}},
+		},
+		{
+			name:    "bad waypoint policy fails closed through its waypoint",
+			spec:    map[string]any{"targetRefs": []any{map[string]any{"kind": "Service", "name": "wp"}}, "rules": rules(map[string]any{"to": []any{map[string]any{"operation": map[string]any{"methods": []any{"get"}}}}})},
+			want:    policy.Policy{Name: "p", Namespace: "shop", TargetRefs: []policy.TargetRef{{Kind: "Service", Name: "wp"}}, Action: policy.Allow, Rules: []policy.Rule{}},
+			wantErr: `is not an upper-case HTTP method`,
 		},
 		{
 			name:    "unknown action fails closed",
@@ -297,7 +315,14 @@ func TestPolicy(t *testing.T) {
 			}
 			// A fail-closed policy must deny what the original would have allowed.
 			if tt.wantErr != "" {
-				d := policy.Evaluate([]policy.Policy{got}, policy.Request{SrcPrincipal: "cluster.local/ns/shop/sa/web", SrcNamespace: "shop", DstPort: 8080, DstNamespace: "shop", DstLabels: map[string]string{"app": "api"}}, "")
+				var d policy.Decision
+				if len(got.TargetRefs) > 0 { // a waypoint's: closed at its waypoint
+					r := policy.HTTPRequest{SrcPrincipal: "cluster.local/ns/shop/sa/web", DstPort: 80, Method: "GET", Path: "/"}
+					r.Waypoint.Namespace, r.Waypoint.Name = "shop", "wp"
+					d = policy.EvaluateHTTP([]policy.Policy{got}, r, "")
+				} else {
+					d = policy.Evaluate([]policy.Policy{got}, policy.Request{SrcPrincipal: "cluster.local/ns/shop/sa/web", SrcNamespace: "shop", DstPort: 8080, DstNamespace: "shop", DstLabels: map[string]string{"app": "api"}}, "")
+				}
 				if d.Allowed {
 					t.Errorf("fail-closed policy allowed a request: %+v", d)
 				}
@@ -307,31 +332,19 @@ func TestPolicy(t *testing.T) {
 }
 
 func policyEqual(a, b policy.Policy) bool {
-	if a.Name != b.Name || a.Namespace != b.Namespace || a.Action != b.Action || len(a.Selector) != len(b.Selector) || (a.Rules == nil) != (b.Rules == nil) || len(a.Rules) != len(b.Rules) {
-		return false
+	if (a.Rules == nil) != (b.Rules == nil) {
+		return false // no rules (deny all for an ALLOW) is not the same as nil
 	}
-	for k, v := range a.Selector {
-		if b.Selector[k] != v {
-			return false
+	norm := func(p policy.Policy) policy.Policy {
+		if len(p.Rules) == 0 {
+			p.Rules = nil
 		}
+		if len(p.Selector) == 0 {
+			p.Selector = nil
+		}
+		return p
 	}
-	for i := range a.Rules {
-		ra, rb := a.Rules[i], b.Rules[i]
-		if len(ra.From) != len(rb.From) || len(ra.To) != len(rb.To) {
-			return false
-		}
-		for j := range ra.From {
-			if !slices.Equal(ra.From[j].Principals, rb.From[j].Principals) {
-				return false
-			}
-		}
-		for j := range ra.To {
-			if !slices.Equal(ra.To[j].Ports, rb.To[j].Ports) {
-				return false
-			}
-		}
-	}
-	return true
+	return reflect.DeepEqual(norm(a), norm(b))
 }
 
 func TestOwnerName(t *testing.T) {
