@@ -174,3 +174,11 @@ func checkRoutes(spec *Spec, p *Problems) {
 		}
 	}
 }
+
+// ValidateRoute checks one route as a state would (names, paths, methods, headers, backends,
+// weights), for a feeder that leaves a bad route out rather than reject the state.
+func ValidateRoute(r Route) error {
+	var p Problems
+	checkRoutes(&Spec{Routes: []Route{r}}, &p)
+	return p.Err("route " + r.Key())
+}

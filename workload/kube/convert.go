@@ -53,6 +53,9 @@ type Objects struct {
 	// Policies are AuthorizationPolicy objects (security.amesh.io/v1), as the dynamic client
 	// returns them.
 	Policies []*unstructured.Unstructured
+	// Routes are HTTPRoute objects (gateway.networking.k8s.io/v1), as the dynamic client
+	// returns them; nil when Gateway API is not installed.
+	Routes []*unstructured.Unstructured
 	// PodIPs are IPs the agent learnt from the CNI plugin, by pod UID: a pod being created has
 	// them before its status.podIPs says so (the kubelet writes status after CNI ADD returns).
 	PodIPs map[string][]netip.Addr
@@ -143,6 +146,18 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 			problems = append(problems, err)
 		}
 		spec.Policies = append(spec.Policies, p)
+	}
+	for _, u := range objs.Routes {
+		r, ok, err := Route(u)
+		if err == nil && ok {
+			err = workload.ValidateRoute(r)
+		}
+		switch {
+		case err != nil:
+			problems = append(problems, err)
+		case ok:
+			spec.Routes = append(spec.Routes, r)
+		}
 	}
 	return spec, problems
 }

@@ -50,12 +50,16 @@ type Source struct {
 	// PodIPs, when set, returns the pod IPs the agent learnt from the CNI plugin (Objects.PodIPs);
 	// call Refresh when they change.
 	PodIPs func() map[string][]netip.Addr
+	// WatchRoutes adds Gateway API's HTTPRoutes to the state, where that CRD is installed:
+	// a waypoint needs them; a node agent does not (and its role may not read them).
+	WatchRoutes bool
 
 	podLister  cacheLister[*corev1.Pod]
 	nsLister   cacheLister[*corev1.Namespace]
 	svcLister  cacheLister[*corev1.Service]
 	epsLister  cacheLister[*discoveryv1.EndpointSlice]
 	polLister  cacheLister[*unstructured.Unstructured]
+	rtLister   cacheLister[*unstructured.Unstructured] // nil without Gateway API
 	changed    chan struct{}
 	urgent     chan struct{}
 	problems   atomic.Int64
@@ -112,12 +116,25 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured)
 	k.podLister, k.nsLister, k.svcLister = lister[*corev1.Pod](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
 	k.epsLister, k.polLister = lister[*discoveryv1.EndpointSlice](eps), lister[*unstructured.Unstructured](pols)
+	informers := []cache.SharedIndexInformer{pods, nss, svcs, eps, pols}
+	// HTTPRoutes only where Gateway API is installed: without it there are no routes, and
+	// waypoints send each service's requests to the service itself. (Installed later, it is
+	// seen when the waypoint restarts.)
+	if k.WatchRoutes {
+		if _, err := k.Dynamic.Resource(HTTPRouteResource).List(syncCtx, metav1.ListOptions{Limit: 1}); err == nil {
+			rts := k.informer(ctx, HTTPRouteResource, trimUnstructured)
+			k.rtLister = lister[*unstructured.Unstructured](rts)
+			informers = append(informers, rts)
+		} else {
+			k.Logger.Info("no HTTPRoutes (Gateway API's CRD is not installed or not readable): waypoints route to the services themselves", "err", err)
+		}
+	}
 	notify := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { k.poke() },
 		UpdateFunc: func(any, any) { k.poke() },
 		DeleteFunc: func(any) { k.poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
+	for _, inf := range informers {
 		if _, err := inf.AddEventHandler(notify); err != nil {
 			return nil, fmt.Errorf("workload: watch: %w", err)
 		}
@@ -128,10 +145,10 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 			return nil, fmt.Errorf("workload: watch: %w", err)
 		}
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
+	for _, inf := range informers {
 		go inf.Run(ctx.Done())
 	}
-	for _, inf := range []cache.SharedIndexInformer{pods, nss, svcs, eps, pols} {
+	for _, inf := range informers {
 		if !cache.WaitForCacheSync(syncCtx.Done(), inf.HasSynced) {
 			return nil, fmt.Errorf("workload: kubernetes caches did not sync within %v: %w", k.SyncTimeout, context.Cause(syncCtx))
 		}
@@ -208,6 +225,9 @@ func (k *Source) build() (*workload.State, error) {
 	objs := Objects{
 		Namespaces: k.nsLister(), Pods: k.podLister(), Services: k.svcLister(),
 		EndpointSlices: k.epsLister(), Policies: k.polLister(),
+	}
+	if k.rtLister != nil {
+		objs.Routes = k.rtLister()
 	}
 	if k.PodIPs != nil {
 		objs.PodIPs = k.PodIPs()
