@@ -35,6 +35,7 @@ func (s *State) ServiceWaypoint(svc *Service) (*Service, error) {
 // for none: w names none or opts out, the waypoint does not take workload traffic, or w is a
 // waypoint's pod. A name that does not resolve is an error wrapping ErrWaypoint.
 func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
+	w = s.own(w)
 	if w == nil || s.waypointOf[w] != nil {
 		return nil, nil
 	}
@@ -50,10 +51,23 @@ func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 
 // WaypointOf returns the waypoint w is a pod of, nil when it is none's. Traffic from a waypoint
 // is never sent back to a waypoint: it is what the waypoint forwards.
-func (s *State) WaypointOf(w *Workload) *Service { return s.waypointOf[w] }
+func (s *State) WaypointOf(w *Workload) *Service { return s.waypointOf[s.own(w)] }
 
 // ServicesOf returns the services w is an endpoint of, sorted by key.
-func (s *State) ServicesOf(w *Workload) []*Service { return s.servicesOf[w] }
+func (s *State) ServicesOf(w *Workload) []*Service { return s.servicesOf[s.own(w)] }
+
+// own returns this state's workload of w's UID: callers may hold a *Workload of an earlier
+// state (an enrolled pod keeps the one it was enrolled with), and the indexes are this
+// state's. w itself when this state has no such UID.
+func (s *State) own(w *Workload) *Workload {
+	if w == nil {
+		return nil
+	}
+	if o := s.byUID[w.UID]; o != nil {
+		return o
+	}
+	return w
+}
 
 // WaypointsCovering returns the waypoints through which mesh traffic to port (a workload port)
 // of w must come: w's own workload waypoint, and the service waypoint of every service that
@@ -61,6 +75,7 @@ func (s *State) ServicesOf(w *Workload) []*Service { return s.servicesOf[w] }
 // waypoint. An error (wrapping ErrWaypoint) means a covering reference does not resolve: the
 // caller refuses the traffic.
 func (s *State) WaypointsCovering(w *Workload, port uint16) ([]*Service, error) {
+	w = s.own(w)
 	var out []*Service
 	add := func(wp *Service) {
 		for _, have := range out {

@@ -127,3 +127,24 @@ func TestCheckWaypointReferences(t *testing.T) {
 		}
 	}
 }
+
+// TestWaypointOfAnEarlierState: a *Workload held from an earlier state (as an enrolled pod
+// keeps it) is looked up by UID in this one.
+func TestWaypointOfAnEarlierState(t *testing.T) {
+	old, err := NewState(waypointSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := NewState(waypointSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := old.WorkloadByUID("shop/api")
+	wps, err := cur.WaypointsCovering(api, 8080)
+	if err != nil || len(wps) != 2 {
+		t.Errorf("WaypointsCovering(api of an earlier state) = %v, %v; want its two waypoints", wps, err)
+	}
+	if cur.WaypointOf(old.WorkloadByUID("shop/wp-pod")) == nil {
+		t.Errorf("WaypointOf(wp-pod of an earlier state) = nil")
+	}
+}

@@ -22,9 +22,7 @@ import (
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/workload/kube"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 func main() {
@@ -294,13 +292,9 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*kube
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
 	}
-	rc, err := restConfig(kubeconfig)
+	dyn, err := kube.NewDynamic(kubeconfig, "amesh-agent")
 	if err != nil {
 		return nil, err
-	}
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return &kube.Source{Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
 }
@@ -366,16 +360,5 @@ func installCNI(verb string, args []string) int {
 // restConfig is the client configuration of a kubeconfig, or of the in-cluster service account
 // when kubeconfig is empty.
 func restConfig(kubeconfig string) (*rest.Config, error) {
-	var rc *rest.Config
-	var err error
-	if kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client config: %w", err)
-	}
-	rc.UserAgent = "amesh-agent"
-	return rc, nil
+	return kube.RESTConfig(kubeconfig, "amesh-agent")
 }

@@ -15,10 +15,13 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/waypoint"
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/amesh-dev/amesh/workload/file"
+	"github.com/amesh-dev/amesh/workload/kube"
 )
 
 func main() { os.Exit(run()) }
@@ -34,9 +37,11 @@ func run() int {
 	fs := flag.NewFlagSet("amesh-waypoint", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `amesh-waypoint serves the waypoint --name of --namespace: the service whose
-endpoints are this waypoint's pods (waypoint-for set), as the state file describes it.
+endpoints are this waypoint's pods (waypoint-for set), as the state file or the Kubernetes
+API server (--kube: Services, EndpointSlices, AuthorizationPolicies, and HTTPRoutes where
+Gateway API is installed) describes it.
 
-Usage: amesh-waypoint --state FILE --name NAME --namespace NS --service-account SA [flags]
+Usage: amesh-waypoint (--state FILE | --kube) --name NAME --namespace NS --service-account SA [flags]
 
 `)
 		fs.PrintDefaults()
@@ -48,6 +53,10 @@ Usage: amesh-waypoint --state FILE --name NAME --namespace NS --service-account 
 	caDir := fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key) the agents issue from [AMESH_CA_DIR]")
 	listen := fs.String("listen", env("AMESH_WAYPOINT_LISTEN", ":15008"), "HBONE address [AMESH_WAYPOINT_LISTEN]")
 	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	useKube := fs.Bool("kube", os.Getenv("AMESH_KUBE") == "true", "take the state from the Kubernetes API server instead of --state [AMESH_KUBE=true]")
+	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig for --kube (default: in-cluster service account) [KUBECONFIG]")
+	trustDomain := fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
+	rootNS := fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace of the mesh-wide AuthorizationPolicies, with --kube [AMESH_ROOT_NAMESPACE]")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -60,22 +69,45 @@ Usage: amesh-waypoint --state FILE --name NAME --namespace NS --service-account 
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
-	if *state == "" || *name == "" || *ns == "" || *sa == "" {
-		fmt.Fprintln(os.Stderr, "amesh-waypoint: --state, --name, --namespace and --service-account are required (see --help)")
+	if (*state == "") == !*useKube || *name == "" || *ns == "" || *sa == "" {
+		fmt.Fprintln(os.Stderr, "amesh-waypoint: one of --state or --kube, and --name, --namespace and --service-account are required (see --help)")
 		return 2
+	}
+	var src feed
+	if *useKube {
+		td, err := spiffeid.TrustDomainFromString(*trustDomain)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-waypoint: --trust-domain:", err)
+			return 2
+		}
+		dyn, err := kube.NewDynamic(*kubeconfig, "amesh-waypoint")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "amesh-waypoint:", err)
+			return 1
+		}
+		ks := &kube.Source{Dynamic: dyn, TrustDomain: td, RootNamespace: *rootNS, Logger: log, WatchRoutes: true}
+		src = feed{start: ks.Start, run: func(ctx context.Context, st *workload.Store) { ks.Run(ctx, st) }}
+	} else {
+		fsrc := &file.Source{Path: *state, Logger: log}
+		src = feed{start: func(context.Context) (*workload.State, error) { return fsrc.Load() }, run: func(ctx context.Context, st *workload.Store) { fsrc.Run(ctx, st) }}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, log, *state, *ns, *name, *sa, *caDir, *listen); err != nil {
+	if err := serve(ctx, log, src, *ns, *name, *sa, *caDir, *listen); err != nil {
 		log.Error("waypoint stopped", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func serve(ctx context.Context, log *slog.Logger, statePath, ns, name, sa, caDir, listen string) error {
-	src := &file.Source{Path: statePath, Logger: log}
-	st, err := src.Load()
+// feed is where the state comes from: the state file or the API server.
+type feed struct {
+	start func(ctx context.Context) (*workload.State, error)
+	run   func(ctx context.Context, store *workload.Store)
+}
+
+func serve(ctx context.Context, log *slog.Logger, src feed, ns, name, sa, caDir, listen string) error {
+	st, err := src.start(ctx)
 	if err != nil {
 		return err
 	}
@@ -103,7 +135,7 @@ func serve(ctx context.Context, log *slog.Logger, statePath, ns, name, sa, caDir
 		return fmt.Errorf("amesh-waypoint: %w", err)
 	}
 	store := workload.NewStore(st)
-	go src.Run(ctx, store)
+	go src.run(ctx, store)
 	go srv.Follow(ctx, store)
 	log.Info("waypoint serving", "waypoint", ns+"/"+name, "id", id.String(), "addr", ln.Addr().String(),
 		"services", len(cfg.Services), "workloads", len(cfg.Workloads), "routes", len(cfg.Routes))

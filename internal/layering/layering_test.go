@@ -38,7 +38,7 @@ var allowed = map[string][]string{
 	"bench":              {"identity", "netns", "test/lab", "tunnel"},
 	"waypoint":           {"identity", "policy", "tunnel", "workload"},
 	"waypoint/xds":       {"policy", "tunnel", "waypoint", "workload"},
-	"cmd/amesh-waypoint": {"identity", "waypoint", "workload", "workload/file"},
+	"cmd/amesh-waypoint": {"identity", "waypoint", "workload", "workload/file", "workload/kube"},
 	"cmd/amesh-agent":    {"agent", "api/cni/v1", "cniplugin", "identity", "identity/casecret", "workload/kube"},
 	"cmd/amesh-cni":      {"cniplugin"},
 	"cmd/ameshctl":       {"adminapi", "bench", "internal/version"},

@@ -131,6 +131,10 @@ func newKubeCluster(t *testing.T) *kubeCluster {
 		if out, err := l.Command(ctx, n.Netns, "ip", "route", "add", kubePodCIDR(1-i), "via", other.IP.String()).CombinedOutput(); err != nil {
 			t.Fatalf("route: %v %s", err, out)
 		}
+		// And the control plane routes back to the pods (pods that read the API, a waypoint).
+		if out, err := l.Command(ctx, l.Node("cp").Netns, "ip", "route", "add", kubePodCIDR(i), "via", n.IP.String()).CombinedOutput(); err != nil {
+			t.Fatalf("route: %v %s", err, out)
+		}
 		// The node's primary CNI configuration, as its network plugin would have written it; then
 		// the DaemonSet's init container chains amesh-cni into it.
 		conf := map[string]any{
@@ -738,6 +742,92 @@ func TestKubernetes(t *testing.T) {
 			agentSide[len(agentSide)/2].Round(time.Microsecond), agentSide[len(agentSide)*99/100].Round(time.Microsecond))
 		t.Logf("CNI ADD (bridge + host-local + amesh-cni, mesh pod, enrolled before return) over %d pods: p50 %v, p99 %v, max %v",
 			len(took), took[len(took)/2].Round(time.Microsecond), took[len(took)*99/100].Round(time.Microsecond), took[len(took)-1].Round(time.Microsecond))
+	})
+
+	t.Run("a service that names a waypoint is served through it: L7 policy, and no way around it", func(t *testing.T) {
+		c.namespace("l7", map[string]string{kube.LabelDataplaneMode: "ambient"})
+		client := c.pod("l7", "l7c", "node1", podOpts{sa: "client"})
+		server := c.pod("l7", "l7s", "node2", podOpts{sa: "server", labels: map[string]string{"app": "l7s"}})
+		wp := c.pod("l7", "l7wp", "node1", podOpts{sa: "waypoint", labels: map[string]string{"app": "l7wp", kube.LabelDataplaneMode: "none"}})
+		service := func(name string, labels map[string]string, port, target int32, ep *kubePod) string {
+			svc, err := c.cs.CoreV1().Services("l7").Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "l7", Labels: labels},
+				Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "p", Port: port, TargetPort: intstr.FromInt32(target)}}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.cs.DiscoveryV1().EndpointSlices("l7").Create(ctx, &discoveryv1.EndpointSlice{
+				ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Namespace: "l7", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Ports:       []discoveryv1.EndpointPort{{Name: ptr("p"), Port: ptr(target), Protocol: ptr(corev1.ProtocolTCP)}},
+				Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ep.ip.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}, NodeName: ptr(ep.node)}},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return svc.Spec.ClusterIP
+		}
+		service("l7wp", map[string]string{kube.LabelWaypointFor: "service"}, 15008, 15008, wp)
+		vip := service("l7s", map[string]string{kube.LabelUseWaypoint: "l7wp"}, 80, 8080, server)
+		pol := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "security.amesh.io/v1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "no-admin-delete", "namespace": "l7"},
+			"spec": map[string]any{
+				"targetRefs": []any{map[string]any{"kind": "Service", "name": "l7wp"}},
+				"action":     "DENY",
+				"rules":      []any{map[string]any{"to": []any{map[string]any{"operation": map[string]any{"methods": []any{"DELETE"}, "paths": []any{"/admin*"}}}}}},
+			},
+		}}
+		if _, err := c.dyn.Resource(kube.AuthorizationPolicyResource).Namespace("l7").Create(ctx, pol, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// The waypoint reads the cluster with the agents' (read-only) role: no HTTPRoutes.
+		log := filepath.Join(c.dir, "waypoint.log")
+		p, err := c.lab.Start(ctx, wp.netns, log, waypointBin, "--kube", "--kubeconfig", filepath.Join(c.dir, "agent.kubeconfig"),
+			"--name", "l7wp", "--namespace", "l7", "--service-account", "waypoint", "--ca-dir", filepath.Join(c.dir, "ca"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { p.Kill(); p.Wait() }()
+		call := func(method, url string) (string, error) {
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			out, err := c.lab.Command(cctx, client.netns, "curl", "-sS", "--max-time", "3", "-X", method, "-w", " %{http_code}", url).CombinedOutput()
+			return string(out), err
+		}
+		url := "http://" + vip + ":80/"
+		var last string
+		defer func() {
+			if t.Failed() {
+				b, _ := os.ReadFile(log)
+				t.Logf("last answer: %s\nwaypoint log:\n%s", last, tailLines(string(b), 30))
+			}
+		}()
+		testenv.WaitFor(t, "l7c -> l7s through the waypoint", 15*time.Second, func() bool {
+			out, err := call("GET", url)
+			last = fmt.Sprintf("%q %v", out, err)
+			return err == nil && strings.Contains(out, "hello from l7s, client "+wp.ip.String()) && strings.HasSuffix(out, " 200")
+		})
+		if out, err := call("DELETE", url+"admin"); err != nil || !strings.Contains(out, "RBAC: access denied") || !strings.HasSuffix(out, " 403") {
+			t.Errorf("DELETE /admin through the waypoint: %q, %v; want 403", out, err)
+		}
+		lines, _ := lab.ReadJSONLines(log)
+		if !anyLine(lines, map[string]string{"msg": "request", "method": "DELETE", "status": "403", "src_id": "spiffe://cluster.local/ns/l7/sa/client"}) {
+			t.Errorf("the waypoint logged no 403 for the client's DELETE")
+		}
+		if out, err := c.curl(client, kurl(server)); err == nil {
+			t.Errorf("l7c dialled l7s's pod directly, around the waypoint: %q", out)
+		}
+		testenv.WaitFor(t, "node2 refusing the bypass", 3*time.Second, func() bool {
+			for _, m := range c.accessLines("node2") {
+				// Refused at the CONNECT (waypoint_bypass), not let in and revoked after.
+				if r, _ := m["reason"].(string); m["result"] == "refused" && strings.HasPrefix(r, "waypoint_bypass") {
+					return true
+				}
+			}
+			return false
+		})
 	})
 }
 

@@ -18,7 +18,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -307,4 +309,34 @@ func trimUnstructured(obj any) (any, error) {
 		u.SetAnnotations(nil)
 	}
 	return obj, nil
+}
+
+// RESTConfig is the client configuration of a feeder: from kubeconfig, or the in-cluster
+// service account when it is empty; userAgent names the program in the API server's logs.
+func RESTConfig(kubeconfig, userAgent string) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = userAgent
+	return rc, nil
+}
+
+// NewDynamic returns the dynamic client a Source reads with (see RESTConfig).
+func NewDynamic(kubeconfig, userAgent string) (dynamic.Interface, error) {
+	rc, err := RESTConfig(kubeconfig, userAgent)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return dyn, nil
 }
