@@ -19,6 +19,7 @@ import (
 
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/waypoint"
+	"github.com/amesh-dev/amesh/waypoint/xds"
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/amesh-dev/amesh/workload/file"
 	"github.com/amesh-dev/amesh/workload/kube"
@@ -53,6 +54,9 @@ Usage: amesh-waypoint (--state FILE | --kube) --name NAME --namespace NS --servi
 	caDir := fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key) the agents issue from [AMESH_CA_DIR]")
 	listen := fs.String("listen", env("AMESH_WAYPOINT_LISTEN", ":15008"), "HBONE address [AMESH_WAYPOINT_LISTEN]")
 	level := fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	xdsAddr := fs.String("xds-addr", env("AMESH_XDS_ADDR", ""), "also serve this waypoint's Envoy configuration over ADS (gRPC, plaintext: loopback or a pod-local address) here; off when empty [AMESH_XDS_ADDR]")
+	xdsOnly := fs.Bool("xds-only", false, "with --xds-addr: serve only the Envoy configuration, not HBONE (an Envoy beside it serves :15008)")
+	bootstrap := fs.Bool("envoy-bootstrap", false, "print the Envoy bootstrap for --xds-addr (envoy -c) and exit")
 	useKube := fs.Bool("kube", os.Getenv("AMESH_KUBE") == "true", "take the state from the Kubernetes API server instead of --state [AMESH_KUBE=true]")
 	kubeconfig := fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig for --kube (default: in-cluster service account) [KUBECONFIG]")
 	trustDomain := fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
@@ -61,6 +65,26 @@ Usage: amesh-waypoint (--state FILE | --kube) --name NAME --namespace NS --servi
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if *bootstrap {
+		if *xdsAddr == "" {
+			fmt.Fprintln(os.Stderr, "amesh-waypoint: --envoy-bootstrap needs --xds-addr")
+			return 2
+		}
+		b, err := xds.Bootstrap(*ns+"/"+*name, *xdsAddr)
+		if err == nil {
+			var y []byte
+			if y, err = xds.MarshalYAML(b); err == nil {
+				os.Stdout.Write(y)
+				return 0
+			}
+		}
+		fmt.Fprintln(os.Stderr, "amesh-waypoint: --envoy-bootstrap:", err)
+		return 1
+	}
+	if *xdsOnly && *xdsAddr == "" {
+		fmt.Fprintln(os.Stderr, "amesh-waypoint: --xds-only needs --xds-addr")
 		return 2
 	}
 	var lv slog.Level
@@ -93,7 +117,7 @@ Usage: amesh-waypoint (--state FILE | --kube) --name NAME --namespace NS --servi
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, log, src, *ns, *name, *sa, *caDir, *listen); err != nil {
+	if err := serve(ctx, log, src, *ns, *name, *sa, *caDir, *listen, *xdsAddr, *xdsOnly); err != nil {
 		log.Error("waypoint stopped", "err", err)
 		return 1
 	}
@@ -106,7 +130,7 @@ type feed struct {
 	run   func(ctx context.Context, store *workload.Store)
 }
 
-func serve(ctx context.Context, log *slog.Logger, src feed, ns, name, sa, caDir, listen string) error {
+func serve(ctx context.Context, log *slog.Logger, src feed, ns, name, sa, caDir, listen, xdsAddr string, xdsOnly bool) error {
 	st, err := src.start(ctx)
 	if err != nil {
 		return err
@@ -130,12 +154,29 @@ func serve(ctx context.Context, log *slog.Logger, src feed, ns, name, sa, caDir,
 		return err
 	}
 	defer srv.Close()
+	store := workload.NewStore(st)
+	go src.run(ctx, store)
+	if xdsAddr != "" {
+		xl, err := net.Listen("tcp", xdsAddr)
+		if err != nil {
+			return fmt.Errorf("amesh-waypoint: --xds-addr: %w", err)
+		}
+		xs := xds.NewServer(log)
+		go xs.Follow(ctx, store, ns, name, cache, id)
+		log.Info("serving the Envoy configuration over ADS", "addr", xl.Addr().String())
+		if xdsOnly {
+			return xs.Serve(ctx, xl)
+		}
+		go func() {
+			if err := xs.Serve(ctx, xl); err != nil && ctx.Err() == nil {
+				log.Error("ADS server stopped", "err", err)
+			}
+		}()
+	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return fmt.Errorf("amesh-waypoint: %w", err)
 	}
-	store := workload.NewStore(st)
-	go src.run(ctx, store)
 	go srv.Follow(ctx, store)
 	log.Info("waypoint serving", "waypoint", ns+"/"+name, "id", id.String(), "addr", ln.Addr().String(),
 		"services", len(cfg.Services), "workloads", len(cfg.Workloads), "routes", len(cfg.Routes))

@@ -6,10 +6,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/lab"
@@ -253,6 +262,53 @@ func TestWaypoint(t *testing.T) {
 			return err == nil && code == 200
 		})
 		t.Logf("back through the waypoint %v after its restart began", time.Since(start).Round(time.Millisecond))
+	})
+
+	t.Run("the same waypoint as Envoy configuration over ADS", func(t *testing.T) {
+		out, err := exec.Command(waypointBin, "--envoy-bootstrap", "--xds-addr", "127.0.0.1:15010", "--name", "wp", "--namespace", "shop").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "envoy.bootstrap.internal_listener") || !strings.Contains(string(out), "15010") {
+			t.Errorf("--envoy-bootstrap: %v\n%s", err, out)
+		}
+		log := filepath.Join(c.lab.Dir, "waypoint-xds.log")
+		p, err := c.lab.Start(context.Background(), c.lab.Pod("wp").Netns, log, waypointBin,
+			"--state", c.state, "--name", "wp", "--namespace", "shop", "--service-account", "waypoint",
+			"--ca-dir", filepath.Join(c.lab.Dir, "ca"), "--xds-addr", "127.0.0.1:15010", "--xds-only")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { p.Kill(); p.Wait() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := grpc.NewClient("passthrough:///127.0.0.1:15010", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return c.lab.Pod("wp").Dial(ctx, addr) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		var names []string
+		testenv.WaitFor(t, "the listeners over ADS", 5*time.Second, func() bool {
+			stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+			if err != nil {
+				return false
+			}
+			defer stream.CloseSend()
+			if err := stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, Node: &corev3.Node{Id: "shop/wp", Cluster: "wp"}}); err != nil {
+				return false
+			}
+			resp, err := stream.Recv()
+			if err != nil {
+				return false
+			}
+			names = names[:0]
+			for _, a := range resp.Resources {
+				var l listenerv3.Listener
+				if a.UnmarshalTo(&l) == nil {
+					names = append(names, l.Name)
+				}
+			}
+			return slices.Contains(names, "connect_terminate") && slices.Contains(names, "main_internal") && slices.Contains(names, "connect_originate")
+		})
+		t.Logf("listeners served: %v", names)
 	})
 
 	t.Run("label removed and back", func(t *testing.T) {
