@@ -25,7 +25,7 @@ PROMTOOL := $(CACHE)/prometheus/usr/bin/promtool
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -127,6 +127,12 @@ soak: deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerFrames$$' -fuzztime $(FUZZTIME) ./tunnel/
+
+## e2e-envoy: the waypoint end-to-end test with a real Envoy (configured by amesh-waypoint
+## --xds-only) when envoy is on PATH; not part of `make test` (no Envoy can be installed here)
+e2e-envoy: deps
+	@if ! command -v envoy >/dev/null; then echo "e2e-envoy: SKIPPED: no envoy on PATH (put one there to run TestWaypointEnvoy)"; exit 0; fi; \
+	  $(GO) test -tags envoy -count=1 -run '^TestWaypointEnvoy$$' -v ./test/e2e/
 
 ## bench: everything below in one go: the tunnel benchmark, the lab benchmark and the suite
 bench: deps peers
