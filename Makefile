@@ -25,7 +25,7 @@ PROMTOOL := $(CACHE)/prometheus/usr/bin/promtool
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: image e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -72,9 +72,10 @@ $(CNI_BIN)/cnitool:
 	@mkdir -p $(CNI_BIN)
 	@GOBIN=$(CNI_BIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
 
-## k8s-bins: kube-apiserver, etcd and kubectl (v1.37.2, etcd 3.7.0) from test/k8s/tools, once
-k8s-bins: $(K8S_BIN)/kube-apiserver $(K8S_BIN)/etcd $(K8S_BIN)/kubectl
-$(K8S_BIN)/kube-apiserver $(K8S_BIN)/kubectl:
+## k8s-bins: kube-apiserver, etcd, kubectl, and for the real nodes kubelet, kube-scheduler and
+## kube-controller-manager (v1.37.2, etcd 3.7.0) from test/k8s/tools, once
+k8s-bins: $(K8S_BIN)/kube-apiserver $(K8S_BIN)/etcd $(K8S_BIN)/kubectl $(K8S_BIN)/kubelet $(K8S_BIN)/kube-scheduler $(K8S_BIN)/kube-controller-manager
+$(K8S_BIN)/kube-apiserver $(K8S_BIN)/kubectl $(K8S_BIN)/kubelet $(K8S_BIN)/kube-scheduler $(K8S_BIN)/kube-controller-manager:
 	@echo "deps: building $(@F) $(K8S_VERSION) into $(K8S_BIN) (minutes, once)"
 	@mkdir -p $(K8S_BIN)
 	@cd test/k8s/tools && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@.tmp k8s.io/kubernetes/cmd/$(@F) && mv $@.tmp $@
@@ -86,9 +87,23 @@ $(K8S_BIN)/etcd:
 build:
 	$(GO) build ./...
 
-## bin: the binaries (amesh-agent, ameshctl) into bin/
+## bin: the binaries (amesh-agent, amesh-cni, amesh-waypoint, ameshctl) into bin/
 bin:
 	$(GO) build -o bin/ ./cmd/...
+
+## image: amesh's OCI image (amesh-agent, amesh-cni, amesh-waypoint in /usr/local/bin) from static
+## binaries, without a container engine, as bin/amesh-image.tar (ctr images import, kind load
+## image-archive, docker load); reproducible: the same commit gives the same digest
+IMAGE     ?= ghcr.io/amesh-dev/amesh:dev
+IMAGE_BIN := $(CACHE)/image/bin
+image:
+	@mkdir -p bin $(IMAGE_BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid=" -o $(IMAGE_BIN)/ ./cmd/amesh-agent ./cmd/amesh-cni ./cmd/amesh-waypoint
+	$(GO) run ./cmd/amesh-image --tag $(IMAGE) --out bin/amesh-image.tar \
+	  --created "$$(git log -1 --format=%ct 2>/dev/null || echo 0)" \
+	  --label org.opencontainers.image.source=https://github.com/amesh-dev/amesh \
+	  --label org.opencontainers.image.revision="$$(git rev-parse HEAD 2>/dev/null)" \
+	  $(IMAGE_BIN)/amesh-agent $(IMAGE_BIN)/amesh-cni $(IMAGE_BIN)/amesh-waypoint
 
 ## test: everything a change must pass — the README's test command
 test: deps lint unit race
@@ -140,11 +155,12 @@ bench: deps peers
 	$(GO) test -run '^$$' -bench BenchmarkLab -benchtime 1x -count 1 ./test/e2e/
 	$(MAKE) --no-print-directory bench-suite
 
-## bench-suite: `ameshctl bench`: direct, amesh (same-node kernel/splice/hbone, cross-node) and the
-## ghostunnel and stunnel pairs side by side in the lab (fortio RR, iperf3, conn/s, agent CPU);
+## bench-suite: `ameshctl bench`: direct, amesh (same-node kernel/splice/hbone, cross-node), HTTP
+## with and without a waypoint, and the ghostunnel and stunnel pairs side by side in the lab
+## (fortio RR, iperf3, conn/s, agent CPU);
 ## writes bench-out/ (root)
 bench-suite: deps peers bin
-	bin/ameshctl bench -agent bin/amesh-agent -ghostunnel $(GHOSTUNNEL) -out bench-out
+	bin/ameshctl bench -agent bin/amesh-agent -waypoint bin/amesh-waypoint -ghostunnel $(GHOSTUNNEL) -out bench-out
 
 ## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once, and
 ## install stunnel4 (Debian)

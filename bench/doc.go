@@ -5,11 +5,15 @@
 // same two unmeshed pods, with certificates from the built-in CA). For each: 1 KiB request/response
 // at a fixed 1,000 RPS and at max rate with p50/p90/p99/p99.9 (fortio as a library), one- and
 // four-stream throughput (iperf3), new connections per second, and for amesh the agent's CPU per
-// 1,000 RPS and its RSS. It writes a Markdown table with ratios to direct and to the best peer, a
+// 1,000 RPS and its RSS. For L7, HTTP request/response (1 KiB, one keep-alive connection) across
+// nodes: direct, through amesh to a service VIP without a waypoint, and to one whose service
+// names a waypoint (amesh-waypoint in its own pod; skipped when the binary is absent), at the same
+// rates and percentiles but without throughput or connection rate, since the waypoint carries
+// HTTP only. It writes a Markdown table with ratios to direct and to the best peer, a
 // JSON file with everything, and a PNG of latency percentiles and throughput per scenario.
 //
 // The load generator runs inside the source pod's netns: the suite re-executes its own command
-// there (`... rr|cps ...`), since sockets belong to the netns of the thread that made them.
+// there (`... rr|cps|http ...`), since sockets belong to the netns of the thread that made them.
 // Every run is bounded in time; all traffic stays inside the lab. Needs root.
 //
 // suite.go builds the lab, starts the agents and runs the scenarios; client.go holds the load

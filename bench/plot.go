@@ -52,7 +52,7 @@ func writePlot(path string, rs []Result) error {
 	lat.X.Min, lat.X.Max = -0.6, float64(len(rs))-0.4
 
 	thr := plot.New()
-	thr.Title.Text = "throughput (iperf3), higher is better"
+	thr.Title.Text = "throughput (iperf3; none for the HTTP scenarios), higher is better"
 	thr.Y.Label.Text = "Gbit/s"
 	for i, streams := range []string{"1 stream", "4 streams"} {
 		vals := make(plotter.Values, len(rs))
@@ -131,6 +131,12 @@ func shortName(s string) string {
 		return "amesh same (kernel)"
 	case "amesh cross-node (HBONE)":
 		return "amesh cross (HBONE)"
+	case httpDirect:
+		return "direct cross (HTTP)"
+	case httpNoWaypoint:
+		return "amesh cross (HTTP)"
+	case httpWaypoint:
+		return "amesh via waypoint"
 	}
 	return s
 }

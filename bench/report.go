@@ -46,7 +46,7 @@ func median(rs []Result) Result {
 		slices.Sort(v)
 		return v[len(v)/2]
 	}
-	out := Result{Scenario: rs[0].Scenario, Base: rs[0].Base, RR1000: map[string]float64{}, RRMax: map[string]float64{}}
+	out := Result{Scenario: rs[0].Scenario, Base: rs[0].Base, HTTP: rs[0].HTTP, RR1000: map[string]float64{}, RRMax: map[string]float64{}}
 	for _, p := range []string{"p50", "p90", "p99", "p99.9"} {
 		out.RR1000[p] = med(func(r Result) float64 { return r.RR1000[p] })
 		out.RRMax[p] = med(func(r Result) float64 { return r.RRMax[p] })
@@ -63,8 +63,9 @@ func median(rs []Result) Result {
 	return out
 }
 
-// markdown renders the results with ratios to the direct case of the same placement and to the
-// best peer (the peers run across nodes).
+// markdown renders the results with ratios to each one's base (the direct case of the same
+// placement, or the scenario it adds one thing to) and to the best peer (the peers run across
+// nodes). HTTP scenarios have no throughput or connection rate: "–" there.
 func markdown(rs []Result, d time.Duration, runs int) string {
 	// The best peer is chosen per measure: the lowest p50 for latency, the highest for throughput.
 	var best, bestThr *Result
@@ -88,8 +89,8 @@ func markdown(rs []Result, d time.Duration, runs int) string {
 		return fmt.Sprintf("%.2f", v/base)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v, medians of %d rounds. \"× direct\" compares with two unmeshed pods in the same placement; best peer: the lowest 1,000 RPS p50 (%s) for latency, the highest one-stream throughput (%s) for throughput.\n\n", time.Now().UTC().Format("2006-01-02"), d, runs, name(best), name(bestThr))
-	b.WriteString("| scenario | p50 µs | p90 | p99 | p99.9 | p50 × direct | p50 × best peer | max RPS | 1 stream Gbit/s | × direct | × best peer | 4 streams Gbit/s | new conn/s | agent vCPU / 1k RPS | agent RSS MiB |\n")
+	fmt.Fprintf(&b, "Benchmark suite, %s, each load run %v, medians of %d rounds. \"× base\" compares with the scenario named in compared_with: two unmeshed pods in the same placement, or for the scraped run and the waypoint the same path without the scrapes or the waypoint; the HTTP scenarios are net/http GETs of 1 KiB over one keep-alive connection (no iperf3 or CPS: the waypoint carries HTTP only); best peer: the lowest 1,000 RPS p50 (%s) for latency, the highest one-stream throughput (%s) for throughput.\n\n", time.Now().UTC().Format("2006-01-02"), d, runs, name(best), name(bestThr))
+	b.WriteString("| scenario | p50 µs | p90 | p99 | p99.9 | p50 × base | p50 × best peer | max RPS | 1 stream Gbit/s | × base | × best peer | 4 streams Gbit/s | new conn/s | agent vCPU / 1k RPS | agent RSS MiB |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
 		cpu, rss := "–", "–"
@@ -105,10 +106,30 @@ func markdown(rs []Result, d time.Duration, runs int) string {
 		if best != nil {
 			bp50, bg = best.RR1000["p50"], bestThr.Gbps1
 		}
-		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.0f | %.2f | %s | %s | %.2f | %.0f | %s | %s |\n",
+		g1, g1d, g1b, g4, cps := fmt.Sprintf("%.2f", r.Gbps1), ratio(r.Gbps1, dg), ratio(r.Gbps1, bg), fmt.Sprintf("%.2f", r.Gbps4), fmt.Sprintf("%.0f", r.CPS)
+		if r.HTTP {
+			g1, g1d, g1b, g4, cps = "–", "–", "–", "–", "–"
+		}
+		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Scenario, r.RR1000["p50"], r.RR1000["p90"], r.RR1000["p99"], r.RR1000["p99.9"],
 			ratio(r.RR1000["p50"], dp50), ratio(r.RR1000["p50"], bp50), r.RRMaxQPS,
-			r.Gbps1, ratio(r.Gbps1, dg), ratio(r.Gbps1, bg), r.Gbps4, r.CPS, cpu, rss)
+			g1, g1d, g1b, g4, cps, cpu, rss)
+	}
+	// The HTTP scenarios' comparisons in full, each with the one it is based on: the table
+	// gives only p50.
+	first := true
+	for _, r := range rs {
+		base := byName[r.Base]
+		if !r.HTTP || base == nil {
+			continue
+		}
+		if first {
+			b.WriteString("\n")
+			first = false
+		}
+		fmt.Fprintf(&b, "- %s vs %s: p50 %s×, p99 %s× at 1,000 RPS; p50 %s×, p99 %s×, max RPS %s× at max rate\n",
+			r.Scenario, base.Scenario, ratio(r.RR1000["p50"], base.RR1000["p50"]), ratio(r.RR1000["p99"], base.RR1000["p99"]),
+			ratio(r.RRMax["p50"], base.RRMax["p50"]), ratio(r.RRMax["p99"], base.RRMax["p99"]), ratio(r.RRMaxQPS, base.RRMaxQPS))
 	}
 	return b.String()
 }

@@ -25,8 +25,8 @@ import (
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
-// Main runs the suite with command-line args, or one of its parts when args[0] is rr, cps or
-// plot, and returns the exit code. reexec is the command line that reaches Main again (for
+// Main runs the suite with command-line args, or one of its parts when args[0] is rr, cps, http
+// or plot, and returns the exit code. reexec is the command line that reaches Main again (for
 // ameshctl, its path and "bench"): the suite runs its load clients that way inside pods.
 func Main(reexec, args []string) int {
 	if len(args) > 0 {
@@ -35,6 +35,8 @@ func Main(reexec, args []string) int {
 			return clientRR(args[1:])
 		case "cps":
 			return clientCPS(args[1:])
+		case "http":
+			return clientHTTP(args[1:])
 		case "plot":
 			return replot(args[1:])
 		}
@@ -48,6 +50,7 @@ func Main(reexec, args []string) int {
 	dur := fs.Duration("duration", 3*time.Second, "length of each load run")
 	runs := fs.Int("runs", 3, "rounds over all scenarios; each figure is the median")
 	agentBin := fs.String("agent", "", "amesh-agent binary (default: beside this program, then $PATH)")
+	waypointBin := fs.String("waypoint", "", "amesh-waypoint binary (default: beside this program, then $PATH); the waypoint scenarios are skipped when absent")
 	ghost := fs.String("ghostunnel", filepath.Join(os.Getenv("HOME"), ".cache/amesh/bin/ghostunnel"), "ghostunnel binary (peer); skipped when absent")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -59,8 +62,13 @@ func Main(reexec, args []string) int {
 		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces and eBPF)")
 		return 1
 	}
-	bin, err := findAgent(*agentBin)
+	bin, err := findBinary("amesh-agent", "-agent", *agentBin)
 	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	wp, err := findBinary("amesh-waypoint", "-waypoint", *waypointBin)
+	if err != nil && *waypointBin != "" {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
@@ -69,29 +77,30 @@ func Main(reexec, args []string) int {
 	if *runs < 1 {
 		*runs = 1
 	}
-	if err := run(ctx, reexec, bin, *out, *dur, *runs, *ghost); err != nil {
+	if err := run(ctx, reexec, bin, wp, *out, *dur, *runs, *ghost); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
 	return 0
 }
 
-// findAgent resolves the amesh-agent binary: the flag, else beside this program, else $PATH.
-func findAgent(flagged string) (string, error) {
+// findBinary resolves one of amesh's binaries, name: flagged (the value of flagName) when set,
+// else the one beside this program, else the one on $PATH.
+func findBinary(name, flagName, flagged string) (string, error) {
 	if flagged != "" {
 		if _, err := os.Stat(flagged); err != nil {
-			return "", fmt.Errorf("-agent: %w", err)
+			return "", fmt.Errorf("%s: %w", flagName, err)
 		}
 		return flagged, nil
 	}
 	if self, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(self), "amesh-agent"); fileExists(p) {
+		if p := filepath.Join(filepath.Dir(self), name); fileExists(p) {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("amesh-agent")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", errors.New("no amesh-agent beside this program or on $PATH: pass -agent (`make bin` puts both in bin/)")
+		return "", fmt.Errorf("no %s beside this program or on $PATH: pass %s (`make bin` puts it in bin/): %w", name, flagName, err)
 	}
 	return p, nil
 }
@@ -115,6 +124,9 @@ type Result struct {
 	AgentRSSMiB float64            `json:"agent_rss_mib,omitempty"`
 	// Scrapes is how many metric scrapes of the agents succeeded while it ran (scrape scenarios).
 	Scrapes int `json:"scrapes,omitempty"`
+	// HTTP marks an HTTP scenario: its RR figures are HTTP requests, and it has no throughput or
+	// connection rate (the waypoint carries HTTP only, so iperf3 and raw echoes cannot compare).
+	HTTP bool `json:"http,omitempty"`
 }
 
 // scenario is a path to measure: the client pod, where its traffic is sent (address), the port
@@ -128,6 +140,8 @@ type scenario struct {
 	agents    []string
 	base      string // the direct scenario of the same placement, for ratios
 	scrape    bool   // the agents' metrics are scraped every second while it runs
+	http      bool   // rrAddr is an HTTP server, measured with GETs; no iperf3 or CPS
+	waypoint  bool   // needs the waypoint running (skipped without its binary)
 }
 
 // metricsAddr is where the suite's agents serve their metrics, in their node's netns.
@@ -135,6 +149,44 @@ const metricsAddr = "127.0.0.1:15020"
 
 // The direct scenarios, which the others are compared with.
 const sameDirect, crossDirect = "direct same-node (no mesh)", "direct cross-node (no mesh)"
+
+// The HTTP scenarios: the waypoint is compared with the same HTTP path without it.
+const (
+	httpDirect     = "direct cross-node (HTTP, no mesh)"
+	httpNoWaypoint = "amesh cross-node (HTTP, no waypoint)"
+	httpWaypoint   = "amesh cross-node via waypoint (HTTP)"
+)
+
+// The HTTP servers' ports. api2 serves on two, since a waypoint covers a workload port for every
+// caller (a connection to 8080 that skips the waypoint is refused as a bypass): 8080 is behind
+// the service that names the waypoint, 8081 behind one that names none.
+const httpWaypointPort, httpPort = "8080", "8081"
+
+// The services of the suite's state file: api (VIP 10.96.0.10) sends to api2:8080 through the
+// waypoint wp, api-direct (10.96.0.11) to api2:8081 with none; wp is the waypoint's own service.
+const (
+	waypointVIP   = "10.96.0.10"
+	noWaypointVIP = "10.96.0.11"
+	benchServices = `
+  - name: api
+    namespace: shop
+    vips: [` + waypointVIP + `]
+    ports: [{port: 80, targetPort: ` + httpWaypointPort + `}]
+    selector: {app: api}
+    waypoint: wp
+  - name: api-direct
+    namespace: shop
+    vips: [` + noWaypointVIP + `]
+    ports: [{port: 80, targetPort: ` + httpPort + `}]
+    selector: {app: api}
+  - name: wp
+    namespace: shop
+    vips: [10.96.0.20]
+    ports: [{port: 15008}]
+    selector: {app: wp}
+    waypointFor: service
+`
+)
 
 // suite is one run's lab and the agents on its nodes.
 type suite struct {
@@ -145,9 +197,13 @@ type suite struct {
 	caDir    string               // the CA's files, which the agents issue from
 	agents   map[string]*lab.Proc // by node name
 	mode     string               // the agents' --same-node; "" until they first start
+	// waypointBin is amesh-waypoint ("": the waypoint scenarios are skipped); waypoint is its
+	// process in the wp pod, nil until a waypoint scenario first runs.
+	waypointBin string
+	waypoint    *lab.Proc
 }
 
-func run(ctx context.Context, self []string, agentBin, outDir string, d time.Duration, runs int, ghost string) error {
+func run(ctx context.Context, self []string, agentBin, waypointBin, outDir string, d time.Duration, runs int, ghost string) error {
 	tmp, err := os.MkdirTemp("", "amesh-demo-bench-") // `make clean-lab` removes leftovers
 	if err != nil {
 		return err
@@ -163,13 +219,23 @@ func run(ctx context.Context, self []string, agentBin, outDir string, d time.Dur
 		return err
 	}
 	defer stopEchoes()
-	s := &suite{lab: l, self: self, agentBin: agentBin, agents: map[string]*lab.Proc{}}
+	stopHTTP, err := serveHTTP(l)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+	s := &suite{lab: l, self: self, agentBin: agentBin, waypointBin: waypointBin, agents: map[string]*lab.Proc{}}
 	ca, err := s.writeConfig()
 	if err != nil {
 		return err
 	}
 	defer s.stopAgents()
+	defer s.stopWaypoint()
 	scenarios := labScenarios(l)
+	if waypointBin == "" {
+		fmt.Fprintf(os.Stderr, "bench: no amesh-waypoint beside this program or on $PATH (pass -waypoint; `make bin` builds it): skipping %q\n", httpWaypoint)
+		scenarios = slices.DeleteFunc(scenarios, func(sc scenario) bool { return sc.waypoint })
+	}
 	peers, stopPeers, err := startPeers(ctx, l, ca, ghost)
 	if err != nil {
 		return err
@@ -183,8 +249,10 @@ func run(ctx context.Context, self []string, agentBin, outDir string, d time.Dur
 	return writeResults(outDir, d, runs, all)
 }
 
-// newLab builds the suite's lab: on node1 a meshed client (web) and server (api1) and two
-// unmeshed pods (c1, c1b); on node2 a meshed server (api2) and an unmeshed one (s2).
+// newLab builds the suite's lab: on node1 a meshed client (web) and server (api1), two
+// unmeshed pods (c1, c1b) and the waypoint's pod (wp, out of the mesh: it speaks HBONE itself);
+// on node2 a meshed server (api2) and an unmeshed one (s2). Only api2 is labelled app=api, so the
+// HTTP services' traffic always crosses the nodes.
 func newLab(ctx context.Context) (*lab.Lab, error) {
 	return lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{
 		{Name: "node1", Pods: []lab.PodSpec{
@@ -192,9 +260,10 @@ func newLab(ctx context.Context) (*lab.Lab, error) {
 			{Name: "api1", Namespace: "shop", ServiceAccount: "api"},
 			{Name: "c1", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
 			{Name: "c1b", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
+			{Name: "wp", Namespace: "shop", ServiceAccount: "waypoint", Mode: "none", Labels: map[string]string{"app": "wp"}},
 		}},
 		{Name: "node2", Pods: []lab.PodSpec{
-			{Name: "api2", Namespace: "shop", ServiceAccount: "api"},
+			{Name: "api2", Namespace: "shop", ServiceAccount: "api", Labels: map[string]string{"app": "api"}},
 			{Name: "s2", Namespace: "plain", ServiceAccount: "default", Mode: "none"},
 		}},
 	}})
@@ -228,10 +297,38 @@ func serveEchoes(l *lab.Lab) (func(), error) {
 	return stop, nil
 }
 
+// serveHTTP runs the HTTP servers of the HTTP scenarios, each answering every request with
+// 1 KiB: api2 on both its ports, s2 (the direct baseline) on httpPort. The function returned
+// stops them.
+func serveHTTP(l *lab.Lab) (func(), error) {
+	body := make([]byte, 1024)
+	h := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	})
+	var srvs []*http.Server
+	stop := func() {
+		for _, srv := range srvs {
+			srv.Close()
+		}
+	}
+	for _, at := range []struct{ pod, port string }{{"api2", httpWaypointPort}, {"api2", httpPort}, {"s2", httpPort}} {
+		ln, err := l.Pod(at.pod).Listen(":" + at.port)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("http server in %s: %w", at.pod, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		srvs = append(srvs, srv)
+	}
+	return stop, nil
+}
+
 // writeConfig writes the agents' state file and a new CA, which it returns.
 func (s *suite) writeConfig() (*identity.CA, error) {
 	s.state = filepath.Join(s.lab.Dir, "state.yaml")
-	if err := s.lab.WriteState(s.state, "", ""); err != nil {
+	if err := s.lab.WriteState(s.state, benchServices, ""); err != nil {
 		return nil, err
 	}
 	s.caDir = filepath.Join(s.lab.Dir, "ca")
@@ -297,6 +394,76 @@ func (s *suite) stopAgents() {
 	}
 }
 
+// startWaypoint starts amesh-waypoint in the wp pod, unless it runs already, and waits until
+// web's requests reach api2 through it. It does not depend on the agents (it speaks HBONE to
+// them), so it outlives their restarts; it is started again only if it has exited.
+func (s *suite) startWaypoint(ctx context.Context) error {
+	if s.waypoint != nil {
+		select {
+		case <-s.waypoint.Done():
+			fmt.Fprintf(os.Stderr, "bench: the waypoint exited (log %s); starting it again\n", s.waypoint.LogPath)
+		default:
+			return nil
+		}
+	}
+	// warn: at info it writes one access line per request, and the run would measure its log.
+	p, err := s.lab.Start(ctx, s.lab.Pod("wp").Netns, filepath.Join(s.lab.Dir, "waypoint.log"), s.waypointBin,
+		"--state", s.state, "--name", "wp", "--namespace", "shop", "--service-account", "waypoint",
+		"--ca-dir", s.caDir, "--log-level", "warn")
+	if err != nil {
+		return fmt.Errorf("start the waypoint: %w", err)
+	}
+	s.waypoint = p
+	url := "http://" + net.JoinHostPort(waypointVIP, "80") + "/"
+	if err := waitHTTP(ctx, s.lab.Pod("web"), url, 20*time.Second); err != nil {
+		return fmt.Errorf("the waypoint (log %s): %w", p.LogPath, err)
+	}
+	return nil
+}
+
+// stopWaypoint stops the waypoint if it runs, giving it 3s to exit before it is killed.
+func (s *suite) stopWaypoint() {
+	if s.waypoint == nil {
+		return
+	}
+	s.waypoint.Signal(syscall.SIGTERM)
+	select {
+	case <-s.waypoint.Done():
+	case <-time.After(3 * time.Second):
+		s.waypoint.Kill()
+	}
+}
+
+// waitHTTP waits, up to timeout, until a GET of url from pod answers 200.
+func waitHTTP(ctx context.Context, from *lab.Pod, url string, timeout time.Duration) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+		DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return from.Dial(ctx, addr) },
+		DisableKeepAlives: true,
+	}}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("GET %s from %s: no 200 in %v: %w", url, from.Name, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
 // labScenarios are the paths within the lab: direct and through amesh, on one node and across.
 func labScenarios(l *lab.Lab) []scenario {
 	ip := func(pod string) string { return l.Pod(pod).IP.String() }
@@ -309,6 +476,11 @@ func labScenarios(l *lab.Lab) []scenario {
 		{name: "amesh cross-node (HBONE)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: crossDirect},
 		// As Prometheus does (every second, so 15× its usual rate): what the telemetry costs.
 		{name: "amesh cross-node (HBONE, scraped 1/s)", from: "web", rrAddr: ip("api2") + ":9000", iperfAddr: ip("api2") + ":5201", iperfPod: "api2", agents: []string{"node1", "node2"}, base: "amesh cross-node (HBONE)", scrape: true},
+		// HTTP over one keep-alive connection, to service VIPs (the waypoint is named by a
+		// service): the waypoint's cost is the ratio of the last to the one before it.
+		{name: httpDirect, from: "c1", rrAddr: ip("s2") + ":" + httpPort, http: true},
+		{name: httpNoWaypoint, from: "web", rrAddr: noWaypointVIP + ":80", agents: []string{"node1", "node2"}, base: httpDirect, http: true},
+		{name: httpWaypoint, from: "web", rrAddr: waypointVIP + ":80", agents: []string{"node1", "node2"}, base: httpNoWaypoint, http: true, waypoint: true},
 	}
 }
 
@@ -348,6 +520,11 @@ func (s *suite) runScenario(ctx context.Context, sc scenario, d time.Duration) (
 			warm(ctx, s.lab, sc)
 		}
 	}
+	if sc.waypoint {
+		if err := s.startWaypoint(ctx); err != nil {
+			return Result{}, fmt.Errorf("%s: %w", sc.name, err)
+		}
+	}
 	r, err := measure(ctx, s.lab, s.self, sc, s.agents, d)
 	if err != nil {
 		return r, fmt.Errorf("%s: %w", sc.name, err)
@@ -368,15 +545,19 @@ func warm(ctx context.Context, l *lab.Lab, s scenario) {
 
 // measure runs every workload of one scenario.
 func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents map[string]*lab.Proc, d time.Duration) (r Result, err error) {
-	r = Result{Scenario: s.name, Base: s.base}
+	r = Result{Scenario: s.name, Base: s.base, HTTP: s.http}
 	if s.scrape {
 		sctx, stop := context.WithCancel(ctx)
 		done := make(chan int)
 		go func() { done <- scrapeEverySecond(sctx, l, s.agents) }()
 		defer func() { stop(); r.Scrapes = <-done }() // r is the named result: the count reaches the caller
 	}
+	mode, dest := "rr", []string{"-dest", s.rrAddr}
+	if s.http {
+		mode, dest = "http", []string{"-url", "http://" + s.rrAddr + "/"}
+	}
 	cpu0 := agentCPU(agents, s.agents)
-	rr, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "1000", "-duration", d.String())
+	rr, err := runClient(ctx, l, self, s.from, mode, append(dest, "-qps", "1000", "-duration", d.String())...)
 	if err != nil {
 		return r, err
 	}
@@ -388,11 +569,14 @@ func measure(ctx context.Context, l *lab.Lab, self []string, s scenario, agents 
 		}
 	}
 	r.RR1000 = pct(rr)
-	mx, err := runClient(ctx, l, self, s.from, "rr", "-dest", s.rrAddr, "-qps", "-1", "-duration", d.String())
+	mx, err := runClient(ctx, l, self, s.from, mode, append(dest, "-qps", "-1", "-duration", d.String())...)
 	if err != nil {
 		return r, err
 	}
 	r.RRMax, r.RRMaxQPS = pct(mx), mx["qps"]
+	if s.http {
+		return r, nil // no throughput or CPS: see Result.HTTP
+	}
 	cps, err := runClient(ctx, l, self, s.from, "cps", "-dest", s.rrAddr, "-duration", d.String())
 	if err != nil {
 		return r, err

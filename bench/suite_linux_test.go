@@ -15,7 +15,7 @@ import (
 
 // TestMain lets the suite re-execute this test binary as its load client inside a pod's netns.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "rr" || os.Args[1] == "cps") {
+	if len(os.Args) > 1 && (os.Args[1] == "rr" || os.Args[1] == "cps" || os.Args[1] == "http") {
 		os.Exit(Main(nil, os.Args[1:]))
 	}
 	os.Exit(m.Run())
@@ -29,9 +29,11 @@ func TestSuiteRuns(t *testing.T) {
 		t.Skip("-short: the suite's smoke run belongs to the full (non-race) run")
 	}
 	dir := t.TempDir()
-	agent := filepath.Join(dir, "amesh-agent")
-	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build amesh-agent: %v\n%s", err, out)
+	agent, waypoint := filepath.Join(dir, "amesh-agent"), filepath.Join(dir, "amesh-waypoint")
+	for bin, pkg := range map[string]string{agent: "github.com/amesh-dev/amesh/cmd/amesh-agent", waypoint: "github.com/amesh-dev/amesh/cmd/amesh-waypoint"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", filepath.Base(bin), err, out)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -41,7 +43,7 @@ func TestSuiteRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No ghostunnel here (and stunnel4 only where installed): the peers are what `make bench` adds.
-	if err := run(ctx, []string{self}, agent, out, 300*time.Millisecond, 1, filepath.Join(dir, "no-ghostunnel")); err != nil {
+	if err := run(ctx, []string{self}, agent, waypoint, out, 300*time.Millisecond, 1, filepath.Join(dir, "no-ghostunnel")); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(out, "results.json"))
@@ -61,13 +63,18 @@ func TestSuiteRuns(t *testing.T) {
 		"direct same-node (no mesh)", "direct cross-node (no mesh)",
 		"amesh same-node (kernel)", "amesh same-node (splice)", "amesh same-node (hbone)", "amesh cross-node (HBONE)",
 		"amesh cross-node (HBONE, scraped 1/s)",
+		httpDirect, httpNoWaypoint, httpWaypoint,
 	} {
 		r, ok := got[name]
 		if !ok {
 			t.Errorf("no result for %q (have %v)", name, saved.Results)
 			continue
 		}
-		if r.RR1000["p50"] <= 0 || r.RR1000["p99.9"] < r.RR1000["p50"] || r.RRMaxQPS <= 0 || r.Gbps1 <= 0 || r.Gbps4 <= 0 || r.CPS <= 0 {
+		if r.RR1000["p50"] <= 0 || r.RR1000["p99.9"] < r.RR1000["p50"] || r.RRMax["p50"] <= 0 || r.RRMaxQPS <= 0 {
+			t.Errorf("%s: incomplete latency figures %+v", name, r)
+		}
+		// The HTTP scenarios have no throughput or CPS (the waypoint carries HTTP only).
+		if r.HTTP != strings.Contains(name, "HTTP") || (!r.HTTP && (r.Gbps1 <= 0 || r.Gbps4 <= 0 || r.CPS <= 0)) {
 			t.Errorf("%s: incomplete figures %+v", name, r)
 		}
 		if strings.HasPrefix(name, "amesh") && r.AgentRSSMiB <= 0 {
@@ -76,6 +83,12 @@ func TestSuiteRuns(t *testing.T) {
 		if !strings.Contains(string(md), name) {
 			t.Errorf("results.md lacks %q", name)
 		}
+	}
+	if r := got[httpWaypoint]; r.Base != httpNoWaypoint {
+		t.Errorf("%s compared with %q, want %q", httpWaypoint, r.Base, httpNoWaypoint)
+	}
+	if want := "- " + httpWaypoint + " vs " + httpNoWaypoint + ": p50 "; !strings.Contains(string(md), want) || strings.Contains(string(md), want+"–") {
+		t.Errorf("results.md has no ratio of the waypoint to no waypoint (%q):\n%s", want, md)
 	}
 	if r := got["amesh cross-node (HBONE, scraped 1/s)"]; r.Scrapes == 0 {
 		t.Error("the scraped scenario scraped nothing")

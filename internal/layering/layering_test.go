@@ -27,6 +27,7 @@ var allowed = map[string][]string{
 	"metrics":            {},
 	"adminapi":           {},
 	"internal/version":   {},
+	"ociimage":           {},
 	"workload":           {"identity", "policy"},
 	"workload/file":      {"identity", "policy", "workload"},
 	"workload/kube":      {"identity", "policy", "workload"},
@@ -41,6 +42,7 @@ var allowed = map[string][]string{
 	"cmd/amesh-waypoint": {"identity", "waypoint", "waypoint/xds", "workload", "workload/file", "workload/kube"},
 	"cmd/amesh-agent":    {"agent", "api/cni/v1", "cniplugin", "identity", "identity/casecret", "workload/kube"},
 	"cmd/amesh-cni":      {"cniplugin"},
+	"cmd/amesh-image":    {"ociimage"},
 	"cmd/ameshctl":       {"adminapi", "bench", "internal/version"},
 	"internal/testenv":   {},
 	"internal/layering":  {},
@@ -50,6 +52,8 @@ var allowed = map[string][]string{
 	"test/k8s":  {"netns"},
 	"test/demo": {"identity", "netns", "test/lab"},
 	"test/e2e":  {"internal/testenv", "netns", "test/k8s", "test/lab"},
+	// The one program of the real-node test's images.
+	"test/node/testapp": {},
 }
 
 type pkg struct {

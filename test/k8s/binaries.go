@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -27,6 +28,11 @@ type Binaries struct {
 	APIServer string // kube-apiserver
 	Etcd      string // etcd
 	Kubectl   string // kubectl (kustomize built in)
+	// The parts of a cluster with real nodes (StartControllers, test/node): empty when only the
+	// API server is wanted (EnsureBinaries leaves them empty; EnsureNodeBinaries sets them).
+	ControllerManager string // kube-controller-manager
+	Scheduler         string // kube-scheduler
+	Kubelet           string // kubelet
 }
 
 // tool is one binary of the scratch module test/k8s/tools.
@@ -42,12 +48,26 @@ var tools = []tool{
 	{"kubectl", "k8s.io/kubernetes/cmd/kubectl", true},
 }
 
+// nodeTools are the binaries of a cluster with real nodes, built only when asked for
+// (EnsureNodeBinaries): kubelet alone takes minutes.
+var nodeTools = []tool{
+	{"kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", true},
+	{"kube-scheduler", "k8s.io/kubernetes/cmd/kube-scheduler", true},
+	{"kubelet", "k8s.io/kubernetes/cmd/kubelet", true},
+}
+
 func (b Binaries) path(name string) string {
 	switch name {
 	case "kube-apiserver":
 		return b.APIServer
 	case "etcd":
 		return b.Etcd
+	case "kube-controller-manager":
+		return b.ControllerManager
+	case "kube-scheduler":
+		return b.Scheduler
+	case "kubelet":
+		return b.Kubelet
 	default:
 		return b.Kubectl
 	}
@@ -73,10 +93,16 @@ func DefaultBinDir() (string, error) {
 // under a lock file, so concurrent callers (test packages run in parallel) build it once and
 // never see half a file. A cold build takes minutes and needs the Go module proxy.
 func EnsureBinaries(ctx context.Context) (Binaries, error) {
-	return ensureBinaries(ctx, slog.New(slog.DiscardHandler))
+	return ensureBinaries(ctx, slog.New(slog.DiscardHandler), tools)
 }
 
-func ensureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
+// EnsureNodeBinaries is EnsureBinaries with kube-controller-manager, kube-scheduler and kubelet
+// besides, for a cluster with real nodes (test/node).
+func EnsureNodeBinaries(ctx context.Context) (Binaries, error) {
+	return ensureBinaries(ctx, slog.New(slog.DiscardHandler), append(slices.Clone(tools), nodeTools...))
+}
+
+func ensureBinaries(ctx context.Context, log *slog.Logger, want []tool) (Binaries, error) {
 	dir, err := DefaultBinDir()
 	if err != nil {
 		return Binaries{}, err
@@ -86,7 +112,17 @@ func ensureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 		Etcd:      filepath.Join(dir, "etcd"),
 		Kubectl:   filepath.Join(dir, "kubectl"),
 	}
-	if len(missing(b)) == 0 {
+	for _, t := range want {
+		switch t.name {
+		case "kube-controller-manager":
+			b.ControllerManager = filepath.Join(dir, t.name)
+		case "kube-scheduler":
+			b.Scheduler = filepath.Join(dir, t.name)
+		case "kubelet":
+			b.Kubelet = filepath.Join(dir, t.name)
+		}
+	}
+	if len(missing(b, want)) == 0 {
 		return b, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -97,7 +133,7 @@ func ensureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("k8s: lock %s: %w", dir, err)
 	}
 	defer unlock()
-	todo := missing(b) // another process may have built them while we waited for the lock
+	todo := missing(b, want) // another process may have built them while we waited for the lock
 	if len(todo) == 0 {
 		return b, nil
 	}
@@ -120,10 +156,10 @@ func ensureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 	return b, nil
 }
 
-// missing returns the tools whose binary is not an executable file.
-func missing(b Binaries) []tool {
+// missing returns the tools of want whose binary is not an executable file.
+func missing(b Binaries, want []tool) []tool {
 	var out []tool
-	for _, t := range tools {
+	for _, t := range want {
 		if fi, err := os.Stat(b.path(t.name)); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
 			out = append(out, t)
 		}

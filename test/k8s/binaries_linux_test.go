@@ -26,7 +26,7 @@ func TestEnsureBinariesBuilds(t *testing.T) {
 		errs [2]error
 	)
 	for i := range bins {
-		wg.Go(func() { bins[i], errs[i] = ensureBinaries(t.Context(), testLogger()) })
+		wg.Go(func() { bins[i], errs[i] = ensureBinaries(t.Context(), testLogger(), tools) })
 	}
 	wg.Wait()
 	for i, err := range errs {

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,18 @@ type User struct {
 	Groups []string
 }
 
+// ServiceIP is the kubernetes Service's ClusterIP, the first of the service range
+// (10.96.0.0/16). With Config.Nodes the control plane's namespace holds it on its loopback and
+// the API server listens on its port 443, which is what kube-proxy would have routed it to: pods'
+// in-cluster clients (KUBERNETES_SERVICE_HOST) then reach it wherever a route sends the address.
+const ServiceIP = "10.96.0.1"
+
+// NodeUser is the user a node's kubelet authenticates as, in group system:nodes, as the Node
+// authorizer expects.
+func NodeUser(node string) User {
+	return User{Name: "system:node:" + node, Groups: []string{"system:nodes"}}
+}
+
 // ServiceAccountUser returns the user a token of ServiceAccount namespace/name authenticates as,
 // with the groups the API server gives it, so that RBAC bindings to the ServiceAccount apply to
 // it as they would to a projected token in a pod.
@@ -88,6 +101,13 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// APIServerArgs are appended to kube-apiserver's flags (feature gates, say).
 	APIServerArgs []string
+	// Nodes are the names of the real nodes (test/node) that will register: each gets a kubelet
+	// user (NodeUser) with a token, the API server authorizes them with the Node authorizer and
+	// NodeRestriction, and the ServiceAccount admission plugin is on, since StartControllers
+	// runs the controller that makes each namespace's default ServiceAccount. With Nodes the
+	// API server also answers in-cluster clients at the kubernetes Service's address (see
+	// ServiceIP): it listens on port 443 of every address of Netns, which must be set.
+	Nodes []string
 	// Logger receives the control plane's lifecycle (not the processes' logs, which go to files in
 	// Dir); nil discards.
 	Logger *slog.Logger
@@ -114,6 +134,7 @@ type ControlPlane struct {
 
 	mu          sync.Mutex
 	etcd, api   *proc
+	controllers []*proc           // kube-controller-manager, kube-scheduler (StartControllers)
 	caData      []byte            // PEM the server's certificate verifies against; nil: not verified
 	kubeconfigs map[string]string // token -> kubeconfig path written for it
 	stopped     bool
@@ -170,8 +191,26 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			return nil, fmt.Errorf("k8s: running in netns %s needs nsenter (util-linux): %w", cfg.Netns, err)
 		}
 	}
+	if len(cfg.Nodes) > 0 {
+		if cfg.Netns == "" {
+			return nil, errors.New("k8s: Nodes needs Netns: the API server takes port 443 and the Service address there")
+		}
+		if cfg.Authorization != AuthorizationRBAC {
+			return nil, errors.New("k8s: Nodes needs RBAC authorization (with the Node authorizer before it)")
+		}
+		for _, n := range cfg.Nodes {
+			if seen[NodeUser(n).Name] {
+				return nil, fmt.Errorf("k8s: node %q: a user of that name is configured already", n)
+			}
+			seen[NodeUser(n).Name] = true
+		}
+	}
 	if cfg.Binaries == (Binaries{}) {
-		if cfg.Binaries, err = ensureBinaries(ctx, log); err != nil {
+		want := tools
+		if len(cfg.Nodes) > 0 {
+			want = append(slices.Clone(tools), nodeTools...)
+		}
+		if cfg.Binaries, err = ensureBinaries(ctx, log, want); err != nil {
 			return nil, err
 		}
 	}
@@ -219,9 +258,21 @@ func start(ctx context.Context, cfg Config, log *slog.Logger) (_ *ControlPlane, 
 		return nil, err
 	}
 	etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+	bindAPI := cfg.BindIP
+	if len(cfg.Nodes) > 0 {
+		// Every address of the namespace, so ServiceIP:443 as well as BindIP:443.
+		apiPort, bindAPI = 443, "0.0.0.0"
+		if out, err := exec.CommandContext(ctx, "ip", "-n", filepath.Base(cfg.Netns), "addr", "replace", ServiceIP+"/32", "dev", "lo").CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("k8s: %s on the loopback of %s: %w: %s", ServiceIP, cfg.Netns, err, out)
+		}
+	}
 	cp.etcdURL = "http://" + net.JoinHostPort(cfg.BindIP, strconv.Itoa(etcdClient))
 	cp.server = "https://" + net.JoinHostPort(cfg.BindIP, strconv.Itoa(apiPort))
-	if err := cp.writeSecrets(cfg.Users); err != nil {
+	users := cfg.Users
+	for _, n := range cfg.Nodes {
+		users = append(users, NodeUser(n))
+	}
+	if err := cp.writeSecrets(users); err != nil {
 		return nil, err
 	}
 
@@ -242,14 +293,24 @@ func start(ctx context.Context, cfg Config, log *slog.Logger) (_ *ControlPlane, 
 	cp.mu.Lock()
 	cp.etcd = p
 	cp.mu.Unlock()
-	if err := cp.waitReady(ctx, p, cp.etcdURL+"/health", false); err != nil {
+	if err := cp.waitReady(ctx, p, cp.etcdURL+"/health", nil, false); err != nil {
 		return nil, err
 	}
 	log.Debug("etcd ready", "url", cp.etcdURL)
 
+	admission := []string{
+		// The ServiceAccount admission plugin waits for each namespace's "default"
+		// ServiceAccount, which only the controller manager creates: off without one.
+		"--disable-admission-plugins", "ServiceAccount",
+	}
+	authorization := cfg.Authorization
+	if len(cfg.Nodes) > 0 {
+		admission = []string{"--enable-admission-plugins", "NodeRestriction"}
+		authorization = "Node," + authorization
+	}
 	cp.apiArgs = append([]string{
 		"--etcd-servers", cp.etcdURL,
-		"--bind-address", cfg.BindIP, "--advertise-address", cfg.BindIP,
+		"--bind-address", bindAPI, "--advertise-address", cfg.BindIP,
 		"--secure-port", strconv.Itoa(apiPort),
 		"--cert-dir", filepath.Join(dir, "certs"),
 		"--service-cluster-ip-range", "10.96.0.0/16",
@@ -257,14 +318,11 @@ func start(ctx context.Context, cfg Config, log *slog.Logger) (_ *ControlPlane, 
 		"--service-account-key-file", filepath.Join(dir, "sa.pub"),
 		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
 		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode", cfg.Authorization,
-		// The ServiceAccount admission plugin waits for each namespace's "default"
-		// ServiceAccount, which only the (absent) controller manager creates.
-		"--disable-admission-plugins", "ServiceAccount",
+		"--authorization-mode", authorization,
 		// No controllers keep the kubernetes Service's endpoints: do not write any.
 		"--endpoint-reconciler-type", "none",
 		"--allow-privileged",
-	}, cfg.APIServerArgs...)
+	}, append(admission, cfg.APIServerArgs...)...)
 	if err := cp.StartAPIServer(ctx); err != nil {
 		return nil, err
 	}
@@ -402,7 +460,7 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 	cp.api = p
 	cp.mu.Unlock()
 
-	if err := cp.waitReady(ctx, p, cp.server+"/readyz", true); err != nil {
+	if err := cp.waitReady(ctx, p, cp.server+"/readyz", cp.tlsConfig(), true); err != nil {
 		cp.mu.Lock()
 		if cp.api == p {
 			cp.api = nil
@@ -450,12 +508,12 @@ func (cp *ControlPlane) Stop() error {
 	}
 	cp.stopped = true
 	var errs []error
-	for _, p := range []*proc{cp.api, cp.etcd} {
+	for _, p := range append(cp.controllers, cp.api, cp.etcd) {
 		if p != nil {
 			errs = append(errs, p.stop())
 		}
 	}
-	cp.api, cp.etcd = nil, nil
+	cp.api, cp.etcd, cp.controllers = nil, nil, nil
 	if err := os.RemoveAll(cp.dir); err != nil {
 		errs = append(errs, fmt.Errorf("k8s: remove %s: %w", cp.dir, err))
 	}
@@ -586,8 +644,9 @@ func (cp *ControlPlane) httpClient(tc *tls.Config) *http.Client {
 	}
 }
 
-// waitReady polls url until it answers 200, p exits, ctx ends or the ready timeout passes.
-func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, withToken bool) error {
+// waitReady polls url until it answers 200, p exits, ctx ends or the ready timeout passes. tc is
+// for an https url; withToken sends the admin's token.
+func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, tc *tls.Config, withToken bool) error {
 	ctx, cancel := context.WithTimeout(ctx, cp.timeout)
 	defer cancel()
 	// A probe in flight ends when p does: something else may hold the port and accept the probe
@@ -601,10 +660,6 @@ func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, with
 		case <-probeCtx.Done():
 		}
 	}()
-	var tc *tls.Config
-	if withToken {
-		tc = cp.tlsConfig()
-	}
 	hc := cp.httpClient(tc)
 	defer hc.CloseIdleConnections()
 	last := "no answer yet"
