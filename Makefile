@@ -3,9 +3,10 @@ SHELL := /bin/bash
 GO    ?= go
 # Debian packages: what `make demo` runs (the lab's ip/nsenter and the curl it shows), and what
 # the tests and benchmarks need besides (clang and libbpf to check the committed eBPF objects,
-# protoc for the API's generated code, iperf3, tcpdump).
+# protoc for the API's generated code, iperf3, tcpdump, containerd and runc for the real nodes of
+# test/node: no service is started, each test node runs its own).
 DEMO_PKGS := curl iproute2 util-linux
-APT_PKGS  := $(DEMO_PKGS) procps clang llvm libbpf-dev bpftool iperf3 tcpdump protobuf-compiler
+APT_PKGS  := $(DEMO_PKGS) procps clang llvm libbpf-dev bpftool iperf3 tcpdump protobuf-compiler containerd runc
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FUZZTIME ?= 60s
 BENCHTIME ?= 3s

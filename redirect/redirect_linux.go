@@ -425,15 +425,24 @@ func Probe() error {
 	return nil
 }
 
+// checkBPFFS checks that dir is on a bpffs, or, while it does not exist, the deepest of its
+// parents that does: on a fresh node /sys/fs/bpf/amesh is made by the first agent (New's
+// MkdirAll), so only the mount it would be made in can be checked.
 func checkBPFFS(dir string) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("redirect: %s: %w (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)", dir, err)
+	for d := dir; ; d = filepath.Dir(d) {
+		var st unix.Statfs_t
+		err := unix.Statfs(d, &st)
+		if errors.Is(err, unix.ENOENT) && d != filepath.Dir(d) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("redirect: %s: %w (is bpffs mounted? `mount -t bpf bpf /sys/fs/bpf`)", d, err)
+		}
+		if st.Type != unix.BPF_FS_MAGIC {
+			return fmt.Errorf("redirect: %s is not on a bpffs: pins would not survive the agent (`mount -t bpf bpf /sys/fs/bpf`)", dir)
+		}
+		return nil
 	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("redirect: %s is not on a bpffs: pins would not survive the agent (`mount -t bpf bpf /sys/fs/bpf`)", dir)
-	}
-	return nil
 }
 
 func listenerKey(ip netip.Addr, kind Kind) *ameshListenerKey {

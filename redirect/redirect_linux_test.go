@@ -580,3 +580,29 @@ func TestNetSysctlThroughBindMount(t *testing.T) {
 		t.Fatalf("the test's own netns changed from %s to %s: the bind wrote to the mounter's netns", own, got)
 	}
 }
+
+// TestCheckBPFFS: a pin directory's bpffs is checked at the deepest part of its path that exists,
+// so a fresh node (no /sys/fs/bpf/amesh yet) starts, and a path off bpffs is refused.
+func TestCheckBPFFS(t *testing.T) {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("no bpffs on /sys/fs/bpf (make deps mounts it)")
+		}
+		t.Skip("SKIPPED LOUDLY: no bpffs on /sys/fs/bpf (make deps mounts it)")
+	}
+	for _, tc := range []struct {
+		dir  string
+		want string // "" for no error
+	}{
+		{"/sys/fs/bpf", ""},
+		{"/sys/fs/bpf/amesh-test-absent/node1", ""},
+		{t.TempDir(), "not on a bpffs"},
+		{filepath.Join(t.TempDir(), "absent", "node1"), "not on a bpffs"},
+	} {
+		err := checkBPFFS(tc.dir)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("checkBPFFS(%s) = %v, want %q", tc.dir, err, tc.want)
+		}
+	}
+}

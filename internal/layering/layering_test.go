@@ -52,7 +52,8 @@ var allowed = map[string][]string{
 	"test/k8s":  {"netns"},
 	"test/demo": {"identity", "netns", "test/lab"},
 	"test/e2e":  {"internal/testenv", "netns", "test/k8s", "test/lab"},
-	// The one program of the real-node test's images.
+	// The real nodes (kubelet + containerd) and the one program of their test images.
+	"test/node":         {"ociimage", "test/k8s"},
 	"test/node/testapp": {},
 }
 

@@ -305,7 +305,9 @@ func start(ctx context.Context, cfg Config, log *slog.Logger) (_ *ControlPlane, 
 	}
 	authorization := cfg.Authorization
 	if len(cfg.Nodes) > 0 {
-		admission = []string{"--enable-admission-plugins", "NodeRestriction"}
+		admission = []string{"--enable-admission-plugins", "NodeRestriction",
+			// kubectl logs/exec reach kubelet at the node's address: no DNS knows node names.
+			"--kubelet-preferred-address-types", "InternalIP"}
 		authorization = "Node," + authorization
 	}
 	cp.apiArgs = append([]string{

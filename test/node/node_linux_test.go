@@ -1,0 +1,392 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/test/k8s"
+	"github.com/amesh-dev/amesh/test/lab"
+)
+
+// cluster is two real nodes and a control plane, each node in its own lab namespace.
+type cluster struct {
+	t     *testing.T
+	lab   *lab.Lab
+	cp    *k8s.ControlPlane
+	nodes map[string]*Node
+	imgs  Images
+}
+
+// podCIDR is node i's pod range: apart from the lab's (10.20.x) and the other tests' (10.245.x).
+func podCIDR(i int) netip.Prefix { return netip.MustParsePrefix(fmt.Sprintf("10.246.%d.0/24", i+1)) }
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// requireParts fails under CI, and skips loudly elsewhere, without containerd, runc or the CNI
+// plugins (make deps installs them all).
+func requireParts(t *testing.T) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	cniBin := os.Getenv("AMESH_CNI_BIN")
+	if cniBin == "" {
+		cniBin = filepath.Join(os.Getenv("HOME"), ".cache/amesh/cni/bin")
+	}
+	var missing []string
+	for _, tool := range []string{"containerd", "runc", "ctr"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cniBin, "bridge")); err != nil {
+		missing = append(missing, "CNI plugins in "+cniBin)
+	}
+	if len(missing) > 0 {
+		msg := fmt.Sprintf("missing %s (make deps installs them)", strings.Join(missing, ", "))
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip("SKIPPED LOUDLY: " + msg)
+	}
+	return cniBin
+}
+
+func newCluster(t *testing.T) *cluster {
+	cniBin := requireParts(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	l, err := lab.New(ctx, lab.Config{Nodes: []lab.NodeSpec{{Name: "node1"}, {Name: "node2"}, {Name: "cp"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, lab: l, nodes: map[string]*Node{}}
+	t.Cleanup(c.close)
+	cpNode := l.Node("cp")
+	names := []string{"node1", "node2"}
+	for i, name := range names {
+		n, other := l.Node(name), l.Node(names[1-i])
+		for _, cmd := range [][]string{
+			{"ip", "route", "add", podCIDR(1 - i).String(), "via", other.IP.String()},
+			{"ip", "route", "add", k8s.ServiceIP + "/32", "via", cpNode.IP.String()},
+		} {
+			if out, err := l.Command(ctx, n.Netns, cmd[0], cmd[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", cmd, err, out)
+			}
+		}
+		if out, err := l.Command(ctx, cpNode.Netns, "ip", "route", "add", podCIDR(i).String(), "via", n.IP.String()).CombinedOutput(); err != nil {
+			t.Fatalf("route: %v: %s", err, out)
+		}
+	}
+	if out, err := l.Command(ctx, cpNode.Netns, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	c.cp, err = k8s.Start(ctx, k8s.Config{Netns: cpNode.Netns, BindIP: cpNode.IP.String(), Nodes: names, Dir: l.Dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cp.StartControllers(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.imgs, err = BuildImages(ctx, filepath.Join(l.Dir, "images")); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range names {
+		n, err := Start(ctx, Config{
+			Name: name, Netns: l.Node(name).Netns, IP: l.Node(name).IP, PodCIDR: podCIDR(i),
+			ControlPlane: c.cp, Dir: l.Dir, CNIPlugins: cniBin,
+			Images: []string{c.imgs.Pause, c.imgs.App, c.imgs.Amesh}, Logger: testLogger(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.nodes[name] = n
+	}
+	// kubectl wait fails at once for an object that does not exist yet: first the registration.
+	testenv.WaitFor(t, "both kubelets to register their Node", 60*time.Second, func() bool {
+		out, err := c.kubectl(ctx, "get", "node", "node1", "node2", "-o", "name")
+		return err == nil && bytes.Count(out, []byte("node/")) == 2
+	})
+	if out, err := c.kubectl(ctx, "wait", "--for=condition=Ready", "--timeout=120s", "node/node1", "node/node2"); err != nil {
+		c.dumpNodes()
+		t.Fatalf("nodes not Ready: %v\n%s", err, out)
+	}
+	return c
+}
+
+func (c *cluster) kubectl(ctx context.Context, args ...string) ([]byte, error) {
+	return c.cp.Kubectl(ctx, c.cp.AdminToken(), args...)
+}
+
+// apply applies manifests given on stdin.
+func (c *cluster) apply(ctx context.Context, yaml string) {
+	c.t.Helper()
+	cmd, err := c.cp.KubectlCommand(ctx, c.cp.AdminToken(), "apply", "-f", "-")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd.Stdin = strings.NewReader(yaml)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		c.t.Fatalf("kubectl apply: %v\n%s\n%s", err, out, yaml)
+	}
+}
+
+// dumpNodes logs the tails of the nodes' logs, for a failure.
+func (c *cluster) dumpNodes() {
+	for name, n := range c.nodes {
+		for _, f := range []string{"kubelet.log", "containerd.log"} {
+			c.t.Logf("--- %s %s:\n%s", name, f, tailFile(filepath.Join(n.Dir(), f), 40))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, _ := c.kubectl(ctx, "get", "nodes,pods", "-A", "-o", "wide")
+	c.t.Logf("--- kubectl get nodes,pods -A:\n%s", out)
+	out, _ = c.kubectl(ctx, "get", "events", "-A", "--sort-by=.lastTimestamp")
+	c.t.Logf("--- events:\n%s", tailLines(out, 40))
+}
+
+func tailLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (c *cluster) close() {
+	if c.t.Failed() {
+		c.dumpNodes()
+	}
+	for name, n := range c.nodes {
+		if err := n.Stop(); err != nil {
+			c.t.Errorf("stop %s: %v", name, err)
+		}
+	}
+	if c.cp != nil {
+		if err := c.cp.Stop(); err != nil {
+			c.t.Errorf("stop the control plane: %v", err)
+		}
+	}
+	if err := c.lab.Close(); err != nil {
+		c.t.Errorf("close the lab: %v", err)
+	}
+}
+
+// appPod is a pod of testapp serving on :8080 (and echo on :8081), pinned to a node, with the
+// namespace's default ServiceAccount.
+func appPod(name, ns, node string) string { return appPodAs(name, ns, node, "default") }
+
+// appPodAs is appPod with ServiceAccount sa.
+func appPodAs(name, ns, node, sa string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s, labels: {app: %s}}
+spec:
+  nodeName: %s
+  serviceAccountName: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: %s
+      imagePullPolicy: Never
+      command: [testapp, serve, -addr, ":8080"]
+      env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+      readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+`, name, ns, name, node, sa, AppImage)
+}
+
+// podIP waits for pod ns/name to be Ready and returns its IP.
+func (c *cluster) podIP(ctx context.Context, ns, name string) string {
+	c.t.Helper()
+	if out, err := c.kubectl(ctx, "wait", "-n", ns, "--for=condition=Ready", "--timeout=90s", "pod/"+name); err != nil {
+		c.dumpNodes()
+		c.t.Fatalf("pod %s/%s not Ready: %v\n%s", ns, name, err, out)
+	}
+	out, err := c.kubectl(ctx, "get", "pod", "-n", ns, name, "-o", "jsonpath={.status.podIP}")
+	if err != nil {
+		c.t.Fatalf("pod IP: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// TestRealNodes: two kubelets with containerd, and then amesh installed on them as a user does.
+func TestRealNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the real nodes belong to the full (non-race) run")
+	}
+	c := newCluster(t)
+	t.Run("pods", c.testPods)
+	if t.Failed() {
+		return
+	}
+	t.Run("daemonset", c.testDaemonSet)
+}
+
+// testPods: pods from the local images, made by kubelet through containerd and the real CNI
+// chain, answer each other within and across nodes, and kubectl exec and logs reach them
+// through the API server and kubelet.
+func (c *cluster) testPods(t *testing.T) {
+	c.t = t
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	c.apply(ctx, "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n---\n"+
+		appPod("a1", "plain", "node1")+"---\n"+appPod("a2", "plain", "node2")+"---\n"+appPod("b1", "plain", "node1"))
+	ips := map[string]string{}
+	for _, p := range []string{"a1", "a2", "b1"} {
+		ips[p] = c.podIP(ctx, "plain", p)
+		if !podCIDR(map[string]int{"a1": 0, "b1": 0, "a2": 1}[p]).Contains(netip.MustParseAddr(ips[p])) {
+			t.Errorf("pod %s has IP %s, outside its node's pod CIDR", p, ips[p])
+		}
+	}
+	for _, tc := range []struct{ from, to string }{{"a1", "b1"}, {"a1", "a2"}, {"a2", "a1"}} {
+		out, err := c.kubectl(ctx, "exec", "-n", "plain", tc.from, "--", "testapp", "get", "-url", "http://"+ips[tc.to]+":8080/")
+		if err != nil {
+			t.Errorf("%s -> %s: %v\n%s", tc.from, tc.to, err, out)
+			continue
+		}
+		// The server names itself and the caller's address: the pod's own, not a node's (no NAT).
+		if want := tc.to + " " + ips[tc.from] + ":"; !bytes.HasPrefix(out, []byte(want)) {
+			t.Errorf("%s -> %s answered %q, want it to start with %q", tc.from, tc.to, out, want)
+		}
+	}
+	out, err := c.kubectl(ctx, "logs", "-n", "plain", "a2")
+	if err != nil || !bytes.Contains(out, []byte("serving :8080")) {
+		t.Errorf("kubectl logs a2: %v\n%s", err, out)
+	}
+}
+
+// get runs testapp get in pod ns/from against url.
+func (c *cluster) get(ctx context.Context, ns, from, url string) ([]byte, error) {
+	return c.kubectl(ctx, "exec", "-n", ns, from, "--", "testapp", "get", "-url", url, "-timeout", "2s")
+}
+
+// agentPod returns the name of the DaemonSet's pod on node.
+func (c *cluster) agentPod(ctx context.Context, node string) string {
+	c.t.Helper()
+	out, err := c.kubectl(ctx, "get", "pods", "-n", "amesh-system", "-l", "app.kubernetes.io/name=amesh-agent",
+		"--field-selector", "spec.nodeName="+node, "-o", "jsonpath={.items[*].metadata.name}")
+	if err != nil || len(strings.Fields(string(out))) != 1 {
+		c.t.Fatalf("the agent pod on %s: %v %q", node, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// testDaemonSet: `kubectl apply -k deploy/` with the locally built image: the CA Job completes,
+// the DaemonSet's pods (not privileged) become Ready on both nodes and chain amesh-cni into the
+// node's CNI configuration; pods of an ambient namespace, made by kubelet afterwards, talk over
+// HBONE across nodes with their SPIFFE identities in the agents' logs; plaintext from outside
+// the mesh is refused; an AuthorizationPolicy denies.
+func (c *cluster) testDaemonSet(t *testing.T) {
+	c.t = t
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	deploy, err := filepath.Abs(filepath.Join("..", "..", "deploy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.kubectl(ctx, "apply", "-k", deploy); err != nil {
+		t.Fatalf("kubectl apply -k deploy: %v\n%s", err, out)
+	}
+	if out, err := c.kubectl(ctx, "wait", "-n", "amesh-system", "--for=condition=Complete", "--timeout=120s", "job/amesh-ca-init"); err != nil {
+		c.dumpAgents(ctx)
+		t.Fatalf("the CA Job did not complete: %v\n%s", err, out)
+	}
+	if out, err := c.kubectl(ctx, "rollout", "status", "-n", "amesh-system", "daemonset/amesh-agent", "--timeout=180s"); err != nil {
+		c.dumpAgents(ctx)
+		t.Fatalf("the DaemonSet's pods did not become Ready: %v\n%s", err, out)
+	}
+	out, err := c.kubectl(ctx, "get", "daemonset", "-n", "amesh-system", "amesh-agent", "-o", "jsonpath={.spec.template.spec.containers[0].securityContext.privileged}")
+	if err != nil || strings.TrimSpace(string(out)) != "false" {
+		t.Errorf("the agent container is not unprivileged: %q %v", out, err)
+	}
+	for name, n := range c.nodes {
+		conf, err := os.ReadFile(filepath.Join(n.Dir(), "net.d", "10-kubenet.conflist"))
+		if err != nil || !bytes.Contains(conf, []byte(`"amesh-cni"`)) || !bytes.Contains(conf, []byte(`"bridge"`)) {
+			t.Errorf("%s: the CNI configuration is not chained: %v\n%s", name, err, conf)
+		}
+	}
+
+	c.apply(ctx, `apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {amesh.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: shop}
+---
+`+appPodAs("c1", "shop", "node1", "client")+"---\n"+appPodAs("s1", "shop", "node1", "server")+"---\n"+appPodAs("s2", "shop", "node2", "server"))
+	ips := map[string]string{}
+	for _, p := range []string{"c1", "s1", "s2"} {
+		ips[p] = c.podIP(ctx, "shop", p)
+	}
+	for _, to := range []string{"s1", "s2"} {
+		out, err := c.get(ctx, "shop", "c1", "http://"+ips[to]+":8080/")
+		if err != nil || !bytes.HasPrefix(out, []byte(to+" ")) {
+			c.dumpAgents(ctx)
+			t.Fatalf("c1 -> %s in the mesh: %v\n%s", to, err, out)
+		}
+	}
+	// The cross-node connection's identities, in the destination node's agent log.
+	testenv.WaitFor(t, "c1 -> s2 with both SPIFFE IDs in node2's agent log", 10*time.Second, func() bool {
+		out, err := c.kubectl(ctx, "logs", "-n", "amesh-system", c.agentPod(ctx, "node2"))
+		return err == nil && bytes.Contains(out, []byte("spiffe://cluster.local/ns/shop/sa/client")) &&
+			bytes.Contains(out, []byte("spiffe://cluster.local/ns/shop/sa/server"))
+	})
+	// A pod outside the mesh reaches a meshed pod only in plaintext, which strict inbound refuses.
+	if out, err := c.get(ctx, "plain", "a1", "http://"+ips["s2"]+":8080/"); err == nil {
+		t.Errorf("plaintext from outside the mesh reached s2: %s", out)
+	}
+	c.apply(ctx, `apiVersion: security.amesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: shop}
+spec:
+  selector: {matchLabels: {app: s2}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+`)
+	testenv.WaitFor(t, "the DENY policy to refuse c1 -> s2", 10*time.Second, func() bool {
+		_, err := c.get(ctx, "shop", "c1", "http://"+ips["s2"]+":8080/")
+		return err != nil
+	})
+	if out, err := c.get(ctx, "shop", "c1", "http://"+ips["s1"]+":8080/"); err != nil {
+		t.Errorf("c1 -> s1, which no policy denies: %v\n%s", err, out)
+	}
+}
+
+// dumpAgents logs the agent pods' state and logs, for a failure.
+func (c *cluster) dumpAgents(ctx context.Context) {
+	out, _ := c.kubectl(ctx, "get", "pods,jobs", "-n", "amesh-system", "-o", "wide")
+	c.t.Logf("--- amesh-system:\n%s", out)
+	out, _ = c.kubectl(ctx, "describe", "pods", "-n", "amesh-system")
+	c.t.Logf("--- describe:\n%s", tailLines(out, 80))
+	for _, node := range []string{"node1", "node2"} {
+		out, _ := c.kubectl(ctx, "get", "pods", "-n", "amesh-system", "--field-selector", "spec.nodeName="+node, "-o", "name")
+		for _, p := range strings.Fields(string(out)) {
+			logs, _ := c.kubectl(ctx, "logs", "-n", "amesh-system", p, "--all-containers", "--tail", "40")
+			c.t.Logf("--- %s logs:\n%s", p, logs)
+		}
+	}
+}
