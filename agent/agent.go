@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -571,7 +572,17 @@ func Uninstall(pinDir string) error {
 	if err != nil {
 		return fmt.Errorf("agent: uninstall: %w", err)
 	}
-	return r.Uninstall()
+	if err := r.Uninstall(); err != nil {
+		return err
+	}
+	// The directory of the default pin dirs, which the first agent of the node made: gone too
+	// once no other agent's pins are in it (Remove refuses a directory that is not empty).
+	if parent := filepath.Dir(DefaultPinDir("node")); filepath.Dir(pinDir) == parent {
+		if err := os.Remove(parent); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+			return fmt.Errorf("agent: uninstall: %w", err)
+		}
+	}
+	return nil
 }
 
 // Pods returns the UIDs of the pods the agent serves now.

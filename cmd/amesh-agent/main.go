@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -102,6 +103,41 @@ func run() int {
 		log.Error("agent failed", "err", err)
 		return 1
 	}
+	if ctx.Err() != nil && *o.kube && *o.pod != "" {
+		return uninstallIfDeleted(o, cfg.Kube, log)
+	}
+	return 0
+}
+
+// uninstallIfDeleted is --pod, once the agent has stopped on a signal: if the pod's DaemonSet is
+// gone (`kubectl delete -k deploy/`), amesh leaves the node — CNI entry, plugin, its kubeconfig,
+// every pin and attachment; the node's pods are then out of the mesh, as the user asked.
+// Otherwise (an upgrade, a restart, an eviction, or any doubt) everything stays pinned, failing
+// closed until the next agent re-adopts the pods.
+func uninstallIfDeleted(o *options, src *kube.Source, log *slog.Logger) int {
+	ns, name, ok := strings.Cut(*o.pod, "/")
+	if !ok || ns == "" || name == "" {
+		log.Error("--pod: want namespace/name", "pod", *o.pod)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gone, why, err := kube.DaemonSetGone(ctx, src.Dynamic, ns, name)
+	if err != nil || !gone {
+		log.Info("stopped; the node's pods stay pinned for the next agent", "reason", why, "err", err)
+		return 0
+	}
+	log.Info("the installation is deleted: removing amesh from the node", "reason", why)
+	var errs []error
+	if *o.keepConf != "" {
+		errs = append(errs, cniplugin.Uninstall(cniplugin.InstallConfig{BinDir: *o.keepBin, ConfDir: *o.keepConf}))
+	}
+	errs = append(errs, agent.Uninstall(*o.pinDir))
+	if err := errors.Join(errs...); err != nil {
+		log.Error("uninstall failed", "err", err)
+		return 1
+	}
+	log.Info("uninstalled: no CNI entry, pin or attachment of amesh is left on the node", "pin_dir", *o.pinDir)
 	return 0
 }
 
@@ -136,6 +172,7 @@ type options struct {
 	accessSample     *float64
 	maxConns         *int
 	maxStreams       *int
+	pod              *string
 }
 
 // parseFlags parses the agent's flags; a nil result means exit with the code.
@@ -197,6 +234,7 @@ Flags (environment variable in brackets):
 	o.metricsAddr = fs.String("metrics-addr", env("AMESH_METRICS_ADDR", ""), "address of the Prometheus metrics, /metrics and /stats/prometheus, with ztunnel's names (with --kube default "+agent.DefaultMetricsAddr+"; off when empty otherwise) [AMESH_METRICS_ADDR]")
 	o.statePoll = fs.Duration("state-poll", 0, "how often --state is re-read (0: 250ms)")
 	o.handoff = fs.String("handoff-socket", env("AMESH_HANDOFF_SOCKET", ""), "unix socket over which an upgraded agent takes this one's listening sockets, so an upgrade drops no connection; at start the agent takes over from whichever agent serves it (with --kube default "+agent.DefaultHandoffSocket+"; off when empty otherwise) [AMESH_HANDOFF_SOCKET]")
+	o.pod = fs.String("pod", env("AMESH_POD", ""), "with --kube, this agent's own pod, namespace/name (the DaemonSet sets it): when stopped by a signal, the agent takes amesh off the node (CNI entry, plugin, pins, attachments) if the pod's DaemonSet is gone, and leaves everything pinned, failing closed, otherwise [AMESH_POD]")
 	o.health = fs.String("health-addr", env("AMESH_HEALTH_ADDR", ""), "address of /healthz/ready and /healthz/live (with --kube default "+agent.DefaultHealthAddr+") [AMESH_HEALTH_ADDR]")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {

@@ -99,7 +99,9 @@ func TestDeployRenders(t *testing.T) {
 		"DaemonSet amesh-system/amesh-agent",
 		"Job amesh-system/amesh-ca-init",
 		"Namespace /amesh-system",
+		"Role amesh-system/amesh-agent",
 		"Role amesh-system/amesh-ca-init",
+		"RoleBinding amesh-system/amesh-agent",
 		"RoleBinding amesh-system/amesh-ca-init",
 		"ServiceAccount amesh-system/amesh-agent",
 		"ServiceAccount amesh-system/amesh-ca-init",
@@ -167,7 +169,7 @@ func TestDeployApply(t *testing.T) {
 		t.Fatalf("%d containers, want 1", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin", "--health-addr=$(HOST_IP):15021"}) ||
+	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin", "--health-addr=$(HOST_IP):15021", "--pod=$(POD_NAMESPACE)/$(POD_NAME)"}) ||
 		c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" ||
 		c.Env[1].Name != "HOST_IP" || c.Env[1].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
 		t.Errorf("agent args %q, env %+v", c.Args, c.Env)
@@ -496,6 +498,15 @@ func TestAgentRBAC(t *testing.T) {
 	}
 	if out, err := cp.Kubectl(ctx, token, "auth", "can-i", "create", "pods", "-n", ns); err == nil || strings.TrimSpace(string(out)) != "no" {
 		t.Errorf("kubectl auth can-i create pods: %q, %v; want no (and exit status 1)", out, err)
+	}
+	// Its own DaemonSet, by name (--pod: uninstall when it is gone), and no other.
+	if out, err := cp.Kubectl(ctx, token, "auth", "can-i", "get", "daemonsets.apps/amesh-agent", "-n", "amesh-system"); err != nil || strings.TrimSpace(string(out)) != "yes" {
+		t.Errorf("kubectl auth can-i get daemonset amesh-agent: %q, %v; want yes", out, err)
+	}
+	for _, args := range [][]string{{"list", "daemonsets.apps", "-n", "amesh-system"}, {"get", "daemonsets.apps/other", "-n", "amesh-system"}, {"get", "daemonsets.apps/amesh-agent", "-n", ns}} {
+		if out, err := cp.Kubectl(ctx, token, append([]string{"auth", "can-i"}, args...)...); err == nil || strings.TrimSpace(string(out)) != "no" {
+			t.Errorf("kubectl auth can-i %q: %q, %v; want no", args, out, err)
+		}
 	}
 }
 

@@ -52,11 +52,12 @@ type Config struct {
 
 // Node is a running kubelet and containerd. Its methods are safe for concurrent use.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	dir    string
-	cgroup string // kubelet's cgroupRoot, /<base of dir>
-	mntNS  string // the node's mount namespace, as readlink /proc/PID/ns/mnt shows it
+	cfg     Config
+	log     *slog.Logger
+	dir     string
+	cgroup  string // kubelet's cgroupRoot, /<base of dir>
+	mntNS   string // the node's mount namespace, as readlink /proc/PID/ns/mnt shows it
+	primary []byte // the primary CNI configuration as written
 	// hostDirs: this node counts among the users of the host's mount points (useHostDirs).
 	hostDirs bool
 
@@ -122,6 +123,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 // containerdSocket is containerd's socket inside the node's mount namespace.
 const containerdSocket = "/run/containerd/containerd.sock"
 
+// PrimaryCNI returns the node's primary CNI configuration list as Start wrote it, before any
+// plugin was chained into it, and its path (on the host).
+func (n *Node) PrimaryCNI() (conf []byte, path string) {
+	return n.primary, filepath.Join(n.dir, "net.d", "10-kubenet.conflist")
+}
+
 // Dir returns the node's data directory (logs: containerd.log, kubelet.log).
 func (n *Node) Dir() string { return n.dir }
 
@@ -167,6 +174,7 @@ func (n *Node) writeFiles() error {
 	if err := os.WriteFile(filepath.Join(n.dir, "net.d", "10-kubenet.conflist"), conf, 0o644); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
+	n.primary = conf
 	containerd := fmt.Sprintf(`version = 2
 root = %q
 state = "/run/containerd"
@@ -458,4 +466,32 @@ func tailFile(path string, lines int) string {
 		all = all[len(all)-lines:]
 	}
 	return strings.Join(all, "\n")
+}
+
+// Processes returns the pids of the node's containers' processes (those in its cgroups) whose
+// command line match accepts, for a test that signals one as a crash would.
+func (n *Node) Processes(match func(argv []string) bool) []int {
+	var pids []int
+	seen := map[int]bool{}
+	for _, d := range cgroupDirs(n.cgroup) {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, s := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(s)
+			if err != nil || seen[pid] {
+				continue
+			}
+			seen[pid] = true
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			if err != nil {
+				continue
+			}
+			if match(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }

@@ -6,7 +6,8 @@
 //	testapp serve -addr :8080          HTTP: answer every request with "<pod> <caller>"
 //	testapp get -url URL [-n 1]        GET it n times; print each body; exit 1 on any failure
 //	testapp loop -addr A -d 30s        connect, write, read back, close, every 20 ms for d;
-//	                                   print "ok N failed M" and the first failures
+//	                                   print "ok N failed M", the last failure's time (RFC 3339)
+//	                                   and the first failures
 package main
 
 import (
@@ -134,6 +135,7 @@ func loop(ctx context.Context, args []string) error {
 	defer cancel()
 	ok, failed := 0, 0
 	var first []string
+	var last time.Time
 	t := time.NewTicker(*every)
 	defer t.Stop()
 	msg := []byte("amesh\n")
@@ -141,6 +143,9 @@ func loop(ctx context.Context, args []string) error {
 		select {
 		case <-ctx.Done():
 			fmt.Printf("ok %d failed %d\n", ok, failed)
+			if failed > 0 {
+				fmt.Println("last-failure", last.Format(time.RFC3339Nano))
+			}
 			for _, f := range first {
 				fmt.Println(f)
 			}
@@ -168,6 +173,7 @@ func loop(ctx context.Context, args []string) error {
 		}()
 		if err != nil {
 			failed++
+			last = time.Now()
 			if len(first) < 10 {
 				first = append(first, time.Now().Format("15:04:05.000")+" "+err.Error())
 			}
