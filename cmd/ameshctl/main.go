@@ -13,6 +13,7 @@ import (
 	"github.com/amesh-dev/amesh/adminapi"
 	"github.com/amesh-dev/amesh/bench"
 	"github.com/amesh-dev/amesh/internal/version"
+	"github.com/amesh-dev/amesh/waypoint"
 )
 
 func main() {
@@ -83,6 +84,29 @@ func root() *cobra.Command {
 	policy := &cobra.Command{Use: "policy", Short: "policy tools"}
 	policy.AddCommand(check)
 	cmd.AddCommand(policy)
+	var wp waypoint.Deployment
+	generate := &cobra.Command{
+		Use:   "generate",
+		Short: "print the Kubernetes objects of a waypoint for a namespace (pipe to kubectl apply -f -)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			y, err := waypoint.Manifests(wp)
+			if err != nil {
+				return err
+			}
+			_, err = c.OutOrStdout().Write(y)
+			return err
+		},
+	}
+	generate.Flags().StringVarP(&wp.Namespace, "namespace", "n", "", "the waypoint's namespace (required)")
+	generate.Flags().StringVar(&wp.Name, "name", "waypoint", "its name: Service, Deployment and ServiceAccount (its SPIFFE ID)")
+	generate.Flags().StringVar(&wp.For, "for", "service", "the traffic it takes: service, workload or all")
+	generate.Flags().StringVar(&wp.Image, "image", waypoint.DefaultImage, "the image with amesh-waypoint (make image)")
+	generate.Flags().IntVar(&wp.Replicas, "replicas", 1, "its pods")
+	generate.MarkFlagRequired("namespace")
+	wpCmd := &cobra.Command{Use: "waypoint", Short: "waypoint tools"}
+	wpCmd.AddCommand(generate)
+	cmd.AddCommand(wpCmd)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "ameshctl's version",

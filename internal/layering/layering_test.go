@@ -43,7 +43,7 @@ var allowed = map[string][]string{
 	"cmd/amesh-agent":    {"agent", "api/cni/v1", "cniplugin", "identity", "identity/casecret", "workload/kube"},
 	"cmd/amesh-cni":      {"cniplugin"},
 	"cmd/amesh-image":    {"ociimage"},
-	"cmd/ameshctl":       {"adminapi", "bench", "internal/version"},
+	"cmd/ameshctl":       {"adminapi", "bench", "internal/version", "waypoint"},
 	"internal/testenv":   {},
 	"internal/layering":  {},
 	// The test harness: labs, control planes and end-to-end tests, which may use any room
@@ -53,7 +53,7 @@ var allowed = map[string][]string{
 	"test/demo": {"identity", "netns", "test/lab"},
 	"test/e2e":  {"internal/testenv", "netns", "test/k8s", "test/lab"},
 	// The real nodes (kubelet + containerd) and the one program of their test images.
-	"test/node":         {"ociimage", "test/k8s"},
+	"test/node":         {"ociimage", "test/k8s", "waypoint"},
 	"test/node/testapp": {},
 }
 

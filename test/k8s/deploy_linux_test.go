@@ -94,6 +94,7 @@ func TestDeployRenders(t *testing.T) {
 	slices.Sort(got)
 	want := []string{
 		"ClusterRole /amesh-agent",
+		"ClusterRole /amesh-waypoint",
 		"ClusterRoleBinding /amesh-agent",
 		"CustomResourceDefinition /authorizationpolicies.security.amesh.io",
 		"DaemonSet amesh-system/amesh-agent",

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -160,45 +159,4 @@ func killMountNS(ns string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// hostDirs counts the nodes of this process that use the mount points Start creates on the
-// host, so the last one to stop removes those it created: removing a directory that is a mount
-// point in another node's namespace would detach that node's mount.
-var hostDirs struct {
-	sync.Mutex
-	users   int
-	created []string
-}
-
-// useHostDirs creates the host's mount points a node binds its own directories over (only
-// /etc/cni/net.d: the others are under the node's tmpfs mounts, see mountScript), noting those it
-// created, and counts the caller among their users.
-func useHostDirs() error {
-	hostDirs.Lock()
-	defer hostDirs.Unlock()
-	for _, d := range []string{"/etc/cni", "/etc/cni/net.d"} {
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			if err := os.Mkdir(d, 0o755); err != nil {
-				return fmt.Errorf("node: mount point %s: %w", d, err)
-			}
-			hostDirs.created = append(hostDirs.created, d)
-		}
-	}
-	hostDirs.users++
-	return nil
-}
-
-// releaseHostDirs ends a node's use of the host's mount points; the last user removes those
-// useHostDirs created, deepest first, if they are empty.
-func releaseHostDirs() {
-	hostDirs.Lock()
-	defer hostDirs.Unlock()
-	if hostDirs.users--; hostDirs.users > 0 {
-		return
-	}
-	for _, d := range slices.Backward(hostDirs.created) {
-		os.Remove(d)
-	}
-	hostDirs.created = nil
 }

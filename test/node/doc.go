@@ -7,14 +7,16 @@
 // The mount namespace is what lets two nodes share one machine: kubelet, containerd and libcni
 // write fixed paths whatever they are configured with (/var/lib/kubelet, /run/containerd,
 // /var/lib/cni, /etc/cni/net.d, /opt/cni/bin), and a DaemonSet's hostPath volumes name those
-// paths. Each node binds a directory of its own over each of them, mounts a bpffs of its own on
-// /sys/fs/bpf (so two agents' pins never meet), and keeps /run/netns to itself (containerd's pod
-// namespaces, which the agent's hostPath reads). Its mounts are shared within the node, so what
+// paths. Each node mounts a tmpfs of its own over /run, /var/lib and /opt, binds its own CNI
+// directories at /opt/cni/bin and /etc/cni/net.d (under an overlay of /etc, so nothing is made
+// on the host), mounts a bpffs of its own on /sys/fs/bpf (so two agents' pins never meet), and
+// keeps /run/netns to itself (containerd's pod namespaces, which the agent's hostPath reads).
+// Its mounts are shared within the node, so what
 // containerd mounts later (a pod's network namespace) reaches a container that asked for
 // HostToContainer propagation. ../shared/recipes/kube-node/README.md records the traps this
 // avoids.
 //
 // Stop kills every process of the node (kubelet, containerd, its shims, every container: all
-// that is in the node's cgroups or its mount namespace) and removes its cgroups, host directories
-// it created and its data; the node's mounts go with its mount namespace.
+// that is in the node's cgroups or its mount namespace) and removes its cgroups and its data; the
+// node's mounts go with its mount namespace.
 package node

@@ -58,8 +58,6 @@ type Node struct {
 	cgroup  string // kubelet's cgroupRoot, /<base of dir>
 	mntNS   string // the node's mount namespace, as readlink /proc/PID/ns/mnt shows it
 	primary []byte // the primary CNI configuration as written
-	// hostDirs: this node counts among the users of the host's mount points (useHostDirs).
-	hostDirs bool
 
 	mu                  sync.Mutex
 	containerd, kubelet *proc
@@ -101,10 +99,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err := makeCgroups(n.cgroup); err != nil {
 		return nil, err
 	}
-	if err := useHostDirs(); err != nil {
-		return nil, err
-	}
-	n.hostDirs = true
 	if err := n.startContainerd(ctx); err != nil {
 		return nil, err
 	}
@@ -246,6 +240,12 @@ mount --make-rshared /
 for d in /run /var/lib /opt; do mount -t tmpfs -o mode=0755 tmpfs "$d"; done
 mkdir -p /run/containerd /run/netns /run/amesh /var/lib/kubelet /var/lib/cni /opt/cni/bin
 mount --bind "$1/cni-bin" /opt/cni/bin
+# /etc stays the host's, read through an overlay whose upper layer is the node's: /etc/cni/net.d
+# is made there, never on the host (a host directory that another node or another test run
+# removed would take this node's mount with it).
+mkdir -p "$1/etc-upper" "$1/etc-work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-upper,workdir=$1/etc-work" /etc
+mkdir -p /etc/cni/net.d
 mount --bind "$1/net.d" /etc/cni/net.d
 mount -t bpf bpf /sys/fs/bpf
 exec containerd --config "$1/containerd.toml"
@@ -374,9 +374,6 @@ func (n *Node) Stop() error {
 		errs = append(errs, n.containerd.stop())
 	}
 	errs = append(errs, removeCgroups(n.cgroup))
-	if n.hostDirs {
-		releaseHostDirs()
-	}
 	if err := os.RemoveAll(n.dir); err != nil {
 		errs = append(errs, fmt.Errorf("node: remove %s: %w", n.dir, err))
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/k8s"
 	"github.com/amesh-dev/amesh/test/lab"
+	"github.com/amesh-dev/amesh/waypoint"
 )
 
 // cluster is two real nodes and a control plane, each node in its own lab namespace.
@@ -357,6 +358,15 @@ metadata: {name: server, namespace: shop}
 		return err == nil && bytes.Contains(out, []byte("spiffe://cluster.local/ns/shop/sa/client")) &&
 			bytes.Contains(out, []byte("spiffe://cluster.local/ns/shop/sa/server"))
 	})
+	// A pod's first connection, made by its container the moment it starts, is in the mesh
+	// already (plaintext to s2 would be refused): amesh-cni enrolled it before kubelet started
+	// the container.
+	c.apply(ctx, strings.Replace(appPodAs("early", "shop", "node1", "client"), `command: [testapp, serve, -addr, ":8080"]`,
+		`command: [testapp, serve, -addr, ":8080", -first, "http://`+ips["s2"]+`:8080/"]`, 1))
+	c.podIP(ctx, "shop", "early")
+	if out, err := c.kubectl(ctx, "logs", "-n", "shop", "early"); err != nil || !bytes.Contains(out, []byte("first: 200 OK s2 ")) {
+		t.Errorf("the first connection of a new pod's container, to s2 (strict): %v\n%s", err, out)
+	}
 	// A pod outside the mesh reaches a meshed pod only in plaintext, which strict inbound refuses.
 	if out, err := c.get(ctx, "plain", "a1", "http://"+ips["s2"]+":8080/"); err == nil {
 		t.Errorf("plaintext from outside the mesh reached s2: %s", out)
@@ -383,6 +393,10 @@ spec:
 		_, err := c.get(ctx, "shop", "c1", "http://"+ips["s2"]+":8080/")
 		return err == nil
 	})
+	if t.Failed() {
+		return
+	}
+	c.waypoint(ctx, ips)
 	if t.Failed() {
 		return
 	}
@@ -457,6 +471,78 @@ func (c *cluster) deleteInstallation(ctx context.Context, ips map[string]string)
 		if out, err := c.get(ctx, tc.ns, tc.from, "http://"+ips[tc.to]+":8080/"); err != nil {
 			t.Errorf("%s -> %s after amesh was deleted: %v\n%s", tc.from, tc.to, err, out)
 		}
+	}
+}
+
+// waypoint: a waypoint from `ameshctl waypoint generate` (its Deployment made by the controller
+// manager, its pod by kubelet from the amesh image, not root, not in the mesh), a Service of s2
+// that names it: requests to the Service's VIP go through the waypoint, which applies an L7
+// policy that targets it (DELETE /admin refused with 403, GET allowed); going around it, to s2's
+// pod directly on the covered port, is refused.
+func (c *cluster) waypoint(ctx context.Context, ips map[string]string) {
+	t := c.t
+	// The built-in CA into the waypoint's namespace, as the README says to.
+	var secret struct{ Data map[string][]byte }
+	out, err := c.kubectl(ctx, "get", "secret", "-n", "amesh-system", "amesh-ca", "-o", "json")
+	if err != nil || json.Unmarshal(out, &secret) != nil || len(secret.Data) != 2 {
+		t.Fatalf("the CA Secret: %v\n%s", err, out)
+	}
+	args := []string{"create", "secret", "generic", "amesh-ca", "-n", "shop"}
+	for k, v := range secret.Data {
+		args = append(args, "--from-literal="+k+"="+string(v))
+	}
+	if out, err := c.kubectl(ctx, args...); err != nil {
+		t.Fatalf("copy the CA Secret: %v\n%s", err, out)
+	}
+	y, err := waypoint.Manifests(waypoint.Deployment{Namespace: "shop", Name: "waypoint", Image: AmeshImage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.apply(ctx, string(y)+`---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop, labels: {amesh.io/use-waypoint: waypoint}}
+spec:
+  selector: {app: s2}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: security.amesh.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-delete, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE], paths: ["/admin*"]}}]}]
+`)
+	if out, err := c.kubectl(ctx, "rollout", "status", "-n", "shop", "deployment/waypoint", "--timeout=90s"); err != nil {
+		c.dumpAgents(ctx)
+		out2, _ := c.kubectl(ctx, "logs", "-n", "shop", "deployment/waypoint")
+		t.Fatalf("the waypoint's Deployment: %v\n%s\nlogs:\n%s", err, out, out2)
+	}
+	out, err = c.kubectl(ctx, "get", "svc", "-n", "shop", "api", "-o", "jsonpath={.spec.clusterIP}")
+	if err != nil {
+		t.Fatalf("the Service's VIP: %v\n%s", err, out)
+	}
+	vip := strings.TrimSpace(string(out))
+	var last []byte
+	testenv.WaitFor(t, "c1 -> the api Service through the waypoint", 20*time.Second, func() bool {
+		last, err = c.get(ctx, "shop", "c1", "http://"+vip+"/")
+		return err == nil && bytes.HasPrefix(last, []byte("s2 "))
+	})
+	if t.Failed() {
+		logs, _ := c.kubectl(ctx, "logs", "-n", "shop", "deployment/waypoint")
+		t.Fatalf("last answer: %s\nwaypoint log:\n%s", last, tailLines(logs, 30))
+	}
+	out, err = c.kubectl(ctx, "exec", "-n", "shop", "c1", "--", "testapp", "get", "-method", "DELETE", "-url", "http://"+vip+"/admin/x")
+	if err == nil || !bytes.Contains(out, []byte("403")) {
+		t.Errorf("DELETE /admin through the waypoint: %v\n%s; want 403", err, out)
+	}
+	if out, err := c.get(ctx, "shop", "c1", "http://"+ips["s2"]+":8080/"); err == nil {
+		t.Errorf("c1 reached s2's pod around its waypoint: %s", out)
+	}
+	out, err = c.kubectl(ctx, "get", "pods", "-n", "shop", "-l", "amesh.io/waypoint=waypoint", "-o", "jsonpath={.items[0].spec.securityContext.runAsUser} {.items[0].status.containerStatuses[0].ready}")
+	if err != nil || strings.TrimSpace(string(out)) != "65532 true" {
+		t.Errorf("the waypoint pod (runAsUser, ready): %q %v", out, err)
 	}
 }
 

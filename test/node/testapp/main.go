@@ -3,8 +3,10 @@
 // It is static (no libc in the image), and every mode is bounded in time and count.
 //
 //	testapp pause                      wait for SIGTERM/SIGINT (the pod sandbox)
-//	testapp serve -addr :8080          HTTP: answer every request with "<pod> <caller>"
-//	testapp get -url URL [-n 1]        GET it n times; print each body; exit 1 on any failure
+//	testapp serve -addr :8080          HTTP: answer every request with "<pod> <caller>";
+//	                                   -first URL: GET it once before serving, print the result
+//	testapp get -url URL [-n 1]        GET it n times (or -method); print each body; exit 1 on any
+//	                                   failure (a status other than 200 is one, printed)
 //	testapp loop -addr A -d 30s        connect, write, read back, close, every 20 ms for d;
 //	                                   print "ok N failed M", the last failure's time (RFC 3339)
 //	                                   and the first failures
@@ -54,7 +56,21 @@ func main() {
 func serve(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	addr := fs.String("addr", ":8080", "HTTP listen address; the echo port is one above")
+	first := fs.String("first", "", "GET this URL once at start, before serving, and print the answer")
 	fs.Parse(args)
+	if *first != "" {
+		// The container's very first connection: it shows whether the pod was in the mesh
+		// before its containers started.
+		client := &http.Client{Timeout: 3 * time.Second}
+		resp, err := client.Get(*first)
+		if err != nil {
+			fmt.Println("first: error:", err)
+		} else {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<12))
+			resp.Body.Close()
+			fmt.Printf("first: %s %s", resp.Status, b)
+		}
+	}
 	pod := os.Getenv("POD_NAME")
 	if pod == "" {
 		pod, _ = os.Hostname()
@@ -99,10 +115,11 @@ func get(ctx context.Context, args []string) error {
 	url := fs.String("url", "", "URL")
 	n := fs.Int("n", 1, "requests (at most 1000)")
 	timeout := fs.Duration("timeout", 3*time.Second, "per request")
+	method := fs.String("method", http.MethodGet, "HTTP method")
 	fs.Parse(args)
 	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := 0; i < min(*n, 1000); i++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, *url, nil)
+		req, err := http.NewRequestWithContext(ctx, *method, *url, nil)
 		if err != nil {
 			return err
 		}
@@ -116,7 +133,7 @@ func get(ctx context.Context, args []string) error {
 			return err
 		}
 		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("GET %s: %s: %s", *url, resp.Status, b)
+			return fmt.Errorf("%s %s: %s: %s", *method, *url, resp.Status, b)
 		}
 		fmt.Printf("%s", b)
 	}
