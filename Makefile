@@ -92,19 +92,19 @@ build:
 bin:
 	$(GO) build -o bin/ ./cmd/...
 
-## image: amesh's OCI image (amesh-agent, amesh-cni, amesh-waypoint in /usr/local/bin) from static
+## image: amesh's OCI image (amesh-agent, amesh-cni, amesh-waypoint, ameshctl in /usr/local/bin) from static
 ## binaries, without a container engine, as bin/amesh-image.tar (ctr images import, kind load
 ## image-archive, docker load); reproducible: the same commit gives the same digest
 IMAGE     ?= ghcr.io/amesh-dev/amesh:dev
 IMAGE_BIN := $(CACHE)/image/bin
 image:
 	@mkdir -p bin $(IMAGE_BIN)
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid=" -o $(IMAGE_BIN)/ ./cmd/amesh-agent ./cmd/amesh-cni ./cmd/amesh-waypoint
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid=" -o $(IMAGE_BIN)/ ./cmd/amesh-agent ./cmd/amesh-cni ./cmd/amesh-waypoint ./cmd/ameshctl
 	$(GO) run ./cmd/amesh-image --tag $(IMAGE) --out bin/amesh-image.tar \
 	  --created "$$(git log -1 --format=%ct 2>/dev/null || echo 0)" \
 	  --label org.opencontainers.image.source=https://github.com/amesh-dev/amesh \
 	  --label org.opencontainers.image.revision="$$(git rev-parse HEAD 2>/dev/null)" \
-	  $(IMAGE_BIN)/amesh-agent $(IMAGE_BIN)/amesh-cni $(IMAGE_BIN)/amesh-waypoint
+	  $(IMAGE_BIN)/amesh-agent $(IMAGE_BIN)/amesh-cni $(IMAGE_BIN)/amesh-waypoint $(IMAGE_BIN)/ameshctl
 
 ## test: everything a change must pass — the README's test command
 test: deps lint unit race

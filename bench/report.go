@@ -109,6 +109,8 @@ func markdown(rs []Result, d time.Duration, runs int) string {
 		g1, g1d, g1b, g4, cps := fmt.Sprintf("%.2f", r.Gbps1), ratio(r.Gbps1, dg), ratio(r.Gbps1, bg), fmt.Sprintf("%.2f", r.Gbps4), fmt.Sprintf("%.0f", r.CPS)
 		if r.HTTP {
 			g1, g1d, g1b, g4, cps = "–", "–", "–", "–", "–"
+		} else if r.Gbps1 == 0 {
+			g1, g1d, g1b, g4 = "–", "–", "–", "–" // not measured (a cluster run has no iperf3)
 		}
 		fmt.Fprintf(&b, "| %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.Scenario, r.RR1000["p50"], r.RR1000["p90"], r.RR1000["p99"], r.RR1000["p99.9"],

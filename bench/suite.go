@@ -37,13 +37,15 @@ func Main(reexec, args []string) int {
 			return clientCPS(args[1:])
 		case "http":
 			return clientHTTP(args[1:])
+		case "serve":
+			return serveEcho(args[1:])
 		case "plot":
 			return replot(args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "Usage: ameshctl bench [flags]   (root; builds a two-node netns lab, runs every scenario, tears it down)\n       ameshctl bench plot -in results.json -out results.png\n\nFlags:")
+		fmt.Fprintln(fs.Output(), "Usage: ameshctl bench [flags]   (root; builds a two-node netns lab, runs every scenario, tears it down)\n       ameshctl bench -kubeconfig FILE [-image IMG] [-nodes a,b] [flags]   (in a running cluster with amesh installed)\n       ameshctl bench plot -in results.json -out results.png\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	out := fs.String("out", "bench-out", "directory for results.md, results.json and results.png")
@@ -52,11 +54,28 @@ func Main(reexec, args []string) int {
 	agentBin := fs.String("agent", "", "amesh-agent binary (default: beside this program, then $PATH)")
 	waypointBin := fs.String("waypoint", "", "amesh-waypoint binary (default: beside this program, then $PATH); the waypoint scenarios are skipped when absent")
 	ghost := fs.String("ghostunnel", filepath.Join(os.Getenv("HOME"), ".cache/amesh/bin/ghostunnel"), "ghostunnel binary (peer); skipped when absent")
+	kubeconfig := fs.String("kubeconfig", "", "run in this cluster instead of a lab: pods in a namespace in the mesh and one out of it, same-node and cross-node (no root needed)")
+	image := fs.String("image", "ghcr.io/amesh-dev/amesh:dev", "with -kubeconfig: the pods' image, one with ameshctl (make image)")
+	nodes := fs.String("nodes", "", "with -kubeconfig: the two nodes to use, comma-separated (default: the first two Ready ones)")
+	namespace := fs.String("namespace", "amesh-bench", "with -kubeconfig: the run's namespace (and <it>-direct), made and deleted")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *kubeconfig != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		var ns []string
+		if *nodes != "" {
+			ns = strings.Split(*nodes, ",")
+		}
+		if err := RunCluster(ctx, ClusterConfig{Kubeconfig: *kubeconfig, Image: *image, Namespace: *namespace, Nodes: ns, Duration: *dur, Runs: *runs, OutDir: *out}); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (network namespaces and eBPF)")

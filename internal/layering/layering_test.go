@@ -53,7 +53,7 @@ var allowed = map[string][]string{
 	"test/demo": {"identity", "netns", "test/lab"},
 	"test/e2e":  {"internal/testenv", "netns", "test/k8s", "test/lab"},
 	// The real nodes (kubelet + containerd) and the one program of their test images.
-	"test/node":         {"ociimage", "test/k8s", "waypoint"},
+	"test/node":         {"bench", "ociimage", "test/k8s", "waypoint"},
 	"test/node/testapp": {},
 }
 

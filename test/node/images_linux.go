@@ -21,7 +21,8 @@ type Images struct {
 	Pause string
 	// App is AppImage: testapp (serve, get, loop), no entrypoint: pods give the command.
 	App string
-	// Amesh is AmeshImage, what `make image` builds: amesh-agent, amesh-cni, amesh-waypoint.
+	// Amesh is AmeshImage, what `make image` builds: amesh-agent, amesh-cni, amesh-waypoint,
+	// ameshctl.
 	Amesh string
 }
 
@@ -43,7 +44,8 @@ func BuildImages(ctx context.Context, dir string) (Images, error) {
 		"github.com/amesh-dev/amesh/test/node/testapp",
 		"github.com/amesh-dev/amesh/cmd/amesh-agent",
 		"github.com/amesh-dev/amesh/cmd/amesh-cni",
-		"github.com/amesh-dev/amesh/cmd/amesh-waypoint")
+		"github.com/amesh-dev/amesh/cmd/amesh-waypoint",
+		"github.com/amesh-dev/amesh/cmd/ameshctl")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Images{}, fmt.Errorf("node: build the images' binaries: %w\n%s", err, out)
@@ -58,7 +60,7 @@ func BuildImages(ctx context.Context, dir string) (Images, error) {
 	}{
 		{imgs.Pause, SandboxImage, []string{"testapp"}, []string{"testapp", "pause"}},
 		{imgs.App, AppImage, []string{"testapp"}, nil},
-		{imgs.Amesh, AmeshImage, []string{"amesh-agent", "amesh-cni", "amesh-waypoint"}, nil},
+		{imgs.Amesh, AmeshImage, []string{"amesh-agent", "amesh-cni", "amesh-waypoint", "ameshctl"}, nil},
 	} {
 		var paths []string
 		for _, b := range im.bins {

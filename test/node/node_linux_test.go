@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/amesh-dev/amesh/bench"
 	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/k8s"
 	"github.com/amesh-dev/amesh/test/lab"
@@ -397,6 +398,7 @@ spec:
 		return
 	}
 	c.waypoint(ctx, ips)
+	c.clusterBench(ctx)
 	if t.Failed() {
 		return
 	}
@@ -543,6 +545,53 @@ spec:
 	out, err = c.kubectl(ctx, "get", "pods", "-n", "shop", "-l", "amesh.io/waypoint=waypoint", "-o", "jsonpath={.items[0].spec.securityContext.runAsUser} {.items[0].status.containerStatuses[0].ready}")
 	if err != nil || strings.TrimSpace(string(out)) != "65532 true" {
 		t.Errorf("the waypoint pod (runAsUser, ready): %q %v", out, err)
+	}
+}
+
+// clusterBench: `ameshctl bench --kubeconfig` against this cluster (short runs): its pods made on
+// both nodes, in the mesh and out of it, the four placements measured, the same table and JSON
+// as the lab suite's, and its namespaces gone afterwards.
+func (c *cluster) clusterBench(ctx context.Context) {
+	t := c.t
+	kubeconfig := filepath.Join(c.lab.Dir, "bench.kubeconfig")
+	if err := c.cp.WriteKubeconfig(kubeconfig, c.cp.AdminToken()); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(c.lab.Dir, "bench-out")
+	// ameshctl as a user runs it, from a machine that reaches the API server: the control
+	// plane's namespace (this process's network namespace does not).
+	bctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	cmd := c.lab.Command(bctx, c.lab.Node("cp").Netns, filepath.Join(c.lab.Dir, "images", "bin", "ameshctl"), "bench",
+		"-kubeconfig", kubeconfig, "-image", AmeshImage, "-duration", "300ms", "-runs", "1", "-out", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		c.dumpAgents(ctx)
+		t.Fatalf("ameshctl bench --kubeconfig: %v\n%s", err, b)
+	} else {
+		t.Logf("ameshctl bench --kubeconfig (300 ms runs):\n%s", b)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved struct{ Results []bench.Result }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bench.Result{}
+	for _, r := range saved.Results {
+		got[r.Scenario] = r
+	}
+	for _, name := range []string{"direct same-node (cluster)", "amesh same-node (cluster)", "direct cross-node (cluster)", "amesh cross-node (cluster)"} {
+		r, ok := got[name]
+		if !ok || r.RR1000["p50"] <= 0 || r.RRMaxQPS <= 0 || r.CPS <= 0 {
+			t.Errorf("cluster bench %s: %+v (have %v)", name, r, saved.Results)
+		}
+	}
+	for _, ns := range []string{"amesh-bench", "amesh-bench-direct"} {
+		if out, err := c.kubectl(ctx, "get", "namespace", ns, "--ignore-not-found", "-o", "name"); err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("namespace %s left after the bench: %q %v", ns, out, err)
+		}
 	}
 }
 
