@@ -23,15 +23,36 @@ func main() {
 }
 
 func root() *cobra.Command {
-	var addr, output string
+	var addr, output, node, kubeconfig, agentNS string
+	var fwd *adminapi.Forward
 	client := func() *adminapi.Client { return &adminapi.Client{Addr: addr} }
 	cmd := &cobra.Command{
 		Use:           "ameshctl",
 		Short:         "amesh's operator tool",
 		SilenceUsage:  true,
 		SilenceErrors: false,
+		// --node: the admin API of that node's agent, through a port-forward to its pod.
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			if node == "" {
+				return nil
+			}
+			f, err := adminapi.ForwardToAgent(c.Context(), kubeconfig, agentNS, node)
+			if err != nil {
+				return err
+			}
+			fwd, addr = f, f.Addr
+			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if fwd != nil {
+				fwd.Close()
+			}
+		},
 	}
 	cmd.PersistentFlags().StringVar(&addr, "admin-addr", adminapi.DefaultAddr, "the agent's admin API (run ameshctl on the agent's node)")
+	cmd.PersistentFlags().StringVar(&node, "node", "", "read the agent of this Kubernetes node instead, through a port-forward to its pod (pods/portforward in its namespace)")
+	cmd.PersistentFlags().StringVar(&kubeconfig, "kubeconfig", "", "with --node: the kubeconfig (default $KUBECONFIG, then ~/.kube/config)")
+	cmd.PersistentFlags().StringVar(&agentNS, "agent-namespace", "amesh-system", "with --node: the agents' namespace")
 	for _, kind := range adminapi.Kinds {
 		c := &cobra.Command{
 			Use:   kind,

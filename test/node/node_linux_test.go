@@ -399,6 +399,7 @@ spec:
 	}
 	c.waypoint(ctx, ips)
 	c.clusterBench(ctx)
+	c.ameshctlNode(ctx)
 	if t.Failed() {
 		return
 	}
@@ -592,6 +593,32 @@ func (c *cluster) clusterBench(ctx context.Context) {
 		if out, err := c.kubectl(ctx, "get", "namespace", ns, "--ignore-not-found", "-o", "name"); err != nil || len(bytes.TrimSpace(out)) > 0 {
 			t.Errorf("namespace %s left after the bench: %q %v", ns, out, err)
 		}
+	}
+}
+
+// ameshctlNode: `ameshctl --node` reads a node's agent from elsewhere, through a port-forward
+// to its pod (API server, kubelet, containerd): the workloads node2's agent holds, and the
+// certificates it issued; an unknown node is a clear error.
+func (c *cluster) ameshctlNode(ctx context.Context) {
+	t := c.t
+	kubeconfig := filepath.Join(c.lab.Dir, "bench.kubeconfig")
+	ameshctl := filepath.Join(c.lab.Dir, "images", "bin", "ameshctl")
+	run := func(args ...string) ([]byte, error) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return c.lab.Command(cctx, c.lab.Node("cp").Netns, ameshctl, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+	}
+	out, err := run("--node", "node2", "workloads")
+	if err != nil || !bytes.Contains(out, []byte("s2")) || !bytes.Contains(out, []byte("shop")) {
+		t.Errorf("ameshctl --node node2 workloads: %v\n%s", err, out)
+	}
+	out, err = run("--node", "node2", "certificates")
+	if err != nil || !bytes.Contains(out, []byte("spiffe://cluster.local/ns/shop/sa/server")) {
+		t.Errorf("ameshctl --node node2 certificates: %v\n%s", err, out)
+	}
+	out, err = run("--node", "node9", "workloads")
+	if err == nil || !bytes.Contains(out, []byte("no running agent pod")) {
+		t.Errorf("ameshctl --node node9 (no such node): %v\n%s", err, out)
 	}
 }
 
