@@ -12,6 +12,11 @@
 // HTTP only. It writes a Markdown table with ratios to direct and to the best peer, a
 // JSON file with everything, and a PNG of latency percentiles and throughput per scenario.
 //
+// cost.go is the "cost per node" section: N pods a node meshed by one agent per node or by a
+// ghostunnel pair per pod, the proxies' CPU and RSS per node side by side (cost.md/json/png).
+// cluster.go runs the request/response and connection clients in pods of a running cluster
+// (`ameshctl bench --kubeconfig`).
+//
 // The load generator runs inside the source pod's netns: the suite re-executes its own command
 // there (`... rr|cps|http ...`), since sockets belong to the netns of the thread that made them.
 // Every run is bounded in time; all traffic stays inside the lab. Needs root.

@@ -58,6 +58,9 @@ func Main(reexec, args []string) int {
 	image := fs.String("image", "ghcr.io/amesh-dev/amesh:dev", "with -kubeconfig: the pods' image, one with ameshctl (make image)")
 	nodes := fs.String("nodes", "", "with -kubeconfig: the two nodes to use, comma-separated (default: the first two Ready ones)")
 	namespace := fs.String("namespace", "amesh-bench", "with -kubeconfig: the run's namespace (and <it>-direct), made and deleted")
+	sections := fs.String("sections", "lab,cost", "what to run: lab (the scenarios side by side), cost (cost per node: one agent against a sidecar per pod), or both")
+	costPods := fs.String("cost-pods", "10,50,100", "cost per node: pods per node, comma-separated (empty: leave the section out)")
+	costRates := fs.String("cost-rates", "1000,5000", "cost per node: total requests per second, comma-separated")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -96,11 +99,40 @@ func Main(reexec, args []string) int {
 	if *runs < 1 {
 		*runs = 1
 	}
-	if err := run(ctx, reexec, bin, wp, *out, *dur, *runs, *ghost); err != nil {
+	want := strings.Split(*sections, ",")
+	if slices.Contains(want, "lab") {
+		if err := run(ctx, reexec, bin, wp, *out, *dur, *runs, *ghost); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+	}
+	if !slices.Contains(want, "cost") || *costPods == "" {
+		return 0
+	}
+	pods, err1 := intList(*costPods)
+	rates, err2 := intList(*costRates)
+	if err := errors.Join(err1, err2); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: -cost-pods/-cost-rates:", err)
+		return 2
+	}
+	if err := RunCost(ctx, CostConfig{Agent: bin, Ghostunnel: *ghost, Pods: pods, Rates: rates, Duration: *dur, OutDir: *out}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
 	return 0
+}
+
+// intList parses "10,50,100".
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive numbers, comma-separated", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // findBinary resolves one of amesh's binaries, name: flagged (the value of flagName) when set,
@@ -651,19 +683,9 @@ func pct(m map[string]float64) map[string]float64 {
 func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 	total := 0.0
 	for _, n := range names {
-		p := agents[n]
-		if p == nil {
-			continue
+		if p := agents[n]; p != nil {
+			total += procCPU(p.Cmd.Process.Pid)
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name, which is in parentheses and may hold spaces.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		total += (ut + st) / 100 // USER_HZ
 	}
 	return total
 }

@@ -97,3 +97,44 @@ func TestSuiteRuns(t *testing.T) {
 		t.Errorf("results.png: %v", err)
 	}
 }
+
+// TestCostRuns is the short "cost per node" run of make test: 3 pods a node at 300 RPS, amesh
+// only (no ghostunnel here: the sidecar half says it is left out). The figures must be the
+// agents' (RunCost checks their connection counters), and the three outputs written.
+func TestCostRuns(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("-short: the cost run belongs to the full (non-race) run")
+	}
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "amesh-agent")
+	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
+		t.Fatalf("build amesh-agent: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out := filepath.Join(dir, "out")
+	if err := RunCost(ctx, CostConfig{Agent: agent, Ghostunnel: filepath.Join(dir, "no-ghostunnel"), Pods: []int{3}, Rates: []int{300}, Duration: 500 * time.Millisecond, OutDir: out}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "cost.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved struct{ Results []CostResult }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	if len(saved.Results) != 1 {
+		t.Fatalf("results %+v, want the amesh row alone", saved.Results)
+	}
+	r := saved.Results[0]
+	if r.Mode != "amesh" || r.Pods != 3 || r.Procs != 1 || r.RSSMiB <= 0 || r.P50 <= 0 || r.P99 < r.P50 || r.Done < 100 || r.Failed != 0 {
+		t.Errorf("amesh row %+v", r)
+	}
+	for _, f := range []string{"cost.md", "cost.png"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
