@@ -412,9 +412,29 @@ func (s *suite) startAgents(ctx context.Context, sameNode string) error {
 	return s.waitMesh(ctx)
 }
 
-// waitMesh waits, up to 20s, until web reaches api2 through the mesh (an echo of one byte).
+// waitMesh waits, up to 20s, until every agent has enrolled its node's meshed pods (a connection
+// dialed before would go around the mesh for as long as it lives) and web reaches api2 (an echo
+// of one byte).
 func (s *suite) waitMesh(ctx context.Context) error {
 	deadline := time.Now().Add(20 * time.Second)
+	for _, n := range s.lab.Nodes {
+		want := 0
+		for _, p := range n.Pods {
+			if p.Spec.Mode != "none" {
+				want++
+			}
+		}
+		for {
+			got, err := agentMetric(ctx, n, "amesh_enrolled_pods ", "")
+			if err == nil && got >= float64(want) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s's agent enrolled %v of its %d pods (%v)", n.Name, got, want, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	for {
 		c, err := s.lab.Pod("web").Dial(ctx, net.JoinHostPort(s.lab.Pod("api2").IP.String(), "9000"))
 		if err == nil {
