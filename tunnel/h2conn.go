@@ -67,6 +67,8 @@ type h2conn struct {
 
 	wmu     sync.Mutex
 	bw      *bufio.Writer
+	dataHdr [9]byte  // writeDataLocked's frame header, guarded as bw is
+	sinkW   nbWriter // the read loop's writes straight to a stream's TCP destination
 	wfr     *http2.Framer
 	henc    *hpack.Encoder
 	hbuf    bytes.Buffer

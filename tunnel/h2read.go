@@ -231,7 +231,7 @@ func (c *h2conn) deliverData(sid uint32, size int64, data *chunk, end bool) erro
 		// (that hop is most of HBONE's request/response latency over plain TLS).
 		s.sinkBusy = true
 		c.mu.Unlock()
-		n := writeNonBlocking(s.sink, data.b)
+		n := c.sinkW.write(s.sink, data.b)
 		c.mu.Lock()
 		s.sinkBusy = false
 		if n > 0 {

@@ -119,10 +119,12 @@ func (c *h2conn) ctrlLoop() {
 // writeDataLocked writes one DATA frame. The header is written by hand so the payload goes from
 // the caller's buffer to the TLS writer without the copy Framer.WriteData makes.
 func (c *h2conn) writeDataLocked(id uint32, p []byte, end bool) error {
-	var hdr [9]byte
+	// The connection's own header buffer (writes are serialized): a local one would escape to
+	// the heap through bufio.Writer, an allocation per frame.
+	hdr := &c.dataHdr
 	n := len(p)
 	hdr[0], hdr[1], hdr[2] = byte(n>>16), byte(n>>8), byte(n)
-	hdr[3] = byte(http2.FrameData)
+	hdr[3], hdr[4] = byte(http2.FrameData), 0
 	if end {
 		hdr[4] = byte(http2.FlagDataEndStream)
 	}

@@ -88,7 +88,13 @@ func (q *recvQueue) read(p []byte) int {
 			q.charge(-chunkCost(c))
 			putChunk(c)
 			q.chunks[0] = nil
-			q.chunks = q.chunks[1:]
+			if len(q.chunks) == 1 {
+				// Emptied: keep the slice's room, so the next frame's push does not allocate
+				// (slicing the last one off would leave a slice of no capacity).
+				q.chunks = q.chunks[:0]
+			} else {
+				q.chunks = q.chunks[1:]
+			}
 			q.off = 0
 		}
 	}

@@ -271,3 +271,38 @@ func TestStreamReadDeadline(t *testing.T) {
 		t.Fatalf("read after clearing the deadline: %q %v", buf, err)
 	}
 }
+
+// TestHalfCloseThenOtherStream: one stream's END_STREAM leaves no trace on the next frames of
+// the shared connection — another stream's DATA after it must not end that stream too (the
+// frame header buffer is reused from frame to frame).
+func TestHalfCloseThenOtherStream(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first := e.dial(ctx)
+	defer first.Close()
+	if _, err := first.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if echo, err := io.ReadAll(first); err != nil || string(echo) != "bye" {
+		t.Fatalf("first stream's echo %q, %v", echo, err)
+	}
+	second := e.dial(ctx)
+	defer second.Close()
+	if n := e.client.pool.dials.Load(); n != 1 {
+		t.Fatalf("%d HBONE connections: the two streams must share one for this test", n)
+	}
+	buf := make([]byte, 5)
+	for i := range 3 {
+		msg := fmt.Sprintf("msg-%d", i)
+		if _, err := second.Write([]byte(msg)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(second, buf); err != nil || string(buf) != msg {
+			t.Fatalf("echo %d: %q, %v (the stream was ended by the other's END_STREAM?)", i, buf, err)
+		}
+	}
+}
