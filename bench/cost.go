@@ -27,6 +27,7 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
@@ -157,12 +158,13 @@ func costForPods(ctx context.Context, cfg CostConfig, n int) ([]CostResult, erro
 	for _, node := range l.Nodes {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
-			got, err := agentMetric(ctx, node, "amesh_enrolled_pods ", "")
-			if err == nil && got >= float64(n) {
+			// From the pins, not the agent's metrics: a scrape would grow the RSS measured.
+			got, err := redirect.PinnedPods(node.PinDir)
+			if err == nil && got >= n {
 				break
 			}
 			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("%s's agent enrolled %v of %d pods in 60s (%v; log in %s)", node.Name, got, n, err, l.Dir)
+				return nil, fmt.Errorf("%s's agent enrolled %d of %d pods in 60s (%v; log in %s)", node.Name, got, n, err, l.Dir)
 			}
 			time.Sleep(200 * time.Millisecond)
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
@@ -425,12 +426,13 @@ func (s *suite) waitMesh(ctx context.Context) error {
 			}
 		}
 		for {
-			got, err := agentMetric(ctx, n, "amesh_enrolled_pods ", "")
-			if err == nil && got >= float64(want) {
+			// From the pins, not the agent's metrics: a scrape would grow the RSS measured.
+			got, err := redirect.PinnedPods(n.PinDir)
+			if err == nil && got >= want {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%s's agent enrolled %v of its %d pods (%v)", n.Name, got, want, err)
+				return fmt.Errorf("%s's agent enrolled %d of its %d pods (%v)", n.Name, got, want, err)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

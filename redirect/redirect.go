@@ -13,8 +13,12 @@
 package redirect
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 )
 
@@ -98,3 +102,30 @@ var statNames = []string{
 	"lookup_probe",
 	"connect_probe_source",
 }
+
+// PinnedPods returns how many pods the agent whose pins are in pinDir has enrolled, read from
+// the pins alone (each enrolled pod's sk_lookup link is pinned under pods/<netns cookie> once
+// its steering is in place): a benchmark can wait for enrolment without asking the agent, whose
+// memory an API call would change.
+func PinnedPods(pinDir string) (int, error) {
+	entries, err := os.ReadDir(filepath.Join(pinDir, podsDir))
+	if err != nil {
+		return 0, fmt.Errorf("redirect: pinned pods: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if _, err := strconv.ParseUint(e.Name(), 10, 64); err != nil || !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(pinDir, podsDir, e.Name(), lookupPin)); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// The pin layout under a pin dir: pods/<netns cookie>/sk_lookup for each enrolled pod.
+const (
+	podsDir   = "pods"
+	lookupPin = "sk_lookup"
+)

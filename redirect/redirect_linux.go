@@ -117,11 +117,7 @@ func Open(cfg Config) (*Redirector, error) {
 	return r, nil
 }
 
-const (
-	podsDir    = "pods"
-	lookupPin  = "sk_lookup"
-	linkPrefix = "link_"
-)
+const linkPrefix = "link_"
 
 // cgroupLink re-adopts the pinned link for name (pointing it at the freshly loaded program, so
 // an upgraded agent never runs its predecessor's code) or attaches and pins a new one.

@@ -36,7 +36,7 @@ var allowed = map[string][]string{
 	"api/cni/v1":         {},
 	"cniplugin":          {"api/cni/v1"},
 	"agent":              {"adminapi", "api/cni/v1", "handoff", "identity", "internal/version", "metrics", "netns", "policy", "redirect", "tunnel", "workload", "workload/file", "workload/kube"},
-	"bench":              {"identity", "netns", "test/lab", "tunnel"},
+	"bench":              {"identity", "netns", "redirect", "test/lab", "tunnel"},
 	"waypoint":           {"identity", "policy", "tunnel", "workload"},
 	"waypoint/xds":       {"identity", "policy", "tunnel", "waypoint", "workload"},
 	"cmd/amesh-waypoint": {"identity", "waypoint", "waypoint/xds", "workload", "workload/file", "workload/kube"},
