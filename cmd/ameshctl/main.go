@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/amesh-dev/amesh/adminapi"
+	"github.com/amesh-dev/amesh/adminapi/forward"
 	"github.com/amesh-dev/amesh/bench"
 	"github.com/amesh-dev/amesh/internal/version"
 	"github.com/amesh-dev/amesh/waypoint"
@@ -24,7 +25,7 @@ func main() {
 
 func root() *cobra.Command {
 	var addr, output, node, kubeconfig, agentNS string
-	var fwd *adminapi.Forward
+	var fwd *forward.Forward
 	client := func() *adminapi.Client { return &adminapi.Client{Addr: addr} }
 	cmd := &cobra.Command{
 		Use:           "ameshctl",
@@ -36,7 +37,7 @@ func root() *cobra.Command {
 			if node == "" {
 				return nil
 			}
-			f, err := adminapi.ForwardToAgent(c.Context(), kubeconfig, agentNS, node)
+			f, err := forward.ToAgent(c.Context(), kubeconfig, agentNS, node)
 			if err != nil {
 				return err
 			}

@@ -1,4 +1,7 @@
-package adminapi
+// Package forward reaches the admin API of a node's agent from anywhere kubectl works, through a
+// port-forward to its pod: `ameshctl --node`. It is a package of its own so that the agent, which
+// serves adminapi's types, links no typed Kubernetes client (it adds ~20 MB to a binary).
+package forward
 
 import (
 	"context"
@@ -11,6 +14,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/amesh-dev/amesh/adminapi"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/portforward"
@@ -40,11 +45,11 @@ func (f *Forward) Close() {
 	<-f.done
 }
 
-// ForwardToAgent finds the agent pod of node in namespace (deploy/'s amesh-system by default) and
-// forwards a free loopback port to its admin port (DefaultAddr's), as `kubectl port-forward`
+// ToAgent finds the agent pod of node in namespace (deploy/'s amesh-system by default) and
+// forwards a free loopback port to its admin port (adminapi.DefaultAddr's), as `kubectl port-forward`
 // does (WebSocket, falling back to SPDY). kubeconfig empty is the default loading rules
 // ($KUBECONFIG, ~/.kube/config).
-func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*Forward, error) {
+func ToAgent(ctx context.Context, kubeconfig, namespace, node string) (*Forward, error) {
 	if namespace == "" {
 		namespace = "amesh-system"
 	}
@@ -54,15 +59,15 @@ func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*F
 	}
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("adminapi: kubeconfig: %w", err)
+		return nil, fmt.Errorf("forward: kubeconfig: %w", err)
 	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("adminapi: %w", err)
+		return nil, fmt.Errorf("forward: %w", err)
 	}
 	pods, err := cs.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: AgentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
-		return nil, fmt.Errorf("adminapi: the agent pod of node %s: %w", node, err)
+		return nil, fmt.Errorf("forward: the agent pod of node %s: %w", node, err)
 	}
 	var pod *corev1.Pod
 	for i := range pods.Items {
@@ -73,13 +78,13 @@ func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*F
 		}
 	}
 	if pod == nil {
-		return nil, fmt.Errorf("adminapi: no running agent pod (%s) on node %s in namespace %s", AgentSelector, node, namespace)
+		return nil, fmt.Errorf("forward: no running agent pod (%s) on node %s in namespace %s", AgentSelector, node, namespace)
 	}
-	_, port, _ := net.SplitHostPort(DefaultAddr)
+	_, port, _ := net.SplitHostPort(adminapi.DefaultAddr)
 	url := cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).SubResource("portforward").URL()
 	transport, upgrader, err := spdy.RoundTripperFor(rc)
 	if err != nil {
-		return nil, fmt.Errorf("adminapi: %w", err)
+		return nil, fmt.Errorf("forward: %w", err)
 	}
 	var dialer streamhttp.Dialer = spdy.NewDialerForStreaming(upgrader, &http.Client{Transport: transport}, http.MethodPost, url)
 	if ws, err := portforward.NewSPDYOverWebsocketDialerForStreaming(url, rc); err == nil {
@@ -90,7 +95,7 @@ func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*F
 	pf, err := portforward.NewOnAddressesForStreamingWithContext(fctx, dialer, []string{"127.0.0.1"}, []string{"0:" + port}, ready, io.Discard, io.Discard)
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("adminapi: port-forward to %s/%s: %w", pod.Namespace, pod.Name, err)
+		return nil, fmt.Errorf("forward: port-forward to %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	f := &Forward{Pod: pod.Namespace + "/" + pod.Name, stop: stop, done: make(chan struct{})}
 	errc := make(chan error, 1)
@@ -102,7 +107,7 @@ func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*F
 	case <-ready:
 	case err := <-errc:
 		stop()
-		return nil, fmt.Errorf("adminapi: port-forward to %s: %w", f.Pod, errors.Join(err, errors.New("ended before it was ready")))
+		return nil, fmt.Errorf("forward: port-forward to %s: %w", f.Pod, errors.Join(err, errors.New("ended before it was ready")))
 	case <-ctx.Done():
 		stop()
 		<-f.done
@@ -111,7 +116,7 @@ func ForwardToAgent(ctx context.Context, kubeconfig, namespace, node string) (*F
 	ports, err := pf.GetPorts()
 	if err != nil || len(ports) != 1 {
 		f.Close()
-		return nil, fmt.Errorf("adminapi: port-forward to %s: local port: %v", f.Pod, err)
+		return nil, fmt.Errorf("forward: port-forward to %s: local port: %v", f.Pod, err)
 	}
 	f.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local)))
 	return f, nil
