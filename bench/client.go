@@ -56,11 +56,7 @@ func clientRR(args []string) int {
 		fmt.Fprintf(os.Stderr, "rr: results %v\n", res.RetCodes)
 		return 1
 	}
-	out := map[string]float64{"qps": res.ActualQPS}
-	for _, p := range res.DurationHistogram.Percentiles {
-		out["p"+strconv.FormatFloat(p.Percentile, 'f', -1, 64)] = p.Value * 1e6
-	}
-	json.NewEncoder(os.Stdout).Encode(out)
+	printResult(&res.RunnerResults)
 	return 0
 }
 
@@ -125,12 +121,17 @@ func clientHTTP(args []string) int {
 		fmt.Fprintf(os.Stderr, "http: %d of %d requests failed, first: %v\n", n, res.DurationHistogram.Count, g.firstErr.Load())
 		return 1
 	}
+	printResult(&res)
+	return 0
+}
+
+// printResult writes a run's rate and percentiles (µs) as the one JSON line the suite reads.
+func printResult(res *periodic.RunnerResults) {
 	out := map[string]float64{"qps": res.ActualQPS}
 	for _, p := range res.DurationHistogram.Percentiles {
 		out["p"+strconv.FormatFloat(p.Percentile, 'f', -1, 64)] = p.Value * 1e6
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
-	return 0
 }
 
 // maxHTTPRequests bounds a max-rate run of clientHTTP in count as well as in time.

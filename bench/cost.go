@@ -23,8 +23,6 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
-	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/redirect"
@@ -526,22 +524,7 @@ func writeCostPlot(path string, rs []CostResult) error {
 	}
 	mem.Legend.Top, mem.Legend.Left = true, true
 	cpu.Legend.Top, cpu.Legend.Left = true, true
-	const width, height = 10 * vg.Inch, 9 * vg.Inch
-	img := vgimg.New(width, height)
-	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Points(8), PadBottom: vg.Points(8), PadX: vg.Points(8), PadY: vg.Points(16)}
-	canvases := plot.Align([][]*plot.Plot{{mem}, {cpu}}, tiles, dc)
-	mem.Draw(canvases[0][0])
-	cpu.Draw(canvases[1][0])
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("plot: %w", err)
-	}
-	defer f.Close()
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		return fmt.Errorf("plot: %w", err)
-	}
-	return f.Close()
+	return writeStacked(path, 10*vg.Inch, 9*vg.Inch, mem, cpu)
 }
 
 func tailOf(s string, n int) string {

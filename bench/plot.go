@@ -75,13 +75,22 @@ func writePlot(path string, rs []Result) error {
 	thr.NominalX(names...)
 	thr.X.Min, thr.X.Max = -0.6, float64(len(rs))-0.4
 
-	const width, height = 13 * vg.Inch, 10 * vg.Inch
+	return writeStacked(path, 13*vg.Inch, 10*vg.Inch, lat, thr)
+}
+
+// writeStacked draws the plots one above the other into a PNG of the size given, at path.
+func writeStacked(path string, width, height vg.Length, plots ...*plot.Plot) error {
 	img := vgimg.New(width, height)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 1, PadTop: vg.Points(8), PadBottom: vg.Points(8), PadX: vg.Points(8), PadY: vg.Points(16)}
-	canvases := plot.Align([][]*plot.Plot{{lat}, {thr}}, tiles, dc)
-	lat.Draw(canvases[0][0])
-	thr.Draw(canvases[1][0])
+	tiles := draw.Tiles{Rows: len(plots), Cols: 1, PadTop: vg.Points(8), PadBottom: vg.Points(8), PadX: vg.Points(8), PadY: vg.Points(16)}
+	rows := make([][]*plot.Plot, len(plots))
+	for i, p := range plots {
+		rows[i] = []*plot.Plot{p}
+	}
+	canvases := plot.Align(rows, tiles, dc)
+	for i, p := range plots {
+		p.Draw(canvases[i][0])
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("plot: %w", err)

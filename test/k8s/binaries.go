@@ -206,7 +206,7 @@ func build(ctx context.Context, goBin, toolsDir string, t tool, dst string) erro
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("k8s: build %s (go %s in %s): %w: %s", t.name, strings.Join(args, " "), toolsDir, err, tail(out.Bytes(), 20))
+		return fmt.Errorf("k8s: build %s (go %s in %s): %w: %s", t.name, strings.Join(args, " "), toolsDir, err, Tail(out.Bytes(), 20))
 	}
 	if err := os.Rename(tmp, dst); err != nil {
 		return fmt.Errorf("k8s: install %s: %w", t.name, err)
@@ -239,8 +239,8 @@ func ToolsDir() (string, error) {
 	return "", fmt.Errorf("k8s: no test/k8s/tools/go.mod above %s: run from the amesh repository, or put the binaries in the cache dir (%s)", strings.Join(starts, " or "), BinDirEnv)
 }
 
-// tail returns the last n lines of b.
-func tail(b []byte, n int) string {
+// Tail returns the last n lines of b.
+func Tail(b []byte, n int) string {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
@@ -248,8 +248,8 @@ func tail(b []byte, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// tailFile returns the last n lines of the file at path (at most its last 64 KiB).
-func tailFile(path string, n int) string {
+// TailFile returns the last n lines of the file at path (at most its last 64 KiB).
+func TailFile(path string, n int) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Sprintf("(no log: %v)", err)
@@ -265,5 +265,5 @@ func tailFile(path string, n int) string {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Sprintf("(log unreadable: %v)", err)
 	}
-	return tail(b, n)
+	return Tail(b, n)
 }

@@ -71,7 +71,7 @@ func TestProcessEnv(t *testing.T) {
 		t.Setenv(k, "x")
 	}
 	t.Setenv("AMESH_KEPT", "1")
-	env := processEnv()
+	env := ProcessEnv()
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		if slices.Contains([]string{"HTTPS_PROXY", "http_proxy", "NO_PROXY", "KUBECONFIG", "ETCD_DATA_DIR"}, k) || kv == "KUBERC=x" {

@@ -149,7 +149,7 @@ func (cp *ControlPlane) KubectlCommand(ctx context.Context, token string, args .
 	} else {
 		cmd = exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + cp.netns, "--", cp.bin.Kubectl}, full...)...)
 	}
-	cmd.Env = processEnv()
+	cmd.Env = ProcessEnv()
 	return cmd, nil
 }
 
@@ -162,7 +162,7 @@ func (cp *ControlPlane) Kubectl(ctx context.Context, token string, args ...strin
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return out, fmt.Errorf("k8s: kubectl %s: %w: %s", strings.Join(args, " "), err, tail(out, 20))
+		return out, fmt.Errorf("k8s: kubectl %s: %w: %s", strings.Join(args, " "), err, Tail(out, 20))
 	}
 	return out, nil
 }

@@ -682,7 +682,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, tc *
 			if resp.StatusCode == http.StatusOK {
 				return nil
 			}
-			last = fmt.Sprintf("%s: %s", resp.Status, tail(body, 10))
+			last = fmt.Sprintf("%s: %s", resp.Status, Tail(body, 10))
 		} else if probeCtx.Err() == nil {
 			last = err.Error()
 		}
@@ -696,7 +696,7 @@ func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, tc *
 			default:
 			}
 			return fmt.Errorf("k8s: %s not ready after %s (%w); last probe of %s: %s; tail of %s:\n%s",
-				p.name, cp.timeout, ctx.Err(), url, last, p.logPath, tailFile(p.logPath, 30))
+				p.name, cp.timeout, ctx.Err(), url, last, p.logPath, TailFile(p.logPath, 30))
 		case <-tick.C:
 		}
 	}
@@ -706,8 +706,8 @@ func (cp *ControlPlane) waitReady(ctx context.Context, p *proc, url string, tc *
 // (the log's line for it is quoted) wraps ErrPortTaken.
 func (p *proc) startError(url, last string) error {
 	err := fmt.Errorf("k8s: %s exited while starting (%v); last probe of %s: %s; tail of %s:\n%s",
-		p.name, p.err, url, last, p.logPath, tailFile(p.logPath, 30))
-	for _, line := range strings.Split(tailFile(p.logPath, 300), "\n") {
+		p.name, p.err, url, last, p.logPath, TailFile(p.logPath, 30))
+	for _, line := range strings.Split(TailFile(p.logPath, 300), "\n") {
 		if strings.Contains(line, "address already in use") {
 			return fmt.Errorf("%w (%s): %w", ErrPortTaken, strings.TrimSpace(line), err)
 		}
@@ -742,7 +742,7 @@ func (cp *ControlPlane) startProc(name, bin string, args []string) (*proc, error
 		cmd = exec.Command("nsenter", append([]string{"--net=" + cp.netns, "--", bin}, args...)...)
 	}
 	cmd.Dir = cp.dir
-	cmd.Env = processEnv()
+	cmd.Env = ProcessEnv()
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
@@ -778,10 +778,10 @@ func (p *proc) stop() error {
 	}
 }
 
-// processEnv is this process's environment without what would redirect the control plane's or
+// ProcessEnv is this process's environment without what would redirect the control plane's or
 // kubectl's connections: proxies (the server may be on a non-loopback address of a test netns),
 // KUBECONFIG, kubectl's preferences file (KUBERC=off), and etcd's ETCD_* settings.
-func processEnv() []string {
+func ProcessEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")

@@ -85,29 +85,48 @@ func cgroupDirs(root string) []string {
 	return dirs
 }
 
-// killCgroups SIGKILLs every process in the node's cgroups until none is left (a process may
-// fork while it is being killed), for at most 10s.
+// cgroupPids returns the processes in the node's cgroups, each once (a process is in one
+// cgroup of every hierarchy).
+func cgroupPids(root string) []int {
+	var pids []int
+	seen := map[int]bool{}
+	for _, d := range cgroupDirs(root) {
+		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// killCgroups SIGKILLs every process in the node's cgroups until none is left.
 func killCgroups(root string) error {
+	return killUntilGone("cgroup "+root, func() ([]int, error) { return cgroupPids(root), nil })
+}
+
+// killUntilGone SIGKILLs the processes pids lists until it lists none (a process may fork while
+// it is being killed), for at most 10s.
+func killUntilGone(where string, pids func() ([]int, error)) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		left := 0
-		for _, d := range cgroupDirs(root) {
-			b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-			if err != nil {
-				continue
-			}
-			for _, s := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(s); err == nil {
-					left++
-					syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
+		left, err := pids()
+		if err != nil {
+			return err
 		}
-		if left == 0 {
+		if len(left) == 0 {
 			return nil
 		}
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("node: %d processes still in cgroup %s after 10s of SIGKILL", left, root)
+			return fmt.Errorf("node: %d processes still in %s after 10s of SIGKILL", len(left), where)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -134,29 +153,21 @@ func removeCgroups(root string) error {
 // killMountNS SIGKILLs every process in the mount namespace ns (readlink of /proc/PID/ns/mnt):
 // containerd and its shims, which daemonize out of its process group.
 func killMountNS(ns string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	return killUntilGone("mount namespace "+ns, func() ([]int, error) {
 		entries, err := os.ReadDir("/proc")
 		if err != nil {
-			return err
+			return nil, err
 		}
-		left := 0
+		var pids []int
 		for _, e := range entries {
 			pid, err := strconv.Atoi(e.Name())
 			if err != nil || pid == os.Getpid() {
 				continue
 			}
 			if got, err := os.Readlink("/proc/" + e.Name() + "/ns/mnt"); err == nil && got == ns {
-				left++
-				syscall.Kill(pid, syscall.SIGKILL)
+				pids = append(pids, pid)
 			}
 		}
-		if left == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node: %d processes still in mount namespace %s after 10s of SIGKILL", left, ns)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return pids, nil
+	})
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -280,13 +279,13 @@ func (n *Node) startContainerd(ctx context.Context) error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("node %s: containerd exited (%v); tail of %s:\n%s", n.cfg.Name, p.err, p.logPath, tailFile(p.logPath, 30))
+			return fmt.Errorf("node %s: containerd exited (%v); tail of %s:\n%s", n.cfg.Name, p.err, p.logPath, k8s.TailFile(p.logPath, 30))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s: containerd not answering after 30s (%v); tail of %s:\n%s", n.cfg.Name, err, p.logPath, tailFile(p.logPath, 30))
+			return fmt.Errorf("node %s: containerd not answering after 30s (%v); tail of %s:\n%s", n.cfg.Name, err, p.logPath, k8s.TailFile(p.logPath, 30))
 		}
 	}
 }
@@ -321,7 +320,7 @@ func (n *Node) Command(ctx context.Context, name string, args ...string) (*exec.
 		return nil, errors.New("node: not started")
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(c.cmd.Process.Pid), "--mount", "--net", "--", name}, args...)...)
-	cmd.Env = processEnv()
+	cmd.Env = k8s.ProcessEnv()
 	return cmd, nil
 }
 
@@ -344,7 +343,7 @@ func (n *Node) Alive() error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("node %s: %s exited (%v); tail of %s:\n%s", n.cfg.Name, p.name, p.err, p.logPath, tailFile(p.logPath, 20))
+			return fmt.Errorf("node %s: %s exited (%v); tail of %s:\n%s", n.cfg.Name, p.name, p.err, p.logPath, k8s.TailFile(p.logPath, 20))
 		default:
 		}
 	}
@@ -399,7 +398,7 @@ func (n *Node) startProc(name, bin string, args ...string) (*proc, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = n.dir
-	cmd.Env = processEnv()
+	cmd.Env = k8s.ProcessEnv()
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -433,61 +432,14 @@ func (p *proc) stop() error {
 	}
 }
 
-// processEnv is this environment without proxies or a KUBECONFIG that would redirect the node's
-// clients.
-func processEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		switch strings.ToUpper(k) {
-		case "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "KUBECONFIG":
-			continue
-		}
-		env = append(env, kv)
-	}
-	return env
-}
-
-func tailFile(path string, lines int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > 64<<10 {
-		f.Seek(-64<<10, io.SeekEnd)
-	}
-	b, _ := io.ReadAll(f)
-	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
-}
-
 // Processes returns the pids of the node's containers' processes (those in its cgroups) whose
 // command line match accepts, for a test that signals one as a crash would.
 func (n *Node) Processes(match func(argv []string) bool) []int {
 	var pids []int
-	seen := map[int]bool{}
-	for _, d := range cgroupDirs(n.cgroup) {
-		b, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
-		if err != nil {
-			continue
-		}
-		for _, s := range strings.Fields(string(b)) {
-			pid, err := strconv.Atoi(s)
-			if err != nil || seen[pid] {
-				continue
-			}
-			seen[pid] = true
-			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			if err != nil {
-				continue
-			}
-			if match(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")) {
-				pids = append(pids, pid)
-			}
+	for _, pid := range cgroupPids(n.cgroup) {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && match(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids

@@ -157,7 +157,7 @@ func (c *cluster) apply(ctx context.Context, yaml string) {
 func (c *cluster) dumpNodes() {
 	for name, n := range c.nodes {
 		for _, f := range []string{"kubelet.log", "containerd.log"} {
-			c.t.Logf("--- %s %s:\n%s", name, f, tailFile(filepath.Join(n.Dir(), f), 40))
+			c.t.Logf("--- %s %s:\n%s", name, f, k8s.TailFile(filepath.Join(n.Dir(), f), 40))
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -165,15 +165,7 @@ func (c *cluster) dumpNodes() {
 	out, _ := c.kubectl(ctx, "get", "nodes,pods", "-A", "-o", "wide")
 	c.t.Logf("--- kubectl get nodes,pods -A:\n%s", out)
 	out, _ = c.kubectl(ctx, "get", "events", "-A", "--sort-by=.lastTimestamp")
-	c.t.Logf("--- events:\n%s", tailLines(out, 40))
-}
-
-func tailLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	c.t.Logf("--- events:\n%s", k8s.Tail(out, 40))
 }
 
 func (c *cluster) close() {
@@ -534,7 +526,7 @@ spec:
 	})
 	if t.Failed() {
 		logs, _ := c.kubectl(ctx, "logs", "-n", "shop", "deployment/waypoint")
-		t.Fatalf("last answer: %s\nwaypoint log:\n%s", last, tailLines(logs, 30))
+		t.Fatalf("last answer: %s\nwaypoint log:\n%s", last, k8s.Tail(logs, 30))
 	}
 	out, err = c.kubectl(ctx, "exec", "-n", "shop", "c1", "--", "testapp", "get", "-method", "DELETE", "-url", "http://"+vip+"/admin/x")
 	if err == nil || !bytes.Contains(out, []byte("403")) {
@@ -784,7 +776,7 @@ func (c *cluster) dumpAgents(ctx context.Context) {
 	out, _ := c.kubectl(ctx, "get", "pods,jobs", "-n", "amesh-system", "-o", "wide")
 	c.t.Logf("--- amesh-system:\n%s", out)
 	out, _ = c.kubectl(ctx, "describe", "pods", "-n", "amesh-system")
-	c.t.Logf("--- describe:\n%s", tailLines(out, 80))
+	c.t.Logf("--- describe:\n%s", k8s.Tail(out, 80))
 	for _, node := range []string{"node1", "node2"} {
 		out, _ := c.kubectl(ctx, "get", "pods", "-n", "amesh-system", "--field-selector", "spec.nodeName="+node, "-o", "name")
 		for _, p := range strings.Fields(string(out)) {
