@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -200,17 +199,7 @@ func openedBySource(ctx context.Context, node *lab.Node) (float64, error) {
 // agentMetric sums the samples of the node's agent whose line starts with prefix and holds
 // label (any, when empty).
 func agentMetric(ctx context.Context, node *lab.Node, prefix, label string) (float64, error) {
-	client := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return node.Dial(ctx, metricsAddr) },
-	}}
-	defer client.CloseIdleConnections()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/stats/prometheus", nil)
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("the agent's metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	body, err := scrapeAgent(ctx, node, 5*time.Second)
 	if err != nil {
 		return 0, err
 	}

@@ -677,17 +677,9 @@ func scrapeEverySecond(ctx context.Context, l *lab.Lab, nodes []string) int {
 	defer t.Stop()
 	for {
 		for _, name := range nodes {
-			n := l.Node(name)
-			client := http.Client{Timeout: time.Second, Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return n.Dial(ctx, metricsAddr) },
-			}}
-			if resp, err := client.Get("http://" + metricsAddr + "/stats/prometheus"); err == nil {
-				if _, err := io.Copy(io.Discard, resp.Body); err == nil && resp.StatusCode == http.StatusOK {
-					ok++
-				}
-				resp.Body.Close()
+			if _, err := scrapeAgent(ctx, l.Node(name), time.Second); err == nil {
+				ok++
 			}
-			client.CloseIdleConnections()
 		}
 		select {
 		case <-ctx.Done():
@@ -695,6 +687,29 @@ func scrapeEverySecond(ctx context.Context, l *lab.Lab, nodes []string) int {
 		case <-t.C:
 		}
 	}
+}
+
+// scrapeAgent reads the metrics of the node's agent (in the node's netns, on metricsAddr) within
+// timeout: the body of a 200, or an error.
+func scrapeAgent(ctx context.Context, node *lab.Node, timeout time.Duration) ([]byte, error) {
+	client := http.Client{Timeout: timeout, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return node.Dial(ctx, metricsAddr) },
+	}}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/stats/prometheus", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s's agent metrics: %w", node.Name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s's agent metrics: %s", node.Name, resp.Status)
+	}
+	return body, err
 }
 
 func pct(m map[string]float64) map[string]float64 {
