@@ -422,7 +422,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Kube != nil {
 		source = "kubernetes"
 	}
-	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", source, "same_node", a.cfg.SameNode)
+	// HBONE's TLS runs in user space (Go's crypto/tls). What the kernel would offer for kTLS is
+	// logged so that the choice is visible per node (issue 20: kTLS is not built, since no
+	// kernel amesh is tested on has it; see the README's "Cross-node speed").
+	ktls := "available"
+	if err := tunnel.ProbeKernelTLS(); err != nil {
+		ktls = err.Error()
+	}
+	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", source, "same_node", a.cfg.SameNode, "tls", "user", "kernel_tls", ktls)
 	// A failed enrollment (a netns not there yet, a transient kernel error) is retried with
 	// backoff, not left until the next state change, which may never come for a running pod.
 	var retry enrollRetry

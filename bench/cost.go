@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -99,16 +98,8 @@ func costForPods(ctx context.Context, cfg CostConfig, n int) ([]CostResult, erro
 		return nil, err
 	}
 	defer stopEchoes()
-	state := filepath.Join(l.Dir, "state.yaml")
-	if err := l.WriteState(state, "", ""); err != nil {
-		return nil, err
-	}
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(l.TrustDomain), identity.CAConfig{})
+	state, caDir, ca, err := writeLabConfig(l, "")
 	if err != nil {
-		return nil, err
-	}
-	caDir := filepath.Join(l.Dir, "ca")
-	if err := ca.WriteFiles(caDir); err != nil {
 		return nil, err
 	}
 	var out []CostResult
@@ -330,69 +321,23 @@ func costRun(ctx context.Context, l *lab.Lab, n, rate int, d time.Duration, prox
 			clients = append(clients, client{p, net.JoinHostPort(q.IP.String(), lab.EchoPort)}, client{q, net.JoinHostPort(p.IP.String(), lab.EchoPort)})
 		}
 	}
-	interval := time.Duration(float64(time.Second) * float64(len(clients)) / float64(rate))
-	conns := make([]net.Conn, len(clients))
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	for i, c := range clients {
-		conn, err := c.pod.Dial(ctx, c.addr)
+	conns := make([]net.Conn, 0, len(clients))
+	defer func() { closeAll(conns) }()
+	for _, c := range clients {
+		// One echo before the measured run, as fortio's runner does: the connection's setup
+		// (an HBONE connection per identity, a TLS handshake per sidecar pair) is not a request.
+		cs, err := openConns(ctx, []*lab.Pod{c.pod}, c.addr, 1)
+		conns = append(conns, cs...)
 		if err != nil {
 			return r, fmt.Errorf("client in %s: %w", c.pod.Name, err)
 		}
-		conns[i] = conn
-		// One echo before the measured run, as fortio's runner does: the connection's setup
-		// (an HBONE connection per identity, a TLS handshake per sidecar pair) is not a request.
-		conn.SetDeadline(time.Now().Add(30 * time.Second))
-		_, err = conn.Write(make([]byte, 1024))
-		if err == nil {
-			_, err = io.ReadFull(conn, make([]byte, 1024))
-		}
-		if err != nil {
-			return r, fmt.Errorf("client in %s: first echo: %w", c.pod.Name, err)
-		}
 	}
 	cpu0 := procsCPU(proxies)
-	start := time.Now()
-	var mu sync.Mutex
-	var lat []float64
-	var wg sync.WaitGroup
-	for i, conn := range conns {
-		wg.Go(func() {
-			msg, buf := make([]byte, 1024), make([]byte, 1024)
-			// Spread the clients' schedules over one interval, so the load is even.
-			next := start.Add(interval * time.Duration(i) / time.Duration(len(conns)))
-			var mine []float64
-			failed := 0
-			for next.Before(start.Add(d)) && ctx.Err() == nil {
-				time.Sleep(time.Until(next))
-				t0 := time.Now()
-				conn.SetDeadline(t0.Add(5 * time.Second))
-				_, err := conn.Write(msg)
-				if err == nil {
-					_, err = io.ReadFull(conn, buf)
-				}
-				if err != nil {
-					failed++
-					break
-				}
-				mine = append(mine, float64(time.Since(t0).Microseconds()))
-				next = next.Add(interval)
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			r.Failed += failed
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start).Seconds()
+	res := offer(ctx, conns, rate, d)
+	elapsed := res.elapsed.Seconds()
 	cpu := procsCPU(proxies) - cpu0
 	r.CPU = cpu / elapsed / 2
+	r.Failed = res.failed
 	for _, pids := range proxies {
 		for _, pid := range pids {
 			if m, err := lab.RSSMiB(pid); err == nil {
@@ -401,7 +346,7 @@ func costRun(ctx context.Context, l *lab.Lab, n, rate int, d time.Duration, prox
 		}
 	}
 	r.RSSMiB /= 2
-	slices.Sort(lat)
+	lat := res.lat
 	r.Done = len(lat)
 	if len(lat) == 0 {
 		return r, errors.New("no request completed")
@@ -418,9 +363,7 @@ func costRun(ctx context.Context, l *lab.Lab, n, rate int, d time.Duration, prox
 func procsCPU(byNode map[string][]int) float64 {
 	total := 0.0
 	for _, pids := range byNode {
-		for _, pid := range pids {
-			total += procCPU(pid)
-		}
+		total += pidsCPU(pids)
 	}
 	return total
 }

@@ -67,6 +67,7 @@ func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) 
 	var out []scenario
 	// Ports: 7001/7002 echo, 7101/7102 iperf3 for ghostunnel; 8001/8002, 8101/8102 for stunnel.
 	if _, err := os.Stat(ghost); err == nil {
+		var echoPids []int
 		for _, pp := range [][3]string{{"7001", "7002", "9000"}, {"7101", "7102", "5201"}} {
 			if err := start("s2", ghost, "server", "--quiet=all", "--listen", s2.String()+":"+pp[1], "--target", "127.0.0.1:"+pp[2],
 				"--cert", scrt, "--key", skey, "--cacert", caFile, "--allow-uri", cid); err != nil {
@@ -76,8 +77,11 @@ func startPeers(ctx context.Context, l *lab.Lab, ca *identity.CA, ghost string) 
 				"--cert", ccrt, "--key", ckey, "--cacert", caFile, "--verify-uri", "spiffe://"+l.TrustDomain+"/ns/plain/sa/server"); err != nil {
 				return nil, stop, err
 			}
+			if echoPids == nil {
+				echoPids = []int{procs[1].Cmd.Process.Pid, procs[0].Cmd.Process.Pid} // client, server
+			}
 		}
-		out = append(out, scenario{name: "ghostunnel pair", from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: crossDirect})
+		out = append(out, scenario{name: pathGhost, from: "c1", rrAddr: "127.0.0.1:7001", iperfAddr: "127.0.0.1:7101", iperfPod: "s2", base: crossDirect, pids: echoPids})
 	} else {
 		fmt.Fprintf(os.Stderr, "bench: no ghostunnel at %s (make peers builds it): scenario left out\n", ghost)
 	}

@@ -59,9 +59,13 @@ func Main(reexec, args []string) int {
 	image := fs.String("image", "ghcr.io/amesh-dev/amesh:dev", "with -kubeconfig: the pods' image, one with ameshctl (make image)")
 	nodes := fs.String("nodes", "", "with -kubeconfig: the two nodes to use, comma-separated (default: the first two Ready ones)")
 	namespace := fs.String("namespace", "amesh-bench", "with -kubeconfig: the run's namespace (and <it>-direct), made and deleted")
-	sections := fs.String("sections", "lab,cost", "what to run: lab (the scenarios side by side), cost (cost per node: one agent against a sidecar per pod), or both")
+	sections := fs.String("sections", "lab,cost,curves", "what to run, comma-separated: lab (the scenarios side by side), cost (cost per node: one agent against a sidecar per pod), curves (cost curves: latency, CPU, memory and enrolment against load)")
 	costPods := fs.String("cost-pods", "10,50,100", "cost per node: pods per node, comma-separated (empty: leave the section out)")
 	costRates := fs.String("cost-rates", "1000,5000", "cost per node: total requests per second, comma-separated")
+	curveConns := fs.String("curves-conns", "1,10,100,1000", "cost curves: concurrent connections of the latency curve")
+	curveRates := fs.String("curves-rates", "1000,5000,10000,max", "cost curves: offered requests per second of the CPU curve (max: as fast as they go)")
+	curveOpen := fs.String("curves-open", "1000,10000", "cost curves: open connections of the memory curve")
+	curvePods := fs.String("curves-pods", "10,100,500", "cost curves: pods on the node of the enrolment curve")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -107,29 +111,47 @@ func Main(reexec, args []string) int {
 			return 1
 		}
 	}
-	if !slices.Contains(want, "cost") || *costPods == "" {
-		return 0
+	if slices.Contains(want, "cost") && *costPods != "" {
+		pods, err1 := intList(*costPods)
+		rates, err2 := intList(*costRates)
+		if err := errors.Join(err1, err2); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -cost-pods/-cost-rates:", err)
+			return 2
+		}
+		if err := RunCost(ctx, CostConfig{Agent: bin, Ghostunnel: *ghost, Pods: pods, Rates: rates, Duration: *dur, OutDir: *out}); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
 	}
-	pods, err1 := intList(*costPods)
-	rates, err2 := intList(*costRates)
-	if err := errors.Join(err1, err2); err != nil {
-		fmt.Fprintln(os.Stderr, "bench: -cost-pods/-cost-rates:", err)
-		return 2
-	}
-	if err := RunCost(ctx, CostConfig{Agent: bin, Ghostunnel: *ghost, Pods: pods, Rates: rates, Duration: *dur, OutDir: *out}); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		return 1
+	if slices.Contains(want, "curves") {
+		cfg := CurvesConfig{Self: reexec, Agent: bin, Ghostunnel: *ghost, Duration: *dur, OutDir: *out}
+		var errs [4]error
+		cfg.Conns, errs[0] = intList(*curveConns)
+		cfg.Rates, errs[1] = intList(strings.ReplaceAll(*curveRates, "max", "0"))
+		cfg.Open, errs[2] = intList(*curveOpen)
+		cfg.Pods, errs[3] = intList(*curvePods)
+		if err := errors.Join(errs[:]...); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: -curves-*:", err)
+			return 2
+		}
+		if err := RunCurves(ctx, cfg); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
 	}
 	return 0
 }
 
-// intList parses "10,50,100".
+// intList parses "10,50,100" (empty: none). Zero is allowed, for a rate meaning "max".
 func intList(s string) ([]int, error) {
 	var out []int
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("%q: want positive numbers, comma-separated", s)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%q: want numbers, comma-separated", s)
 		}
 		out = append(out, n)
 	}
@@ -194,6 +216,7 @@ type scenario struct {
 	scrape    bool   // the agents' metrics are scraped every second while it runs
 	http      bool   // rrAddr is an HTTP server, measured with GETs; no iperf3 or CPS
 	waypoint  bool   // needs the waypoint running (skipped without its binary)
+	pids      []int  // a peer's: its echo path's proxies, whose CPU and memory count
 }
 
 // metricsAddr is where the suite's agents serve their metrics, in their node's netns.
@@ -379,19 +402,28 @@ func serveHTTP(l *lab.Lab) (func(), error) {
 
 // writeConfig writes the agents' state file and a new CA, which it returns.
 func (s *suite) writeConfig() (*identity.CA, error) {
-	s.state = filepath.Join(s.lab.Dir, "state.yaml")
-	if err := s.lab.WriteState(s.state, benchServices, ""); err != nil {
-		return nil, err
+	var ca *identity.CA
+	var err error
+	s.state, s.caDir, ca, err = writeLabConfig(s.lab, benchServices)
+	return ca, err
+}
+
+// writeLabConfig writes, in the lab's directory, the agents' state file (the lab's pods and
+// services) and the files of a new CA of the lab's trust domain, which it returns.
+func writeLabConfig(l *lab.Lab, services string) (state, caDir string, ca *identity.CA, err error) {
+	state = filepath.Join(l.Dir, "state.yaml")
+	if err := l.WriteState(state, services, ""); err != nil {
+		return "", "", nil, err
 	}
-	s.caDir = filepath.Join(s.lab.Dir, "ca")
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString(s.lab.TrustDomain), identity.CAConfig{})
+	caDir = filepath.Join(l.Dir, "ca")
+	ca, err = identity.NewCA(spiffeid.RequireTrustDomainFromString(l.TrustDomain), identity.CAConfig{})
 	if err != nil {
-		return nil, err
+		return "", "", nil, err
 	}
-	if err := ca.WriteFiles(s.caDir); err != nil {
-		return nil, err
+	if err := ca.WriteFiles(caDir); err != nil {
+		return "", "", nil, err
 	}
-	return ca, nil
+	return state, caDir, ca, nil
 }
 
 // startAgents stops the agents that run, starts one per node with --same-node sameNode, and

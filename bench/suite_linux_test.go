@@ -15,7 +15,7 @@ import (
 
 // TestMain lets the suite re-execute this test binary as its load client inside a pod's netns.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "rr" || os.Args[1] == "cps" || os.Args[1] == "http") {
+	if len(os.Args) > 1 && (os.Args[1] == "rr" || os.Args[1] == "cps" || os.Args[1] == "http" || os.Args[1] == "serve") {
 		os.Exit(Main(nil, os.Args[1:]))
 	}
 	os.Exit(m.Run())
@@ -133,6 +133,75 @@ func TestCostRuns(t *testing.T) {
 		t.Errorf("amesh row %+v", r)
 	}
 	for _, f := range []string{"cost.md", "cost.png"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// TestCurvesRuns is the short "cost curves" run of make test: every curve at small sizes,
+// amesh and direct (no ghostunnel here). Each point must carry its figures: the memory point the
+// agents' growth with connections open (so the connections went through them), the enrolment
+// point the time until the agent pinned every pod.
+func TestCurvesRuns(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("-short: the curves run belongs to the full (non-race) run")
+	}
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "amesh-agent")
+	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
+		t.Fatalf("build amesh-agent: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out := filepath.Join(dir, "out")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := CurvesConfig{Self: []string{self}, Agent: agent, Ghostunnel: filepath.Join(dir, "no-ghostunnel"), Conns: []int{1, 4}, Rates: []int{200, 0},
+		Open: []int{50}, Pods: []int{3}, Duration: 300 * time.Millisecond, OutDir: out}
+	if err := RunCurves(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "curves.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved struct{ Points []CurvePoint }
+	if err := json.Unmarshal(b, &saved); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, p := range saved.Points {
+		count[p.Curve+"/"+p.Path]++
+		switch p.Curve {
+		case curveLatency, curveCPU:
+			if p.P50 <= 0 || p.P99 < p.P50 || p.Achieved <= 0 || p.Failed != 0 {
+				t.Errorf("point %+v", p)
+			}
+			if p.Path == pathAmesh && (p.VCPU <= 0 || p.VCPUPer1k <= 0) {
+				t.Errorf("amesh point without the agents' CPU: %+v", p)
+			}
+		case curveMemory:
+			// 50 streams, their sockets and relays: well over 100 KiB in both agents together.
+			if p.Path != pathAmesh || p.RSSMiB <= 0 || p.GrowthMiB < 0.1 || p.KiBPerConn <= 0 {
+				t.Errorf("memory point %+v", p)
+			}
+		case curveEnrolment:
+			if p.Seconds <= 0 || p.RSSMiB <= 0 {
+				t.Errorf("enrolment point %+v", p)
+			}
+		}
+	}
+	want := map[string]int{"latency/amesh": 2, "latency/direct": 2, "cpu/amesh": 2, "cpu/direct": 2, "memory/amesh": 1, "enrolment/amesh": 1}
+	for k, n := range want {
+		if count[k] != n {
+			t.Errorf("%s: %d points, want %d (all: %v)", k, count[k], n, count)
+		}
+	}
+	for _, f := range []string{"curves.md", "curves.png"} {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}

@@ -54,9 +54,6 @@ func relay(a, b net.Conn, lim relayBounds) (aToB, bToA int64, err error) {
 		n   int64
 		err error
 	}
-	ab, ba := make(chan result, 1), make(chan result, 1)
-	go func() { n, err := copyHalf(b, a); ab <- result{n, err} }()
-	go func() { n, err := copyHalf(a, b); ba <- result{n, err} }()
 	var half atomic.Bool
 	var timedOut atomic.Pointer[error]
 	var watch *time.Timer
@@ -92,23 +89,27 @@ func relay(a, b net.Conn, lim relayBounds) (aToB, bToA int64, err error) {
 			watch.Reset(0) // re-judge with the half-close bound
 		}
 	}
-	var r1, r2 result
-	select {
-	case r1 = <-ab:
-		if r1.err != nil {
+	// The half that ends first decides: an error aborts both, a clean end (EOF, passed on as a
+	// half-close) leaves the other half going under the half-close bound. a→b runs in a
+	// goroutine and b→a in this one: an open connection costs two goroutines, not three (with
+	// their stacks, most of what an idle connection costs the agent).
+	ended := func(err error) {
+		if err != nil {
 			abort(a, b)
 		} else {
 			halfClosed()
 		}
-		r2 = <-ba
-	case r2 = <-ba:
-		if r2.err != nil {
-			abort(a, b)
-		} else {
-			halfClosed()
-		}
-		r1 = <-ab
 	}
+	ab := make(chan result, 1)
+	go func() {
+		n, err := copyHalf(b, a)
+		ended(err)
+		ab <- result{n, err}
+	}()
+	var r2 result
+	r2.n, r2.err = copyHalf(a, b)
+	ended(r2.err)
+	r1 := <-ab
 	if r1.err != nil || r2.err != nil {
 		// An error after a clean half-close (a reset stream, a timeout) still aborts: the other
 		// side must learn the connection failed, not see an orderly end it already saw.
@@ -152,55 +153,48 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 		return n, err
 	}
 	toStream, _ := dst.(*Stream)
-	bp := smallPool.Get().(*[]byte)
-	large := false
-	release := func() {
-		if bp == nil {
-			return
-		}
-		if large {
-			largePool.Put(bp)
-		} else {
-			smallPool.Put(bp)
-		}
-		bp = nil
+	var b relayBuf
+	defer b.release()
+	var lazy *lazyReader
+	if tcpSrc != nil {
+		lazy = newLazyReader(tcpSrc, &b)
 	}
-	defer release()
 	var total int64
 	for {
 		limit := -1
 		if toStream != nil {
 			// Read no more than the peer's window takes, and hold no buffer while it is shut.
 			if !toStream.sendable() {
-				release()
+				b.release()
 			}
 			k, err := toStream.awaitSend()
 			if err != nil {
 				return total, err
 			}
 			limit = k
-			if bp == nil {
-				if large {
-					bp = largePool.Get().(*[]byte)
-				} else {
-					bp = smallPool.Get().(*[]byte)
-				}
+		}
+		var n int
+		var rerr error
+		if lazy != nil {
+			// The buffer is taken only once the socket has bytes: an idle connection (most of
+			// a keep-alive's life) holds none.
+			n, rerr = lazy.read(limit)
+		} else {
+			buf := b.get()
+			if limit >= 0 && limit < len(buf) {
+				buf = buf[:limit]
 			}
+			n, rerr = src.Read(buf)
 		}
-		buf := *bp
-		if limit >= 0 && limit < len(buf) {
-			buf = buf[:limit]
-		}
-		n, rerr := src.Read(buf)
 		if n > 0 {
-			w, werr := dst.Write(buf[:n])
+			full := n == len(*b.bp)
+			w, werr := dst.Write((*b.bp)[:n])
 			total += int64(w)
 			if werr != nil {
 				return total, werr
 			}
-			if n == len(*bp) && !large {
-				smallPool.Put(bp)
-				bp, large = largePool.Get().(*[]byte), true
+			if full {
+				b.grow()
 			}
 		}
 		if rerr == io.EOF {
@@ -214,6 +208,43 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 		if rerr != nil {
 			return total, rerr
 		}
+	}
+}
+
+// relayBuf is a copy's buffer from the pools: taken when there are bytes to move, given back
+// while there are none, and moved to the large pool once a read fills the small one.
+type relayBuf struct {
+	bp    *[]byte
+	large bool
+}
+
+func (b *relayBuf) get() []byte {
+	if b.bp == nil {
+		if b.large {
+			b.bp = largePool.Get().(*[]byte)
+		} else {
+			b.bp = smallPool.Get().(*[]byte)
+		}
+	}
+	return *b.bp
+}
+
+func (b *relayBuf) release() {
+	if b.bp == nil {
+		return
+	}
+	if b.large {
+		largePool.Put(b.bp)
+	} else {
+		smallPool.Put(b.bp)
+	}
+	b.bp = nil
+}
+
+func (b *relayBuf) grow() {
+	if !b.large {
+		b.release()
+		b.large = true
 	}
 }
 
