@@ -424,7 +424,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// HBONE's TLS runs in user space (Go's crypto/tls). What the kernel would offer for kTLS is
 	// logged so that the choice is visible per node (issue 20: kTLS is not built, since no
-	// kernel amesh is tested on has it; see the README's "Cross-node speed").
+	// kernel amesh is tested on has it; see the README's "Runtime and kernel TLS").
 	ktls := "available"
 	if err := tunnel.ProbeKernelTLS(); err != nil {
 		ktls = err.Error()

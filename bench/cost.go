@@ -23,7 +23,6 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/amesh-dev/amesh/identity"
-	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
@@ -133,8 +132,7 @@ func costForPods(ctx context.Context, cfg CostConfig, n int) ([]CostResult, erro
 		}
 	}()
 	for _, node := range l.Nodes {
-		p, err := l.Start(ctx, node.Netns, filepath.Join(l.Dir, node.Name+"-agent.log"), cfg.Agent, "--node", node.Name,
-			"--state", state, "--ca-dir", caDir, "--pin-dir", node.PinDir, "--log-level", "warn", "--access-log", "off", "--metrics-addr", metricsAddr)
+		p, err := startAgent(ctx, l, node, cfg.Agent, state, caDir, "--access-log", "off", "--metrics-addr", metricsAddr)
 		if err != nil {
 			return nil, err
 		}
@@ -144,17 +142,8 @@ func costForPods(ctx context.Context, cfg CostConfig, n int) ([]CostResult, erro
 	// Every pod enrolled before a client dials: a connection made before would go around the
 	// mesh for as long as it lives.
 	for _, node := range l.Nodes {
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			// From the pins, not the agent's metrics: a scrape would grow the RSS measured.
-			got, err := redirect.PinnedPods(node.PinDir)
-			if err == nil && got >= n {
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("%s's agent enrolled %d of %d pods in 60s (%v; log in %s)", node.Name, got, n, err, l.Dir)
-			}
-			time.Sleep(200 * time.Millisecond)
+		if err := waitPinned(node, n, 60*time.Second); err != nil {
+			return nil, fmt.Errorf("%w (log in %s)", err, l.Dir)
 		}
 	}
 	if err := waitEcho(ctx, l.Pod("p000"), net.JoinHostPort(l.Pod("q000").IP.String(), lab.EchoPort), 30*time.Second); err != nil {

@@ -21,7 +21,6 @@ import (
 	"gonum.org/v1/plot/vg"
 
 	"github.com/amesh-dev/amesh/identity"
-	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
@@ -255,20 +254,13 @@ func curvesOnPaths(ctx context.Context, cfg CurvesConfig) ([]CurvePoint, error) 
 // is what the curves measure), access log off as in the cost section, and waits until every
 // meshed pod is enrolled and a0 reaches b.
 func (s *suite) startCurveAgents(ctx context.Context) error {
-	meshed := map[string]int{}
-	for _, p := range s.lab.Pods() {
-		if p.Spec.Mode != "none" {
-			meshed[p.Node.Name]++
-		}
-	}
 	for _, n := range s.lab.Nodes {
-		p, err := s.lab.Start(ctx, n.Netns, filepath.Join(s.lab.Dir, n.Name+"-agent.log"), s.agentBin, "--node", n.Name,
-			"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", n.PinDir, "--log-level", "warn", "--access-log", "off", "--metrics-addr", metricsAddr)
+		p, err := startAgent(ctx, s.lab, n, s.agentBin, s.state, s.caDir, "--access-log", "off", "--metrics-addr", metricsAddr)
 		if err != nil {
 			return err
 		}
 		s.agents[n.Name] = p
-		if err := waitPinned(n, meshed[n.Name], 60*time.Second); err != nil {
+		if err := waitPinned(n, meshedPods(n), 60*time.Second); err != nil {
 			return err
 		}
 	}
@@ -284,21 +276,6 @@ func agentLogs(l *lab.Lab) string {
 		}
 	}
 	return b.String()
-}
-
-// waitPinned waits until the node's agent has enrolled (pinned) n pods.
-func waitPinned(node *lab.Node, n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		got, err := redirect.PinnedPods(node.PinDir)
-		if err == nil && got >= n {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s's agent enrolled %d of %d pods in %v (%v)", node.Name, got, n, timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // loadPoint opens conns connections on the path (from its first client), offers rate requests
@@ -525,8 +502,7 @@ func enrolmentPoint(ctx context.Context, agent string, n int) (CurvePoint, error
 	defer s.stopAgents()
 	node := l.Nodes[0]
 	start := time.Now()
-	p, err := l.Start(ctx, node.Netns, filepath.Join(l.Dir, "agent.log"), agent, "--node", node.Name,
-		"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", node.PinDir, "--log-level", "warn", "--access-log", "off")
+	p, err := startAgent(ctx, l, node, agent, s.state, s.caDir, "--access-log", "off")
 	if err != nil {
 		return pt, err
 	}

@@ -127,7 +127,7 @@ func Main(reexec, args []string) int {
 		cfg := CurvesConfig{Self: reexec, Agent: bin, Ghostunnel: *ghost, Duration: *dur, OutDir: *out}
 		var errs [4]error
 		cfg.Conns, errs[0] = intList(*curveConns)
-		cfg.Rates, errs[1] = intList(strings.ReplaceAll(*curveRates, "max", "0"))
+		cfg.Rates, errs[1] = rateList(*curveRates)
 		cfg.Open, errs[2] = intList(*curveOpen)
 		cfg.Pods, errs[3] = intList(*curvePods)
 		if err := errors.Join(errs[:]...); err != nil {
@@ -142,18 +142,35 @@ func Main(reexec, args []string) int {
 	return 0
 }
 
-// intList parses "10,50,100" (empty: none). Zero is allowed, for a rate meaning "max".
+// intList parses "10,50,100" (empty: none) into positive numbers.
 func intList(s string) ([]int, error) {
-	var out []int
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
 	}
+	var out []int
 	for _, f := range strings.Split(s, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 0 {
-			return nil, fmt.Errorf("%q: want numbers, comma-separated", s)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive numbers, comma-separated", s)
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+// rateList is intList for request rates, where "max" (as fast as they go) is 0.
+func rateList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if strings.TrimSpace(f) == "max" {
+			out = append(out, 0)
+			continue
+		}
+		n, err := intList(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q: want positive numbers or max, comma-separated", s)
+		}
+		out = append(out, n...)
 	}
 	return out, nil
 }
@@ -435,8 +452,7 @@ func (s *suite) startAgents(ctx context.Context, sameNode string) error {
 		delete(s.agents, name)
 	}
 	for _, n := range s.lab.Nodes {
-		p, err := s.lab.Start(ctx, n.Netns, filepath.Join(s.lab.Dir, n.Name+"-agent.log"), s.agentBin, "--node", n.Name,
-			"--state", s.state, "--ca-dir", s.caDir, "--pin-dir", n.PinDir, "--same-node", sameNode, "--log-level", "warn", "--metrics-addr", metricsAddr)
+		p, err := startAgent(ctx, s.lab, n, s.agentBin, s.state, s.caDir, "--same-node", sameNode, "--metrics-addr", metricsAddr)
 		if err != nil {
 			return err
 		}
@@ -445,28 +461,48 @@ func (s *suite) startAgents(ctx context.Context, sameNode string) error {
 	return s.waitMesh(ctx)
 }
 
+// startAgent starts amesh-agent bin in the node's namespace on the lab's state and CA files,
+// logging warnings and worse to <node>-agent.log in the lab's directory, with extra flags.
+func startAgent(ctx context.Context, l *lab.Lab, n *lab.Node, bin, state, caDir string, extra ...string) (*lab.Proc, error) {
+	args := append([]string{"--node", n.Name, "--state", state, "--ca-dir", caDir, "--pin-dir", n.PinDir, "--log-level", "warn"}, extra...)
+	return l.Start(ctx, n.Netns, filepath.Join(l.Dir, n.Name+"-agent.log"), bin, args...)
+}
+
+// meshedPods is how many of the node's pods are in the mesh (the agent enrols them).
+func meshedPods(n *lab.Node) int {
+	want := 0
+	for _, p := range n.Pods {
+		if p.Spec.Mode != "none" {
+			want++
+		}
+	}
+	return want
+}
+
+// waitPinned waits until the node's agent has enrolled (pinned) n pods: read from the pins, not
+// the agent's metrics, since a scrape would grow the very RSS the suite reports.
+func waitPinned(node *lab.Node, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := redirect.PinnedPods(node.PinDir)
+		if err == nil && got >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s's agent enrolled %d of %d pods in %v (%v)", node.Name, got, n, timeout.Round(time.Millisecond), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitMesh waits, up to 20s, until every agent has enrolled its node's meshed pods (a connection
 // dialed before would go around the mesh for as long as it lives) and web reaches api2 (an echo
 // of one byte).
 func (s *suite) waitMesh(ctx context.Context) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range s.lab.Nodes {
-		want := 0
-		for _, p := range n.Pods {
-			if p.Spec.Mode != "none" {
-				want++
-			}
-		}
-		for {
-			// From the pins, not the agent's metrics: a scrape would grow the RSS measured.
-			got, err := redirect.PinnedPods(n.PinDir)
-			if err == nil && got >= want {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s's agent enrolled %d of its %d pods (%v)", n.Name, got, want, err)
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := waitPinned(n, meshedPods(n), time.Until(deadline)); err != nil {
+			return err
 		}
 	}
 	for {

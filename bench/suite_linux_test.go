@@ -21,6 +21,16 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// buildBinary builds cmd/<name> into dir and returns its path.
+func buildBinary(t *testing.T, dir, name string) string {
+	t.Helper()
+	bin := filepath.Join(dir, name)
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/amesh-dev/amesh/cmd/"+name).CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
 // TestSuiteRuns is a short run of the whole suite (one round, short loads, no peers): every
 // scenario yields non-zero figures of every kind, and the three outputs are written.
 func TestSuiteRuns(t *testing.T) {
@@ -29,12 +39,7 @@ func TestSuiteRuns(t *testing.T) {
 		t.Skip("-short: the suite's smoke run belongs to the full (non-race) run")
 	}
 	dir := t.TempDir()
-	agent, waypoint := filepath.Join(dir, "amesh-agent"), filepath.Join(dir, "amesh-waypoint")
-	for bin, pkg := range map[string]string{agent: "github.com/amesh-dev/amesh/cmd/amesh-agent", waypoint: "github.com/amesh-dev/amesh/cmd/amesh-waypoint"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", filepath.Base(bin), err, out)
-		}
-	}
+	agent, waypoint := buildBinary(t, dir, "amesh-agent"), buildBinary(t, dir, "amesh-waypoint")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "out")
@@ -107,10 +112,7 @@ func TestCostRuns(t *testing.T) {
 		t.Skip("-short: the cost run belongs to the full (non-race) run")
 	}
 	dir := t.TempDir()
-	agent := filepath.Join(dir, "amesh-agent")
-	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build amesh-agent: %v\n%s", err, out)
-	}
+	agent := buildBinary(t, dir, "amesh-agent")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "out")
@@ -149,10 +151,7 @@ func TestCurvesRuns(t *testing.T) {
 		t.Skip("-short: the curves run belongs to the full (non-race) run")
 	}
 	dir := t.TempDir()
-	agent := filepath.Join(dir, "amesh-agent")
-	if out, err := exec.Command("go", "build", "-o", agent, "github.com/amesh-dev/amesh/cmd/amesh-agent").CombinedOutput(); err != nil {
-		t.Fatalf("build amesh-agent: %v\n%s", err, out)
-	}
+	agent := buildBinary(t, dir, "amesh-agent")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "out")
