@@ -26,7 +26,7 @@ PROMTOOL := $(CACHE)/prometheus/usr/bin/promtool
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: image e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: bench-scale image e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -162,6 +162,15 @@ bench: deps peers
 ## writes bench-out/ (root)
 bench-suite: deps peers bin
 	bin/ameshctl bench -agent bin/amesh-agent -waypoint bin/amesh-waypoint -ghostunnel $(GHOSTUNNEL) -out bench-out
+
+## bench-scale: one agent against a real kube-apiserver holding 1,000 then 10,000 pods (100 and
+## 1,000 services with EndpointSlices, 100 policies), churn 10 then 100 pods/s for SCALE_DURATION
+## each: memory, CPU per watch event, API change -> enforced on real traffic, state builds;
+## writes bench-out/scale.{json,md} (root)
+SCALE_DURATION ?= 30s
+bench-scale: deps
+	$(GO) test -run '^$$' -bench '^BenchmarkScale$$' -benchtime 1x -count 1 -timeout 60m ./bench/scale/ \
+	  -args -scale-pods 1000,10000 -scale-services 100,1000 -scale-policies 100 -scale-churn 10,100 -scale-duration $(SCALE_DURATION)
 
 ## peers: build ghostunnel v1.8.4 (pinned by the recipe's go.sum) into $(CACHE)/bin, once, and
 ## install stunnel4 (Debian)

@@ -23,6 +23,9 @@ type feed interface {
 // feedHealth is what a feed counts of its failures.
 type feedHealth struct {
 	rejected, ignored, watchErrors uint64
+	// fullBuilds and incrementalBuilds: States built from everything the feed holds, and from
+	// one change.
+	fullBuilds, incrementalBuilds uint64
 }
 
 type fileFeed struct{ src *file.Source }
@@ -32,7 +35,9 @@ func (f fileFeed) start(context.Context) (*workload.State, error) { return f.src
 func (f fileFeed) run(ctx context.Context, store *workload.Store) { f.src.Run(ctx, store) }
 
 // health: a state file is taken or rejected whole, and is not watched.
-func (f fileFeed) health() feedHealth { return feedHealth{rejected: f.src.Rejected()} }
+func (f fileFeed) health() feedHealth {
+	return feedHealth{rejected: f.src.Rejected(), fullBuilds: f.src.Builds()}
+}
 
 type kubeFeed struct{ src *kube.Source }
 
@@ -41,5 +46,6 @@ func (k kubeFeed) start(ctx context.Context) (*workload.State, error) { return k
 func (k kubeFeed) run(ctx context.Context, store *workload.Store) { k.src.Run(ctx, store) }
 
 func (k kubeFeed) health() feedHealth {
-	return feedHealth{rejected: k.src.Rejected(), ignored: uint64(k.src.Problems()), watchErrors: k.src.WatchErrors()}
+	full, incr := k.src.Builds()
+	return feedHealth{rejected: k.src.Rejected(), ignored: uint64(k.src.Problems()), watchErrors: k.src.WatchErrors(), fullBuilds: full, incrementalBuilds: incr}
 }

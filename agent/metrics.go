@@ -83,6 +83,10 @@ func (a *Agent) registerMetrics() {
 		h := a.feed.health()
 		return map[string]float64{"rejected": float64(h.rejected), "ignored_object": float64(h.ignored), "watch_interrupted": float64(h.watchErrors)}
 	})
+	m.CounterSet("amesh_state_builds_total", "States the state source built: from everything it holds (full) or from one change (incremental); by kind.", "kind", func() map[string]float64 {
+		h := a.feed.health()
+		return map[string]float64{"full": float64(h.fullBuilds), "incremental": float64(h.incrementalBuilds)}
+	})
 	a.observeEnrollment = m.Histogram("amesh_enrollment_duration_seconds", "How long enrolling a pod took (listeners, certificate, redirection).")
 }
 

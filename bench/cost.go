@@ -357,19 +357,6 @@ func procsCPU(byNode map[string][]int) float64 {
 	return total
 }
 
-// procCPU is the user+system CPU seconds process pid has used (0 when it is gone).
-func procCPU(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses and may hold spaces.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
 // writeCost writes cost.json, cost.md (with amesh ÷ sidecars) and cost.png, and prints the table.
 func writeCost(outDir string, d time.Duration, rs []CostResult) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {

@@ -477,7 +477,7 @@ func offer(ctx context.Context, conns []net.Conn, rate int, d time.Duration) loa
 func pidsCPU(pids []int) float64 {
 	total := 0.0
 	for _, pid := range pids {
-		total += procCPU(pid)
+		total += lab.CPUSeconds(pid)
 	}
 	return total
 }

@@ -789,7 +789,7 @@ func agentCPU(agents map[string]*lab.Proc, names []string) float64 {
 	total := 0.0
 	for _, n := range names {
 		if p := agents[n]; p != nil {
-			total += procCPU(p.Cmd.Process.Pid)
+			total += lab.CPUSeconds(p.Cmd.Process.Pid)
 		}
 	}
 	return total

@@ -17,7 +17,8 @@ const module = "github.com/amesh-dev/amesh/"
 // model at the bottom; tunnel (HBONE, knows identity) and redirect (eBPF, knows netns, nothing
 // of TLS) in the middle; the agent on top, the one room that joins them; cmd/ only wires.
 // Nothing imports cmd/; nothing that is not a test imports test/..., except bench/, which
-// builds its side-by-side lab with test/lab (ameshctl bench ships it).
+// builds its side-by-side lab with test/lab (ameshctl bench ships it), and bench/scale, a
+// developer's benchmark no binary links, which starts its API server with test/k8s.
 var allowed = map[string][]string{
 	"identity":           {},
 	"identity/casecret":  {"identity"},
@@ -38,6 +39,7 @@ var allowed = map[string][]string{
 	"cniplugin":          {"api/cni/v1"},
 	"agent":              {"adminapi", "api/cni/v1", "handoff", "identity", "internal/version", "metrics", "netns", "policy", "redirect", "tunnel", "workload", "workload/file", "workload/kube"},
 	"bench":              {"identity", "netns", "redirect", "test/lab", "tunnel"},
+	"bench/scale":        {"identity", "test/k8s", "test/lab"},
 	"waypoint":           {"identity", "policy", "tunnel", "workload"},
 	"waypoint/xds":       {"identity", "policy", "tunnel", "waypoint", "workload"},
 	"cmd/amesh-waypoint": {"identity", "waypoint", "waypoint/xds", "workload", "workload/file", "workload/kube"},

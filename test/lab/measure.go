@@ -76,3 +76,16 @@ func RSSMiB(pid int) (float64, error) {
 	}
 	return 0, fmt.Errorf("lab: no VmRSS for %d", pid)
 }
+
+// CPUSeconds is the user+system CPU seconds process pid has used (0 when it is gone).
+func CPUSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}

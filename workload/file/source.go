@@ -34,6 +34,7 @@ type Source struct {
 	Logger *slog.Logger
 
 	rejected atomic.Uint64
+	builds   atomic.Uint64
 	loaded   atomic.Pointer[[sha256.Size]byte] // hash of what Load last parsed
 }
 
@@ -48,9 +49,13 @@ func (f *Source) Load() (*workload.State, error) {
 	if err == nil {
 		h := sha256.Sum256(data)
 		f.loaded.Store(&h)
+		f.builds.Add(1)
 	}
 	return st, err
 }
+
+// Builds returns how many States were built from the file (each one from all of it).
+func (f *Source) Builds() uint64 { return f.builds.Load() }
 
 // Rejected returns how many versions of the file Run has rejected as invalid.
 func (f *Source) Rejected() uint64 { return f.rejected.Load() }
@@ -126,6 +131,7 @@ func (p *poller) poll(f *Source, store *workload.Store, log *slog.Logger) {
 		log.Warn("state file rejected, keeping the last good state", "err", err, "rejected", n)
 		return
 	}
+	f.builds.Add(1)
 	store.Replace(st)
 	log.Info("state file applied", "nodes", len(st.Nodes()), "workloads", len(st.Workloads()),
 		"services", len(st.Services()), "policies", len(st.PolicySet()))

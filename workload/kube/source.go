@@ -67,6 +67,7 @@ type Source struct {
 	problems   atomic.Int64
 	rejected   atomic.Uint64
 	watchErrs  atomic.Uint64
+	fullBuilds atomic.Uint64
 	lastReport string
 }
 
@@ -220,6 +221,10 @@ func (k *Source) Problems() int64 { return k.problems.Load() }
 // Rejected returns how many rebuilt states Run rejected (the previous one stayed in force).
 func (k *Source) Rejected() uint64 { return k.rejected.Load() }
 
+// Builds returns how many States were built from every object cached (full) and from the
+// objects of one change (incremental).
+func (k *Source) Builds() (full, incremental uint64) { return k.fullBuilds.Load(), 0 }
+
 // WatchErrors returns how many times a watch was interrupted (each resumed by its informer).
 func (k *Source) WatchErrors() uint64 { return k.watchErrs.Load() }
 
@@ -235,6 +240,7 @@ func (k *Source) build() (*workload.State, error) {
 		objs.PodIPs = k.PodIPs()
 	}
 	spec, problems := Spec(k.TrustDomain, k.RootNamespace, objs)
+	k.fullBuilds.Add(1)
 	st, err := workload.NewState(spec)
 	if err != nil {
 		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
