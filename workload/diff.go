@@ -59,7 +59,7 @@ func enrolledOn(s *State, node string) map[string]*Workload {
 	if s == nil {
 		return m
 	}
-	for _, w := range s.byNode[node] {
+	for _, w := range s.WorkloadsOnNode(node) {
 		if w.Enrolled() {
 			m[w.UID] = w
 		}

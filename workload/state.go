@@ -5,6 +5,9 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"unsafe"
+
+	iradix "github.com/hashicorp/go-immutable-radix/v2"
 
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,11 +28,16 @@ type Spec struct {
 
 // State is an immutable, indexed snapshot of the cluster as one agent sees it.
 //
-// Invariants, established by NewState and never broken afterwards: workload UIDs, workload IPs,
-// service VIPs, node names and policy namespace/name pairs are unique; every workload's node exists;
-// every IP is valid and unmapped (a v4-mapped v6 address is stored as v4); lists are sorted (nodes
-// by name, workloads by UID, services and policies by namespace/name). Nothing in a State, nor
-// anything it returns, may be modified, so any number of goroutines may read it without locks.
+// Invariants, established by NewState (and kept by Update) and never broken afterwards: workload
+// UIDs, workload IPs, service VIPs, node names and policy namespace/name pairs are unique; every
+// workload's node exists; every IP is valid and unmapped (a v4-mapped v6 address is stored as
+// v4); lists are sorted (nodes by name, workloads by UID, services and policies by
+// namespace/name). Nothing in a State, nor anything it returns, may be modified, so any number of
+// goroutines may read it without locks.
+//
+// The indexes that grow with the cluster are persistent radix trees (go-immutable-radix): the
+// State that Update derives shares every node it does not change with its parent, so a change
+// of one pod costs a few tree paths, not a copy of the cluster.
 //
 // The zero State is empty and usable.
 type State struct {
@@ -39,21 +47,22 @@ type State struct {
 	nodes      []Node
 	nodeByName map[string]Node
 
-	workloads []*Workload
-	byUID     map[string]*Workload
-	byIP      map[netip.Addr]*Workload
-	byNode    map[string][]*Workload
+	byUID  *iradix.Tree[*Workload] // sorted by UID
+	byIP   *iradix.Tree[*Workload] // by ipKey
+	byNode *iradix.Tree[*Workload] // by node name, 0, UID: a node's workloads sorted by UID
 
-	services  []*Service
-	byKey     map[string]*Service
-	byVIP     map[netip.Addr]*Service
-	endpoints map[string][]*Workload // by service key
+	byKey     *iradix.Tree[*Service]    // by namespace/name, sorted
+	byVIP     *iradix.Tree[*Service]    // by ipKey
+	endpoints *iradix.Tree[[]*Workload] // by service key
+	// listedAt: by ipKey, the keys of the services whose EndpointIPs list that IP (what a
+	// workload's change re-resolves).
+	listedAt *iradix.Tree[[]string]
 
 	routes   []*Route
 	routesOf map[string][]*Route // by parent service key
 
-	servicesOf map[*Workload][]*Service // the services a workload is an endpoint of
-	waypointOf map[*Workload]*Service   // a waypoint's pods: the waypoint (the first, by key)
+	servicesOf *iradix.Tree[[]*Service] // by workload UID: the services it is an endpoint of
+	waypointOf *iradix.Tree[*Service]   // by workload UID: a waypoint's pods: the waypoint (the first, by key)
 
 	policies []policy.Policy
 }
@@ -79,80 +88,77 @@ func Build(spec Spec, p *Problems) *State {
 	if len(p.errs) > 0 {
 		return nil
 	}
-
 	s := &State{
 		trustDomain: spec.TrustDomain,
 		rootNS:      cmp.Or(spec.RootNamespace, policy.DefaultRootNamespace),
-		nodes:       spec.Nodes,
-		nodeByName:  make(map[string]Node, len(spec.Nodes)),
-		byUID:       make(map[string]*Workload, len(spec.Workloads)),
-		byIP:        make(map[netip.Addr]*Workload, len(spec.Workloads)),
-		byNode:      make(map[string][]*Workload),
-		byKey:       make(map[string]*Service, len(spec.Services)),
-		byVIP:       make(map[netip.Addr]*Service, len(spec.Services)),
-		endpoints:   make(map[string][]*Workload, len(spec.Services)),
-		policies:    spec.Policies,
 	}
+	s.setNodes(spec.Nodes)
+	wt, it, nt := iradix.New[*Workload]().Txn(), iradix.New[*Workload]().Txn(), iradix.New[*Workload]().Txn()
+	for i := range spec.Workloads {
+		w := &spec.Workloads[i]
+		wt.Insert(key(w.UID), w)
+		for _, ip := range w.IPs {
+			k := ipKey(ip)
+			it.Insert(k[:], w)
+		}
+		nt.Insert(nodeKey(w.Node, w.UID), w)
+	}
+	s.byUID, s.byIP, s.byNode = wt.Commit(), it.Commit(), nt.Commit()
+
+	kt, vt, lt := iradix.New[*Service]().Txn(), iradix.New[*Service]().Txn(), iradix.New[[]string]().Txn()
+	for i := range spec.Services {
+		svc := &spec.Services[i]
+		kt.Insert(key(svc.Key()), svc)
+		for _, vip := range svc.VIPs {
+			k := ipKey(vip)
+			vt.Insert(k[:], svc)
+		}
+		for _, ip := range svc.EndpointIPs {
+			k := ipKey(ip)
+			keys, _ := lt.Get(k[:])
+			lt.Insert(k[:], appendKey(keys, svc.Key()))
+		}
+	}
+	s.byKey, s.byVIP, s.listedAt = kt.Commit(), vt.Commit(), lt.Commit()
+
+	et := iradix.New[[]*Workload]().Txn()
+	for _, svc := range s.Services() {
+		if eps := s.resolveEndpoints(svc); len(eps) > 0 {
+			et.Insert(key(svc.Key()), eps)
+		}
+	}
+	s.endpoints = et.Commit()
+	of, wp := iradix.New[[]*Service]().Txn(), iradix.New[*Service]().Txn()
+	for _, svc := range s.Services() { // sorted: each list is too
+		for _, w := range get(s.endpoints, svc.Key()) {
+			have, _ := of.Get(key(w.UID))
+			of.Insert(key(w.UID), append(have[:len(have):len(have)], svc))
+			if _, ok := wp.Get(key(w.UID)); svc.WaypointFor != NotWaypoint && !ok {
+				wp.Insert(key(w.UID), svc)
+			}
+		}
+	}
+	s.servicesOf, s.waypointOf = of.Commit(), wp.Commit()
+	s.setRoutes(spec.Routes)
+	s.setPolicies(spec.Policies)
+	return s
+}
+
+// setNodes indexes nodes (already cloned and checked), sorted by name.
+func (s *State) setNodes(nodes []Node) {
+	s.nodes = nodes
 	slices.SortFunc(s.nodes, func(a, b Node) int { return cmp.Compare(a.Name, b.Name) })
+	s.nodeByName = make(map[string]Node, len(nodes))
 	for _, n := range s.nodes {
 		s.nodeByName[n.Name] = n
 	}
+}
 
-	for i := range spec.Workloads {
-		s.workloads = append(s.workloads, &spec.Workloads[i])
-	}
-	slices.SortFunc(s.workloads, func(a, b *Workload) int { return cmp.Compare(a.UID, b.UID) })
-	for _, w := range s.workloads {
-		s.byUID[w.UID] = w
-		for _, ip := range w.IPs {
-			s.byIP[ip] = w
-		}
-		s.byNode[w.Node] = append(s.byNode[w.Node], w)
-	}
-
-	for i := range spec.Services {
-		s.services = append(s.services, &spec.Services[i])
-	}
-	slices.SortFunc(s.services, func(a, b *Service) int { return cmp.Compare(a.Key(), b.Key()) })
-	for _, svc := range s.services {
-		s.byKey[svc.Key()] = svc
-		for _, vip := range svc.VIPs {
-			s.byVIP[vip] = svc
-		}
-		if svc.EndpointIPs != nil {
-			seen := make(map[*Workload]bool, len(svc.EndpointIPs))
-			for _, ip := range svc.EndpointIPs {
-				if w := s.byIP[ip]; w != nil && !seen[w] {
-					seen[w] = true
-					s.endpoints[svc.Key()] = append(s.endpoints[svc.Key()], w)
-				}
-			}
-			slices.SortFunc(s.endpoints[svc.Key()], func(a, b *Workload) int { return cmp.Compare(a.UID, b.UID) })
-			continue
-		}
-		if len(svc.Selector) == 0 {
-			continue
-		}
-		for _, w := range s.workloads {
-			if w.Namespace == svc.Namespace && selects(svc.Selector, w.Labels) {
-				s.endpoints[svc.Key()] = append(s.endpoints[svc.Key()], w)
-			}
-		}
-	}
-
-	s.servicesOf = make(map[*Workload][]*Service)
-	s.waypointOf = make(map[*Workload]*Service)
-	for _, svc := range s.services { // sorted: each list is too
-		for _, w := range s.endpoints[svc.Key()] {
-			s.servicesOf[w] = append(s.servicesOf[w], svc)
-			if svc.WaypointFor != NotWaypoint && s.waypointOf[w] == nil {
-				s.waypointOf[w] = svc
-			}
-		}
-	}
-
-	for i := range spec.Routes {
-		s.routes = append(s.routes, &spec.Routes[i])
+// setRoutes indexes routes (already cloned and checked).
+func (s *State) setRoutes(routes []Route) {
+	s.routes = nil
+	for i := range routes {
+		s.routes = append(s.routes, &routes[i])
 	}
 	slices.SortFunc(s.routes, func(a, b *Route) int { return cmp.Compare(a.Key(), b.Key()) })
 	s.routesOf = make(map[string][]*Route)
@@ -165,9 +171,105 @@ func Build(spec Spec, p *Problems) *State {
 			}
 		}
 	}
+}
 
+// setPolicies sorts policies (already cloned and checked) into s.
+func (s *State) setPolicies(pols []policy.Policy) {
+	s.policies = pols
 	slices.SortFunc(s.policies, func(a, b policy.Policy) int { return cmp.Compare(a.Key(), b.Key()) })
-	return s
+}
+
+// resolveEndpoints returns svc's endpoints in s, sorted by UID: the workloads of its
+// EndpointIPs when it has them, else those of its namespace its selector selects.
+func (s *State) resolveEndpoints(svc *Service) []*Workload {
+	var out []*Workload
+	if svc.EndpointIPs != nil {
+		seen := make(map[*Workload]bool, len(svc.EndpointIPs))
+		for _, ip := range svc.EndpointIPs {
+			if w := s.WorkloadByIP(ip); w != nil && !seen[w] {
+				seen[w] = true
+				out = append(out, w)
+			}
+		}
+		slices.SortFunc(out, func(a, b *Workload) int { return cmp.Compare(a.UID, b.UID) })
+		return out
+	}
+	if len(svc.Selector) == 0 {
+		return nil
+	}
+	for _, w := range s.Workloads() {
+		if w.Namespace == svc.Namespace && selects(svc.Selector, w.Labels) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// key is k as a tree key, without a copy: a tree keeps the keys it is given but never changes
+// them, and a string's bytes never change either.
+func key(k string) []byte { return unsafe.Slice(unsafe.StringData(k), len(k)) }
+
+// ipKey is ip's tree key: its 16 bytes (every IP of a State is unmapped, so a v4 address and
+// a v6 one never share a key).
+func ipKey(ip netip.Addr) [16]byte { return ip.Unmap().As16() }
+
+// nodeKey orders a node's workloads after its name: node, 0, uid.
+func nodeKey(node, uid string) []byte {
+	k := make([]byte, 0, len(node)+1+len(uid))
+	return append(append(append(k, node...), 0), uid...)
+}
+
+// get returns t's value for k, or the zero value (also for a nil tree: the zero State).
+func get[T any](t *iradix.Tree[T], k string) T {
+	var zero T
+	if t == nil {
+		return zero
+	}
+	v, _ := t.Get(key(k))
+	return v
+}
+
+// getIP is get for an ipKey.
+func getIP[T any](t *iradix.Tree[T], ip netip.Addr) T {
+	var zero T
+	if t == nil {
+		return zero
+	}
+	k := ipKey(ip)
+	v, _ := t.Get(k[:])
+	return v
+}
+
+// values returns t's values in key order (of those under prefix).
+func values[T any](t *iradix.Tree[T], prefix []byte) []T {
+	if t == nil {
+		return nil
+	}
+	var out []T
+	it := t.Root().Iterator()
+	it.SeekPrefix(prefix)
+	for _, v, ok := it.Next(); ok; _, v, ok = it.Next() {
+		out = append(out, v)
+	}
+	return out
+}
+
+// appendKey adds k to keys (a sorted, shared list) in a new slice.
+func appendKey(keys []string, k string) []string {
+	i, found := slices.BinarySearch(keys, k)
+	if found {
+		return keys
+	}
+	return slices.Insert(slices.Clone(keys), i, k)
+}
+
+// removeKey removes k from keys (a sorted, shared list) in a new slice.
+func removeKey(keys []string, k string) []string {
+	i, found := slices.BinarySearch(keys, k)
+	if !found {
+		return keys
+	}
+	return slices.Delete(slices.Clone(keys), i, i+1)
 }
 
 func selects(selector, labels map[string]string) bool {
@@ -249,10 +351,21 @@ func (s *State) Node(name string) (Node, bool) {
 }
 
 // Workloads returns every workload, sorted by UID.
-func (s *State) Workloads() []*Workload { return slices.Clone(s.workloads) }
+func (s *State) Workloads() []*Workload { return values(s.byUID, nil) }
 
 // Services returns every service, sorted by namespace/name.
-func (s *State) Services() []*Service { return slices.Clone(s.services) }
+func (s *State) Services() []*Service { return values(s.byKey, nil) }
+
+// Counts returns how many workloads and services s holds, without listing them.
+func (s *State) Counts() (workloads, services int) {
+	if s.byUID != nil {
+		workloads = s.byUID.Len()
+	}
+	if s.byKey != nil {
+		services = s.byKey.Len()
+	}
+	return workloads, services
+}
 
 // Policies returns every policy, sorted by namespace/name.
 func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
@@ -263,23 +376,25 @@ func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
 func (s *State) PolicySet() []policy.Policy { return s.policies[:len(s.policies):len(s.policies)] }
 
 // WorkloadByIP returns the workload that has ip (v4-mapped v6 addresses are unmapped first), or nil.
-func (s *State) WorkloadByIP(ip netip.Addr) *Workload { return s.byIP[ip.Unmap()] }
+func (s *State) WorkloadByIP(ip netip.Addr) *Workload { return getIP(s.byIP, ip) }
 
 // WorkloadByUID returns the workload with uid, or nil.
-func (s *State) WorkloadByUID(uid string) *Workload { return s.byUID[uid] }
+func (s *State) WorkloadByUID(uid string) *Workload { return get(s.byUID, uid) }
 
 // WorkloadsOnNode returns the workloads scheduled on node, sorted by UID, enrolled or not.
-func (s *State) WorkloadsOnNode(node string) []*Workload { return slices.Clone(s.byNode[node]) }
+func (s *State) WorkloadsOnNode(node string) []*Workload {
+	return values(s.byNode, append([]byte(node), 0))
+}
 
 // Service returns the service namespace/name, or nil.
-func (s *State) Service(namespace, name string) *Service { return s.byKey[namespace+"/"+name] }
+func (s *State) Service(namespace, name string) *Service { return get(s.byKey, namespace+"/"+name) }
 
 // ServiceByVIP looks up a connection's original destination. svc is non-nil when dst's address is
 // a VIP of a service (v4-mapped v6 addresses are unmapped first); ok reports whether dst's port is
 // also one of its ports, port being that ServicePort. A VIP on a port the service does not have
 // (svc != nil, !ok) should be refused, as kube-proxy does, not passed through.
 func (s *State) ServiceByVIP(dst netip.AddrPort) (svc *Service, port ServicePort, ok bool) {
-	svc = s.byVIP[dst.Addr().Unmap()]
+	svc = getIP(s.byVIP, dst.Addr())
 	if svc == nil {
 		return nil, ServicePort{}, false
 	}
@@ -298,7 +413,7 @@ func (s *State) Endpoints(svc *Service) []*Workload {
 	if svc == nil {
 		return nil
 	}
-	return slices.Clone(s.endpoints[svc.Key()])
+	return slices.Clone(get(s.endpoints, svc.Key()))
 }
 
 // PoliciesFor returns the policies that apply to w (see policy.Policy.AppliesTo).

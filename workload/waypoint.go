@@ -36,7 +36,7 @@ func (s *State) ServiceWaypoint(svc *Service) (*Service, error) {
 // waypoint's pod. A name that does not resolve is an error wrapping ErrWaypoint.
 func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 	w = s.own(w)
-	if w == nil || s.waypointOf[w] != nil {
+	if w == nil || get(s.waypointOf, w.UID) != nil {
 		return nil, nil
 	}
 	wp, err := s.waypointNamed(w.Namespace, w.Waypoint)
@@ -51,10 +51,20 @@ func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 
 // WaypointOf returns the waypoint w is a pod of, nil when it is none's. Traffic from a waypoint
 // is never sent back to a waypoint: it is what the waypoint forwards.
-func (s *State) WaypointOf(w *Workload) *Service { return s.waypointOf[s.own(w)] }
+func (s *State) WaypointOf(w *Workload) *Service {
+	if w == nil {
+		return nil
+	}
+	return get(s.waypointOf, w.UID)
+}
 
 // ServicesOf returns the services w is an endpoint of, sorted by key.
-func (s *State) ServicesOf(w *Workload) []*Service { return s.servicesOf[s.own(w)] }
+func (s *State) ServicesOf(w *Workload) []*Service {
+	if w == nil {
+		return nil
+	}
+	return get(s.servicesOf, w.UID)
+}
 
 // own returns this state's workload of w's UID: callers may hold a *Workload of an earlier
 // state (an enrolled pod keeps the one it was enrolled with), and the indexes are this
@@ -63,7 +73,7 @@ func (s *State) own(w *Workload) *Workload {
 	if w == nil {
 		return nil
 	}
-	if o := s.byUID[w.UID]; o != nil {
+	if o := s.WorkloadByUID(w.UID); o != nil {
 		return o
 	}
 	return w
@@ -92,7 +102,7 @@ func (s *State) WaypointsCovering(w *Workload, port uint16) ([]*Service, error) 
 	if wp != nil {
 		add(wp)
 	}
-	for _, svc := range s.servicesOf[w] {
+	for _, svc := range s.ServicesOf(w) {
 		if !svc.targets(port) {
 			continue
 		}
@@ -121,12 +131,12 @@ func (svc *Service) targets(port uint16) bool {
 // feeders to report: the traffic each covers is refused until it is fixed.
 func (s *State) WaypointErrors() []error {
 	var errs []error
-	for _, svc := range s.services {
+	for _, svc := range s.Services() {
 		if _, err := s.ServiceWaypoint(svc); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	for _, w := range s.workloads {
+	for _, w := range s.Workloads() {
 		if _, err := s.WorkloadWaypoint(w); err != nil {
 			errs = append(errs, err)
 		}
@@ -139,7 +149,7 @@ func (s *State) waypointNamed(ns, name string) (*Service, error) {
 	if name == "" || name == WaypointOptOut {
 		return nil, nil
 	}
-	return waypointRef(s.byKey[ns+"/"+name], ns, name)
+	return waypointRef(get(s.byKey, ns+"/"+name), ns, name)
 }
 
 // waypointRef checks that wp, found under ns/name (nil if not found), is a waypoint.

@@ -84,7 +84,7 @@ func (c *cluster) probeObjects(ctx context.Context) error {
 		}
 	}
 	svc := serviceObject(probeNS, probeService)
-	svc.Spec.Selector = nil // its endpoints are what the probe writes into its slice
+	svc.Spec.Selector = nil                               // its endpoints are what the probe writes into its slice
 	svc.Spec.Ports[0].TargetPort = intstr.FromInt32(9000) // lab.EchoPort
 	if _, err := c.cs.CoreV1().Services(probeNS).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("probe service: %w", err)
@@ -255,14 +255,18 @@ func (c *cluster) replace(ctx context.Context) error {
 type latencies struct{ policy, endpoint []float64 }
 
 // churn replaces rate pods per second for d (8 writers; a replacement that would start while
-// all are busy is skipped and counted as not done), while the prober measures enforcement
-// back to back. It fills r's Replaced and Events.
+// all are busy is skipped and counted as not done), while p, if not nil, measures enforcement
+// back to back. It adds to r's Replaced and Events.
 func (c *cluster) churn(ctx context.Context, rate int, d time.Duration, p *prober, r *Result) (latencies, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var lat latencies
 	probeDone := make(chan error, 1)
-	go func() { probeDone <- p.measure(ctx, &lat, &r.Timeouts) }()
+	if p != nil {
+		go func() { probeDone <- p.measure(ctx, &lat, &r.Timeouts) }()
+	} else {
+		probeDone <- nil
+	}
 
 	work := make(chan struct{})
 	var wg sync.WaitGroup
@@ -304,8 +308,8 @@ func (c *cluster) churn(ctx context.Context, rate int, d time.Duration, p *probe
 	wg.Wait()
 	<-ctx.Done()
 	perr := <-probeDone
-	r.Replaced = done
-	r.Events = 4 * done
+	r.Replaced += done
+	r.Events += 4 * done
 	return lat, errors.Join(firstErr, perr)
 }
 

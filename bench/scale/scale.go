@@ -67,14 +67,15 @@ type Result struct {
 	BytesPerPod float64 `json:"bytes_per_pod"`
 	// Churn offered (pods replaced per second), Replaced achieved, Events the API server sent
 	// the agent's watches for them (4 per replacement: pod added, pod status, pod deleted,
-	// EndpointSlice updated).
+	// EndpointSlice updated), over both windows: Seconds of churn alone (CPU), then as long
+	// with the probe (enforcement).
 	Churn    int     `json:"churn"`
 	Replaced int     `json:"replaced"`
 	Events   int     `json:"events"`
 	Seconds  float64 `json:"seconds"`
 	IdleVCPU float64 `json:"idle_vcpu"`
-	// ChurnVCPU: the agent's CPU during churn; MicrosPerEvent: that, less the idle rate, per
-	// event.
+	// ChurnVCPU: the agent's CPU during churn alone; MicrosPerEvent: that, less the idle rate,
+	// per event of that window.
 	ChurnVCPU      float64 `json:"churn_vcpu"`
 	MicrosPerEvent float64 `json:"micros_per_event"`
 	RSSAfterMiB    float64 `json:"rss_after_mib"`
@@ -220,18 +221,25 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		time.Sleep(3 * time.Second)
 		r.IdleVCPU = (lab.CPUSeconds(ag.pid()) - idle0) / time.Since(t0).Seconds()
 
+		// CPU first, with churn alone (the probe's connections would be the agent's work too),
+		// then enforcement under the same churn.
 		b0 := ag.builds(ctx)
 		cpu0, t0 := lab.CPUSeconds(ag.pid()), time.Now()
-		lat, err := c.churn(ctx, rate, cfg.Duration, p, &r)
+		_, err := c.churn(ctx, rate, cfg.Duration, nil, &r)
 		r.Seconds = time.Since(t0).Seconds()
 		r.ChurnVCPU = (lab.CPUSeconds(ag.pid()) - cpu0) / r.Seconds
+		events := r.Events
+		if err != nil {
+			return out, fmt.Errorf("scale: churn %d/s: %w (agent log %s)", rate, err, ag.logPath)
+		}
+		lat, err := c.churn(ctx, rate, cfg.Duration, p, &r)
 		if err != nil {
 			return out, fmt.Errorf("scale: churn %d/s: %w (agent log %s)", rate, err, ag.logPath)
 		}
 		b1 := ag.builds(ctx)
 		r.FullBuilds, r.Incremental = b1.full-b0.full, b1.incremental-b0.incremental
-		if r.Events > 0 {
-			r.MicrosPerEvent = max(0, r.ChurnVCPU-r.IdleVCPU) * r.Seconds / float64(r.Events) * 1e6
+		if events > 0 {
+			r.MicrosPerEvent = max(0, r.ChurnVCPU-r.IdleVCPU) * r.Seconds / float64(events) * 1e6
 		}
 		r.PolicyP50, r.PolicyP99 = percentile(lat.policy, 50), percentile(lat.policy, 99)
 		r.EndpointP50, r.EndpointP99 = percentile(lat.endpoint, 50), percentile(lat.endpoint, 99)

@@ -330,11 +330,11 @@ func kubeSource(kubeconfig, trustDomain, rootNS string, log *slog.Logger) (*kube
 	if err != nil {
 		return nil, fmt.Errorf("--trust-domain %q: %w", trustDomain, err)
 	}
-	dyn, err := kube.NewDynamic(kubeconfig, "amesh-agent")
+	dyn, rc, err := kube.NewClients(kubeconfig, "amesh-agent")
 	if err != nil {
 		return nil, err
 	}
-	return &kube.Source{Dynamic: dyn, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
+	return &kube.Source{Dynamic: dyn, Protobuf: rc, TrustDomain: td, RootNamespace: rootNS, Logger: log}, nil
 }
 
 // installCNI is `amesh-agent install-cni` (the DaemonSet's init container: put amesh-cni in the

@@ -104,12 +104,12 @@ Usage: amesh-waypoint (--state FILE | --kube) --name NAME --namespace NS --servi
 			fmt.Fprintln(os.Stderr, "amesh-waypoint: --trust-domain:", err)
 			return 2
 		}
-		dyn, err := kube.NewDynamic(*kubeconfig, "amesh-waypoint")
+		dyn, rc, err := kube.NewClients(*kubeconfig, "amesh-waypoint")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "amesh-waypoint:", err)
 			return 1
 		}
-		ks := &kube.Source{Dynamic: dyn, TrustDomain: td, RootNamespace: *rootNS, Logger: log, WatchRoutes: true}
+		ks := &kube.Source{Dynamic: dyn, Protobuf: rc, TrustDomain: td, RootNamespace: *rootNS, Logger: log, WatchRoutes: true}
 		src = feed{start: ks.Start, run: func(ctx context.Context, st *workload.Store) { ks.Run(ctx, st) }}
 	} else {
 		fsrc := &file.Source{Path: *state, Logger: log}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,15 +31,25 @@ import (
 var AuthorizationPolicyResource = schema.GroupVersionResource{Group: "security.amesh.io", Version: "v1", Resource: "authorizationpolicies"}
 
 // Source feeds a workload.Store from the Kubernetes API server: shared informers (resync off) on
-// Namespaces, Pods, Services, EndpointSlices and AuthorizationPolicies; every change builds a new
-// State (Spec, then workload.NewState), bursts of events coalesced. Informers keep their cache across
-// API server restarts and resync when it is back, so the agent goes on serving from the last
-// State meanwhile. Create one, call Start, then Run.
+// Namespaces, Pods, Services, EndpointSlices and AuthorizationPolicies, which cache only what
+// the agent reads of each object. The first State is built from every object (Spec, then
+// workload.NewState); after that each burst of events (coalesced) derives the next State from
+// the objects it changed (tracker, workload.State.Apply), so a pod's change costs that pod and
+// the services it is in, not the cluster. A namespace's change, an HTTPRoute's, pod IPs from the
+// CNI plugin and conflicts only the whole can settle (two pods claiming one IP) build in full.
+// Informers keep their cache across API server restarts and resync when it is back, so the
+// agent goes on serving from the last State meanwhile. Create one, call Start, then Run.
 type Source struct {
 	// Dynamic reaches the API server. Only the dynamic client is used, with the typed objects
 	// made from what it returns: client-go's typed clientset and informer factory link in every
 	// API group of Kubernetes, which tripled the agent's resident memory.
 	Dynamic dynamic.Interface
+	// Protobuf, when set, is the client configuration Pods, Namespaces, Services and
+	// EndpointSlices are listed and watched with, in protobuf, straight into their typed form
+	// (a REST client of those two API groups only): decoding a pod's JSON into a map and
+	// converting it cost the agent more CPU than everything else it does on a pod's change.
+	// AuthorizationPolicies and HTTPRoutes (CRDs, JSON only) always use Dynamic.
+	Protobuf *rest.Config
 	// TrustDomain of the SPIFFE IDs; RootNamespace holds mesh-wide policies (policy default when
 	// empty).
 	TrustDomain   spiffeid.TrustDomain
@@ -62,13 +73,19 @@ type Source struct {
 	epsLister  cacheLister[*discoveryv1.EndpointSlice]
 	polLister  cacheLister[*unstructured.Unstructured]
 	rtLister   cacheLister[*unstructured.Unstructured] // nil without Gateway API
+	stores     informerView
 	changed    chan struct{}
 	urgent     chan struct{}
 	problems   atomic.Int64
 	rejected   atomic.Uint64
 	watchErrs  atomic.Uint64
 	fullBuilds atomic.Uint64
+	incrBuilds atomic.Uint64
 	lastReport string
+
+	mu      sync.Mutex
+	pending changes // since the last build
+	tr      tracker // used by Start, then by Run's goroutine only
 }
 
 type cacheLister[T any] func() []T
@@ -112,33 +129,43 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	}
 	k.changed = make(chan struct{}, 1)
 	k.urgent = make(chan struct{}, 1)
-	pods := k.informer(ctx, podsResource, typed[corev1.Pod])
-	nss := k.informer(ctx, namespacesResource, typed[corev1.Namespace])
-	svcs := k.informer(ctx, servicesResource, typed[corev1.Service])
-	eps := k.informer(ctx, endpointSlicesResource, typed[discoveryv1.EndpointSlice])
-	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured)
+	k.pending = newChanges()
+	k.tr = tracker{td: k.TrustDomain, rootNS: k.RootNamespace}
+	pods := k.informer(ctx, podsResource, slimPod, nil)
+	nss := k.informer(ctx, namespacesResource, typed[corev1.Namespace], nil)
+	svcs := k.informer(ctx, servicesResource, typed[corev1.Service], nil)
+	eps := k.informer(ctx, endpointSlicesResource, slimSlice, cache.Indexers{byServiceIndex: sliceServiceKeys})
+	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured, nil)
 	k.podLister, k.nsLister, k.svcLister = lister[*corev1.Pod](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
 	k.epsLister, k.polLister = lister[*discoveryv1.EndpointSlice](eps), lister[*unstructured.Unstructured](pols)
+	k.stores = informerView{src: k, pods: pods.GetStore(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
 	informers := []cache.SharedIndexInformer{pods, nss, svcs, eps, pols}
+	handlers := []cache.ResourceEventHandler{
+		k.handler(func(c *changes, key string, _ any) { c.pods[key] = true }),
+		k.handler(func(c *changes, _ string, _ any) { c.full = true }),
+		k.handler(func(c *changes, key string, _ any) { c.services[key] = true }),
+		k.handler(func(c *changes, _ string, obj any) {
+			for _, key := range serviceKeysOf(obj) {
+				c.services[key] = true
+			}
+		}),
+		k.handler(func(c *changes, key string, _ any) { c.policies[key] = true }),
+	}
 	// HTTPRoutes only where Gateway API is installed: without it there are no routes, and
 	// waypoints send each service's requests to the service itself. (Installed later, it is
 	// seen when the waypoint restarts.)
 	if k.WatchRoutes {
 		if _, err := k.Dynamic.Resource(HTTPRouteResource).List(syncCtx, metav1.ListOptions{Limit: 1}); err == nil {
-			rts := k.informer(ctx, HTTPRouteResource, trimUnstructured)
+			rts := k.informer(ctx, HTTPRouteResource, trimUnstructured, nil)
 			k.rtLister = lister[*unstructured.Unstructured](rts)
 			informers = append(informers, rts)
+			handlers = append(handlers, k.handler(func(c *changes, _ string, _ any) { c.full = true }))
 		} else {
 			k.Logger.Info("no HTTPRoutes (Gateway API's CRD is not installed or not readable): waypoints route to the services themselves", "err", err)
 		}
 	}
-	notify := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { k.poke() },
-		UpdateFunc: func(any, any) { k.poke() },
-		DeleteFunc: func(any) { k.poke() },
-	}
-	for _, inf := range informers {
-		if _, err := inf.AddEventHandler(notify); err != nil {
+	for i, inf := range informers {
+		if _, err := inf.AddEventHandler(handlers[i]); err != nil {
 			return nil, fmt.Errorf("workload: watch: %w", err)
 		}
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -156,11 +183,12 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 			return nil, fmt.Errorf("workload: kubernetes caches did not sync within %v: %w", k.SyncTimeout, context.Cause(syncCtx))
 		}
 	}
-	st, err := k.build()
+	// The events of the initial list were only the sync: the full build takes them all.
+	k.take()
+	st, err := k.build(changes{full: true})
 	if err != nil {
 		return nil, err
 	}
-	// The events of the initial list were only the sync: drop them.
 	select {
 	case <-k.changed:
 	default:
@@ -168,9 +196,46 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	return st, nil
 }
 
+// handler records what an informer's events changed (note says how) and wakes Run.
+func (k *Source) handler(note func(c *changes, key string, obj any)) cache.ResourceEventHandler {
+	record := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		k.mu.Lock()
+		note(&k.pending, key, obj)
+		k.mu.Unlock()
+		k.poke()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: record,
+		UpdateFunc: func(old, obj any) {
+			record(old) // a slice's service may have changed: both are noted
+			record(obj)
+		},
+		DeleteFunc: record,
+	}
+}
+
+// take returns the changes noted since the last call.
+func (k *Source) take() changes {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c := k.pending
+	k.pending = newChanges()
+	return c
+}
+
 // Refresh makes Run build a new State at once, without the debounce: for a pod whose CNI ADD
-// waits on it.
+// waits on it. The pod IPs of the CNI plugin (PodIPs) are read again, in a full build.
 func (k *Source) Refresh() {
+	k.mu.Lock()
+	k.pending.full = true
+	k.mu.Unlock()
 	select {
 	case k.urgent <- struct{}{}:
 	default:
@@ -205,7 +270,11 @@ func (k *Source) Run(ctx context.Context, store *workload.Store) {
 		case <-k.changed:
 		default:
 		}
-		st, err := k.build()
+		ch := k.take()
+		if ch.empty() {
+			continue
+		}
+		st, err := k.build(ch)
 		if err != nil {
 			k.rejected.Add(1)
 			k.Logger.Error("kubernetes state rejected; keeping the previous one", "err", err)
@@ -223,33 +292,43 @@ func (k *Source) Rejected() uint64 { return k.rejected.Load() }
 
 // Builds returns how many States were built from every object cached (full) and from the
 // objects of one change (incremental).
-func (k *Source) Builds() (full, incremental uint64) { return k.fullBuilds.Load(), 0 }
+func (k *Source) Builds() (full, incremental uint64) {
+	return k.fullBuilds.Load(), k.incrBuilds.Load()
+}
 
 // WatchErrors returns how many times a watch was interrupted (each resumed by its informer).
 func (k *Source) WatchErrors() uint64 { return k.watchErrs.Load() }
 
-func (k *Source) build() (*workload.State, error) {
-	objs := Objects{
-		Namespaces: k.nsLister(), Pods: k.podLister(), Services: k.svcLister(),
-		EndpointSlices: k.epsLister(), Policies: k.polLister(),
-	}
-	if k.rtLister != nil {
-		objs.Routes = k.rtLister()
-	}
+// build makes the next State: from the objects ch names when it can (tracker.apply), else from
+// every object.
+func (k *Source) build(ch changes) (*workload.State, error) {
+	var podIPs map[string][]netip.Addr
 	if k.PodIPs != nil {
-		objs.PodIPs = k.PodIPs()
+		podIPs = k.PodIPs()
 	}
-	spec, problems := Spec(k.TrustDomain, k.RootNamespace, objs)
+	if !ch.full {
+		st, problems, err := k.tr.apply(k.stores, ch, podIPs)
+		if err == nil {
+			k.incrBuilds.Add(1)
+			if len(problems) > 0 {
+				k.problems.Add(int64(len(problems)))
+				for _, p := range problems {
+					k.Logger.Warn("kubernetes object not used as written", "err", p)
+				}
+			}
+			return st, nil
+		}
+		k.Logger.Debug("kubernetes state built in full", "why", err)
+	}
+	k.stores.podIPs = podIPs
+	st, problems, err := k.tr.full(k.stores)
 	k.fullBuilds.Add(1)
-	st, err := workload.NewState(spec)
 	if err != nil {
-		return nil, fmt.Errorf("workload: kubernetes state: %w", err)
+		return nil, err
 	}
-	// Kept in the state (the traffic they cover is refused), reported with the rest.
-	problems = append(problems, st.WaypointErrors()...)
 	if len(problems) > 0 {
 		k.problems.Add(int64(len(problems)))
-		// Logged when they change, not on every rebuild.
+		// Logged when they change, not on every full build.
 		if report := errors.Join(problems...).Error(); report != k.lastReport {
 			k.lastReport = report
 			for _, p := range problems {
@@ -271,8 +350,19 @@ var (
 )
 
 // informer watches gvr across namespaces, with no resync, storing what transform makes of each
-// object.
-func (k *Source) informer(ctx context.Context, gvr schema.GroupVersionResource, transform cache.TransformFunc) cache.SharedIndexInformer {
+// object, with indexers.
+func (k *Source) informer(ctx context.Context, gvr schema.GroupVersionResource, transform cache.TransformFunc, indexers cache.Indexers) cache.SharedIndexInformer {
+	if k.Protobuf != nil {
+		if lw, obj, err := protobufListWatch(k.Protobuf, gvr); err == nil {
+			inf := cache.NewSharedIndexInformer(lw, obj, 0, indexers)
+			if err := inf.SetTransform(transform); err != nil {
+				k.Logger.Error("informer transform", "resource", gvr.Resource, "err", err)
+			}
+			return inf
+		} else if !errors.Is(err, errNotBuiltIn) {
+			k.Logger.Warn("protobuf client; watching in JSON", "resource", gvr.Resource, "err", err)
+		}
+	}
 	res := k.Dynamic.Resource(gvr)
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
@@ -282,7 +372,10 @@ func (k *Source) informer(ctx context.Context, gvr schema.GroupVersionResource, 
 			return res.Watch(ctx, o)
 		},
 	}
-	inf := cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, cache.Indexers{})
+	if indexers == nil {
+		indexers = cache.Indexers{}
+	}
+	inf := cache.NewSharedIndexInformer(lw, &unstructured.Unstructured{}, 0, indexers)
 	if err := inf.SetTransform(transform); err != nil {
 		k.Logger.Error("informer transform", "resource", gvr.Resource, "err", err) // only if already started
 	}
@@ -298,7 +391,11 @@ func typed[T any, PT interface {
 }](obj any) (any, error) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
-		return obj, nil // a tombstone (DeletedFinalStateUnknown) or already converted
+		if m, ok := obj.(PT); ok { // from the protobuf client
+			m.SetManagedFields(nil)
+			m.SetAnnotations(nil)
+		}
+		return obj, nil // or a tombstone (DeletedFinalStateUnknown)
 	}
 	var t T
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &t); err != nil {
@@ -334,15 +431,16 @@ func RESTConfig(kubeconfig, userAgent string) (*rest.Config, error) {
 	return rc, nil
 }
 
-// NewDynamic returns the dynamic client a Source reads with (see RESTConfig).
-func NewDynamic(kubeconfig, userAgent string) (dynamic.Interface, error) {
+// NewClients returns the dynamic client a Source reads with and the configuration of its
+// protobuf client (Source.Dynamic and Source.Protobuf; see RESTConfig).
+func NewClients(kubeconfig, userAgent string) (dynamic.Interface, *rest.Config, error) {
 	rc, err := RESTConfig(kubeconfig, userAgent)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return dyn, nil
+	return dyn, rc, nil
 }

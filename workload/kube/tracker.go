@@ -1,0 +1,253 @@
+package kube
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/amesh-dev/amesh/policy"
+	"github.com/amesh-dev/amesh/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// view is how a tracker reads the cluster's objects: the informers' caches (or a test's maps).
+// Keys are namespace/name.
+type view interface {
+	pod(key string) (*corev1.Pod, bool)
+	namespaceLabels(ns string) map[string]string
+	service(key string) (*corev1.Service, bool)
+	slicesOf(serviceKey string) []*discoveryv1.EndpointSlice
+	policy(key string) (*unstructured.Unstructured, bool)
+	// objects returns every object, for a full build.
+	objects() Objects
+}
+
+// changes are the objects changed since the last build, by key: pods, services (a change of
+// an EndpointSlice is its service's) and AuthorizationPolicies. full asks for a full build:
+// a namespace's labels changed (every pod and service of it may read differently), an
+// HTTPRoute, or pod IPs the CNI plugin reported.
+type changes struct {
+	pods, services, policies map[string]bool
+	full                     bool
+}
+
+func newChanges() changes {
+	return changes{pods: map[string]bool{}, services: map[string]bool{}, policies: map[string]bool{}}
+}
+
+func (c changes) empty() bool {
+	return !c.full && len(c.pods)+len(c.services)+len(c.policies) == 0
+}
+
+// tracker keeps the State the feeder last built and derives the next one from the objects that
+// changed (workload.State.Apply), converting only those, so that a change costs what it touches
+// and not the cluster. The result is the State Spec and workload.NewState would build from all
+// the objects: what the tracker cannot settle from the changed objects alone (two pods
+// claiming one IP, a VIP that is a pod's IP, two nodes with one IP: conflicts Spec settles by
+// looking at every object) makes Apply refuse the update, and the caller builds in full.
+type tracker struct {
+	td     spiffeid.TrustDomain
+	rootNS string
+
+	cur      *workload.State
+	podUID   map[string]string        // pod key → the UID of its workload in cur
+	nodePods map[string]int           // node → workloads of cur on it
+	policies map[string]policy.Policy // by key, as converted for cur
+}
+
+// full builds the State from every object (Spec, then workload.NewState) and resets the
+// tracker to it. problems are the objects not used as written.
+func (t *tracker) full(v view) (*workload.State, []error, error) {
+	objs := v.objects()
+	spec, problems := Spec(t.td, t.rootNS, objs)
+	st, err := workload.NewState(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("workload: kubernetes state: %w", err)
+	}
+	problems = append(problems, st.WaypointErrors()...)
+	t.cur = st
+	t.podUID = make(map[string]string, len(objs.Pods))
+	for _, pod := range objs.Pods {
+		if uid := podUID(pod); st.WorkloadByUID(uid) != nil {
+			t.podUID[pod.Namespace+"/"+pod.Name] = uid
+		}
+	}
+	t.nodePods = map[string]int{}
+	for _, n := range st.Nodes() {
+		t.nodePods[n.Name] = len(st.WorkloadsOnNode(n.Name))
+	}
+	t.policies = make(map[string]policy.Policy, len(st.PolicySet()))
+	for _, p := range st.Policies() {
+		t.policies[p.Key()] = p
+	}
+	return st, problems, nil
+}
+
+// podUID is the UID of pod's workload (podWorkload's rule).
+func podUID(pod *corev1.Pod) string { return cmp.Or(string(pod.UID), pod.Namespace+"/"+pod.Name) }
+
+// apply derives the next State from t's and the objects ch names, as they are in v now. On an
+// error (an update Apply refuses) t is unchanged in what matters: the caller builds in full,
+// which resets it.
+func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*workload.State, []error, error) {
+	if ch.full || t.cur == nil {
+		return nil, nil, fmt.Errorf("a full build is needed")
+	}
+	cur := t.cur
+	u := workload.Update{Workloads: map[string]*workload.Workload{}, Services: map[string]*workload.Service{}}
+	var problems []error
+	podUIDs := map[string]string{} // what podUID becomes for the keys of ch.pods ("" removed)
+	for key := range ch.pods {
+		old := t.podUID[key]
+		pod, exists := v.pod(key)
+		var w workload.Workload
+		ok := false
+		if exists {
+			w, ok = podWorkload(pod, v.namespaceLabels(pod.Namespace), podIPs[podUID(pod)])
+		}
+		if old != "" && (!ok || old != w.UID) {
+			u.Workloads[old] = nil
+		}
+		podUIDs[key] = ""
+		if ok {
+			u.Workloads[w.UID] = &w
+			podUIDs[key] = w.UID
+		}
+	}
+	u.Nodes, u.SetNodes = t.nodes(cur, u)
+	for key := range ch.services {
+		svc, exists := v.service(key)
+		var s *workload.Service
+		if exists {
+			var errs []error
+			// VIP conflicts are Apply's to find (taken empty): settled by a full build.
+			s, errs = service(svc, v.namespaceLabels(svc.Namespace), v.slicesOf(key), nil)
+			problems = append(problems, errs...)
+		}
+		if s == nil {
+			if cur.Service(splitKey(key)) != nil {
+				u.Services[key] = nil
+			}
+			continue
+		}
+		u.Services[key] = s
+	}
+	var pols map[string]policy.Policy
+	if len(ch.policies) > 0 {
+		pols = maps.Clone(t.policies)
+		for key := range ch.policies {
+			obj, exists := v.policy(key)
+			if !exists {
+				delete(pols, key)
+				continue
+			}
+			p, err := Policy(obj)
+			if err != nil {
+				problems = append(problems, err)
+			}
+			pols[key] = p
+		}
+		u.Policies, u.SetPolicies = slices.Collect(maps.Values(pols)), true
+	}
+	next, err := cur.Apply(u)
+	if err != nil {
+		return nil, nil, err
+	}
+	// What the changed objects name that does not resolve (the full build reports every one).
+	for uid, w := range u.Workloads {
+		if w != nil {
+			if _, err := next.WorkloadWaypoint(next.WorkloadByUID(uid)); err != nil {
+				problems = append(problems, err)
+			}
+		}
+	}
+	for key, s := range u.Services {
+		if s != nil {
+			if _, err := next.ServiceWaypoint(next.Service(splitKey(key))); err != nil {
+				problems = append(problems, err)
+			}
+		}
+	}
+	// Commit the tracker's view of next.
+	for uid, w := range u.Workloads {
+		if old := cur.WorkloadByUID(uid); old != nil {
+			t.nodePods[old.Node]--
+		}
+		if w != nil {
+			t.nodePods[w.Node]++
+		}
+	}
+	for n, c := range t.nodePods {
+		if c <= 0 {
+			delete(t.nodePods, n)
+		}
+	}
+	for key, uid := range podUIDs {
+		if uid == "" {
+			delete(t.podUID, key)
+		} else {
+			t.podUID[key] = uid
+		}
+	}
+	if pols != nil {
+		t.policies = pols
+	}
+	t.cur = next
+	return next, problems, nil
+}
+
+// nodes returns the node set after u, and whether it differs from cur's: as Spec makes it, the
+// nodes that have workloads, each with the host IP its pods report (the first known).
+func (t *tracker) nodes(cur *workload.State, u workload.Update) ([]workload.Node, bool) {
+	count := maps.Clone(t.nodePods)
+	hostIP := map[string]netip.Addr{}
+	for uid, w := range u.Workloads {
+		if old := cur.WorkloadByUID(uid); old != nil {
+			count[old.Node]--
+		}
+		if w != nil {
+			count[w.Node]++
+			if w.HostIP.IsValid() && !hostIP[w.Node].IsValid() {
+				hostIP[w.Node] = w.HostIP
+			}
+		}
+	}
+	changed := false
+	var out []workload.Node
+	for name, c := range count {
+		if c <= 0 {
+			if _, had := cur.Node(name); had {
+				changed = true
+			}
+			continue
+		}
+		n, had := cur.Node(name)
+		if !had {
+			n, changed = workload.Node{Name: name, IP: hostIP[name]}, true
+		} else if !n.IP.IsValid() && hostIP[name].IsValid() {
+			n.IP, changed = hostIP[name], true
+		}
+		out = append(out, n)
+	}
+	if !changed {
+		return nil, false
+	}
+	slices.SortFunc(out, func(a, b workload.Node) int { return cmp.Compare(a.Name, b.Name) })
+	return out, true
+}
+
+// splitKey splits namespace/name.
+func splitKey(key string) (namespace, name string) {
+	for i := range len(key) {
+		if key[i] == '/' {
+			return key[:i], key[i+1:]
+		}
+	}
+	return "", key
+}

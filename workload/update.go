@@ -1,0 +1,294 @@
+package workload
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	iradix "github.com/hashicorp/go-immutable-radix/v2"
+
+	"github.com/amesh-dev/amesh/policy"
+)
+
+// Update is a change to a State, for Apply: objects replaced or removed by key, and the small
+// sets (nodes, policies, routes) replaced whole.
+type Update struct {
+	// Workloads by UID: the new version, or nil to remove the workload. A new version's UID
+	// must be its key (a UID left empty is namespace/name, as in a Spec).
+	Workloads map[string]*Workload
+	// Services by namespace/name: the new version, or nil to remove the service.
+	Services map[string]*Service
+	// Nodes replaces every node when SetNodes is true.
+	Nodes    []Node
+	SetNodes bool
+	// Policies replaces every policy when SetPolicies is true.
+	Policies    []policy.Policy
+	SetPolicies bool
+	// Routes replaces every route when SetRoutes is true.
+	Routes    []Route
+	SetRoutes bool
+}
+
+// Empty reports whether u changes nothing.
+func (u Update) Empty() bool {
+	return len(u.Workloads) == 0 && len(u.Services) == 0 && !u.SetNodes && !u.SetPolicies && !u.SetRoutes
+}
+
+// Apply returns the State that s becomes with u, sharing with s everything u leaves alone: a
+// change of one workload costs its own entries and those of the services it is an endpoint of,
+// not a rebuild. What u brings is deep-copied and checked as NewState checks a Spec, and its
+// keys against the rest of s (an IP or VIP another object holds, a workload on a node that is
+// not there); on any problem s is left as it is and the error lists them all. Apply does not
+// check namespace/name uniqueness of workloads against the rest of s (the API server
+// guarantees it; UIDs are the keys). s is not modified.
+func (s *State) Apply(u Update) (*State, error) {
+	if u.Empty() {
+		return s, nil
+	}
+	// Check what u brings, alone, as a Spec (deep-copied, defaults filled).
+	spec := Spec{TrustDomain: s.trustDomain, RootNamespace: s.rootNS, Nodes: s.nodes, Policies: u.Policies, Routes: u.Routes}
+	if u.SetNodes {
+		spec.Nodes = u.Nodes
+	}
+	wKeys, sKeys := sortedKeys(u.Workloads), sortedKeys(u.Services)
+	for _, k := range wKeys {
+		if w := u.Workloads[k]; w != nil {
+			spec.Workloads = append(spec.Workloads, *w)
+		}
+	}
+	for _, k := range sKeys {
+		if svc := u.Services[k]; svc != nil {
+			spec.Services = append(spec.Services, *svc)
+		}
+	}
+	spec = cloneSpec(spec)
+	p := &Problems{}
+	check(&spec, p)
+	for i := range spec.Workloads {
+		if w := &spec.Workloads[i]; u.Workloads[w.UID] == nil {
+			p.Addf(SectionWorkloads, i, "uid", "workload "+w.UID, "is not under its uid in the update")
+		}
+	}
+	for i := range spec.Services {
+		if svc := &spec.Services[i]; u.Services[svc.Key()] == nil {
+			p.Addf(SectionServices, i, "name", "service "+svc.Key(), "is not under its key in the update")
+		}
+	}
+	if err := p.Err("invalid update"); err != nil {
+		return nil, err
+	}
+
+	n := *s
+	next := &n
+	if u.SetNodes {
+		next.setNodes(spec.Nodes)
+	}
+	if u.SetPolicies {
+		next.setPolicies(spec.Policies)
+	}
+	if u.SetRoutes {
+		next.setRoutes(spec.Routes)
+	}
+
+	// Workloads: take the old versions out, then put the new ones in, so that an IP passed
+	// from one changed workload to another is no conflict.
+	wt, it, nt := txn(s.byUID), txn(s.byIP), txn(s.byNode)
+	changed := map[string]bool{} // UIDs whose entries (and services) are re-resolved
+	var olds []*Workload
+	for _, uid := range wKeys {
+		changed[uid] = true
+		if old := s.WorkloadByUID(uid); old != nil {
+			olds = append(olds, old)
+			wt.Delete(key(old.UID))
+			for _, ip := range old.IPs {
+				k := ipKey(ip)
+				it.Delete(k[:])
+			}
+			nt.Delete(nodeKey(old.Node, old.UID))
+		}
+	}
+	var news []*Workload
+	for i := range spec.Workloads {
+		w := &spec.Workloads[i]
+		news = append(news, w)
+		wt.Insert(key(w.UID), w)
+		for _, ip := range w.IPs {
+			k := ipKey(ip)
+			if other, ok := it.Get(k[:]); ok {
+				p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other.UID)
+				continue
+			}
+			// A VIP of a service the update changes is checked with that service, below.
+			if svc := getIP(s.byVIP, ip); svc != nil {
+				if _, changing := u.Services[svc.Key()]; !changing {
+					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is service %s's vip", ip, svc.Key())
+					continue
+				}
+			}
+			it.Insert(k[:], w)
+		}
+		if _, ok := next.nodeByName[w.Node]; !ok {
+			p.Addf(SectionWorkloads, i, "node", "workload "+w.UID, "node %q is not in nodes", w.Node)
+		}
+		nt.Insert(nodeKey(w.Node, w.UID), w)
+	}
+	next.byUID, next.byIP, next.byNode = wt.Commit(), it.Commit(), nt.Commit()
+	if u.SetNodes {
+		for _, old := range s.nodes {
+			if _, ok := next.nodeByName[old.Name]; !ok && len(next.WorkloadsOnNode(old.Name)) > 0 {
+				p.Addf(SectionNodes, 0, "name", "node "+old.Name, "is removed while workloads are on it")
+			}
+		}
+	}
+
+	// Services: the same, then the endpoints of every service a change may concern.
+	kt, vt, lt := txn(s.byKey), txn(s.byVIP), txn(s.listedAt)
+	affected := map[string]bool{}
+	for _, k := range sKeys {
+		affected[k] = true
+		if old := get(s.byKey, k); old != nil {
+			kt.Delete(key(k))
+			for _, vip := range old.VIPs {
+				vk := ipKey(vip)
+				vt.Delete(vk[:])
+			}
+			for _, ip := range old.EndpointIPs {
+				ik := ipKey(ip)
+				keys, _ := lt.Get(ik[:])
+				if keys = removeKey(keys, k); len(keys) == 0 {
+					lt.Delete(ik[:])
+				} else {
+					lt.Insert(ik[:], keys)
+				}
+			}
+		}
+	}
+	for i := range spec.Services {
+		svc := &spec.Services[i]
+		kt.Insert(key(svc.Key()), svc)
+		for _, vip := range svc.VIPs {
+			vk := ipKey(vip)
+			if other, ok := vt.Get(vk[:]); ok {
+				p.Addf(SectionServices, i, "vips", "service "+svc.Key(), "vip %s is also service %s's", vip, other.Key())
+				continue
+			}
+			if w := next.WorkloadByIP(vip); w != nil {
+				p.Addf(SectionServices, i, "vips", "service "+svc.Key(), "vip %s is workload %s's ip", vip, w.UID)
+				continue
+			}
+			vt.Insert(vk[:], svc)
+		}
+		for _, ip := range svc.EndpointIPs {
+			ik := ipKey(ip)
+			keys, _ := lt.Get(ik[:])
+			lt.Insert(ik[:], appendKey(keys, svc.Key()))
+		}
+	}
+	if err := p.Err("invalid update"); err != nil {
+		return nil, err
+	}
+	next.byKey, next.byVIP, next.listedAt = kt.Commit(), vt.Commit(), lt.Commit()
+
+	for _, old := range olds {
+		for _, svc := range s.ServicesOf(old) {
+			affected[svc.Key()] = true
+		}
+	}
+	for _, w := range news {
+		for _, ip := range w.IPs {
+			for _, k := range getIP(next.listedAt, ip) {
+				affected[k] = true
+			}
+		}
+		// Selector services (the state file's) of the workload's namespace.
+		for _, svc := range values(next.byKey, []byte(w.Namespace+"/")) {
+			if svc.EndpointIPs == nil && len(svc.Selector) > 0 {
+				affected[svc.Key()] = true
+			}
+		}
+	}
+	for _, old := range olds {
+		for _, svc := range values(next.byKey, []byte(old.Namespace+"/")) {
+			if svc.EndpointIPs == nil && len(svc.Selector) > 0 {
+				affected[svc.Key()] = true
+			}
+		}
+	}
+
+	et := txn(s.endpoints)
+	for k := range affected {
+		for _, w := range get(s.endpoints, k) {
+			changed[w.UID] = true
+		}
+		svc := get(next.byKey, k)
+		var eps []*Workload
+		if svc != nil {
+			eps = next.resolveEndpoints(svc)
+		}
+		if len(eps) == 0 {
+			et.Delete(key(k))
+			continue
+		}
+		et.Insert(key(k), eps)
+		for _, w := range eps {
+			changed[w.UID] = true
+		}
+	}
+	next.endpoints = et.Commit()
+
+	// The services of every workload whose memberships may have moved.
+	of, wp := txn(s.servicesOf), txn(s.waypointOf)
+	for uid := range changed {
+		w := next.WorkloadByUID(uid)
+		var list []*Service
+		if w != nil {
+			for _, svc := range get(s.servicesOf, uid) {
+				if !affected[svc.Key()] {
+					list = append(list, svc)
+				}
+			}
+			for k := range affected {
+				if svc := get(next.byKey, k); svc != nil && slices.Contains(get(next.endpoints, k), w) {
+					list = append(list, svc)
+				}
+			}
+			slices.SortFunc(list, func(a, b *Service) int { return cmp.Compare(a.Key(), b.Key()) })
+		}
+		if len(list) == 0 {
+			of.Delete(key(uid))
+		} else {
+			of.Insert(key(uid), list)
+		}
+		wp.Delete(key(uid))
+		for _, svc := range list {
+			if svc.WaypointFor != NotWaypoint {
+				wp.Insert(key(uid), svc)
+				break
+			}
+		}
+	}
+	next.servicesOf, next.waypointOf = of.Commit(), wp.Commit()
+	return next, nil
+}
+
+// txn starts a transaction on t, an empty tree when t is nil (the zero State).
+func txn[T any](t *iradix.Tree[T]) *iradix.Txn[T] {
+	if t == nil {
+		t = iradix.New[T]()
+	}
+	return t.Txn()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// String describes u's size, for logs.
+func (u Update) String() string {
+	return fmt.Sprintf("%d workloads, %d services, nodes %t, policies %t, routes %t", len(u.Workloads), len(u.Services), u.SetNodes, u.SetPolicies, u.SetRoutes)
+}
