@@ -47,9 +47,11 @@ type State struct {
 	nodes      []Node
 	nodeByName map[string]Node
 
+	// byIP and byNode hold UIDs, not the workloads: a workload's new version replaces one entry
+	// of byUID, not one per index (a radix tree's path copy is its cost).
 	byUID  *iradix.Tree[*Workload] // sorted by UID
-	byIP   *iradix.Tree[*Workload] // by ipKey
-	byNode *iradix.Tree[*Workload] // by node name, 0, UID: a node's workloads sorted by UID
+	byIP   *iradix.Tree[string]    // by ipKey: UID
+	byNode *iradix.Tree[struct{}]  // by node name, 0, UID: a node's workloads sorted by UID
 
 	byKey     *iradix.Tree[*Service]    // by namespace/name, sorted
 	byVIP     *iradix.Tree[*Service]    // by ipKey
@@ -61,8 +63,11 @@ type State struct {
 	routes   []*Route
 	routesOf map[string][]*Route // by parent service key
 
-	servicesOf *iradix.Tree[[]*Service] // by workload UID: the services it is an endpoint of
-	waypointOf *iradix.Tree[*Service]   // by workload UID: a waypoint's pods: the waypoint (the first, by key)
+	// By workload UID, as service keys (so that a service's new version leaves its members'
+	// entries as they are): the services it is an endpoint of, sorted; for a waypoint's pods,
+	// the waypoint (the first, by key).
+	servicesOf *iradix.Tree[[]string]
+	waypointOf *iradix.Tree[string]
 
 	policies []policy.Policy
 }
@@ -93,15 +98,15 @@ func Build(spec Spec, p *Problems) *State {
 		rootNS:      cmp.Or(spec.RootNamespace, policy.DefaultRootNamespace),
 	}
 	s.setNodes(spec.Nodes)
-	wt, it, nt := iradix.New[*Workload]().Txn(), iradix.New[*Workload]().Txn(), iradix.New[*Workload]().Txn()
+	wt, it, nt := iradix.New[*Workload]().Txn(), iradix.New[string]().Txn(), iradix.New[struct{}]().Txn()
 	for i := range spec.Workloads {
 		w := &spec.Workloads[i]
 		wt.Insert(key(w.UID), w)
 		for _, ip := range w.IPs {
 			k := ipKey(ip)
-			it.Insert(k[:], w)
+			it.Insert(k[:], w.UID)
 		}
-		nt.Insert(nodeKey(w.Node, w.UID), w)
+		nt.Insert(nodeKey(w.Node, w.UID), struct{}{})
 	}
 	s.byUID, s.byIP, s.byNode = wt.Commit(), it.Commit(), nt.Commit()
 
@@ -128,13 +133,13 @@ func Build(spec Spec, p *Problems) *State {
 		}
 	}
 	s.endpoints = et.Commit()
-	of, wp := iradix.New[[]*Service]().Txn(), iradix.New[*Service]().Txn()
+	of, wp := iradix.New[[]string]().Txn(), iradix.New[string]().Txn()
 	for _, svc := range s.Services() { // sorted: each list is too
 		for _, w := range get(s.endpoints, svc.Key()) {
 			have, _ := of.Get(key(w.UID))
-			of.Insert(key(w.UID), append(have[:len(have):len(have)], svc))
+			of.Insert(key(w.UID), append(have[:len(have):len(have)], svc.Key()))
 			if _, ok := wp.Get(key(w.UID)); svc.WaypointFor != NotWaypoint && !ok {
-				wp.Insert(key(w.UID), svc)
+				wp.Insert(key(w.UID), svc.Key())
 			}
 		}
 	}
@@ -376,14 +381,31 @@ func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
 func (s *State) PolicySet() []policy.Policy { return s.policies[:len(s.policies):len(s.policies)] }
 
 // WorkloadByIP returns the workload that has ip (v4-mapped v6 addresses are unmapped first), or nil.
-func (s *State) WorkloadByIP(ip netip.Addr) *Workload { return getIP(s.byIP, ip) }
+func (s *State) WorkloadByIP(ip netip.Addr) *Workload {
+	if uid := getIP(s.byIP, ip); uid != "" {
+		return get(s.byUID, uid)
+	}
+	return nil
+}
 
 // WorkloadByUID returns the workload with uid, or nil.
 func (s *State) WorkloadByUID(uid string) *Workload { return get(s.byUID, uid) }
 
 // WorkloadsOnNode returns the workloads scheduled on node, sorted by UID, enrolled or not.
 func (s *State) WorkloadsOnNode(node string) []*Workload {
-	return values(s.byNode, append([]byte(node), 0))
+	if s.byNode == nil {
+		return nil
+	}
+	prefix := append([]byte(node), 0)
+	var out []*Workload
+	it := s.byNode.Root().Iterator()
+	it.SeekPrefix(prefix)
+	for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
+		if w, _ := s.byUID.Get(k[len(prefix):]); w != nil {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // Service returns the service namespace/name, or nil.

@@ -1,7 +1,6 @@
 package workload
 
 import (
-	"cmp"
 	"fmt"
 	"slices"
 
@@ -46,14 +45,18 @@ func (s *State) Apply(u Update) (*State, error) {
 		return s, nil
 	}
 	// Check what u brings, alone, as a Spec (deep-copied, defaults filled).
-	spec := Spec{TrustDomain: s.trustDomain, RootNamespace: s.rootNS, Nodes: s.nodes, Policies: u.Policies, Routes: u.Routes}
-	if u.SetNodes {
-		spec.Nodes = u.Nodes
-	}
+	// The nodes: all of them when u sets them, else those its workloads are on (which check
+	// needs to find; the rest of s's were checked when they came).
+	spec := Spec{TrustDomain: s.trustDomain, RootNamespace: s.rootNS, Nodes: u.Nodes, Policies: u.Policies, Routes: u.Routes}
 	wKeys, sKeys := sortedKeys(u.Workloads), sortedKeys(u.Services)
+	onNode := map[string]bool{}
 	for _, k := range wKeys {
 		if w := u.Workloads[k]; w != nil {
 			spec.Workloads = append(spec.Workloads, *w)
+			if n, ok := s.nodeByName[w.Node]; ok && !u.SetNodes && !onNode[w.Node] {
+				onNode[w.Node] = true
+				spec.Nodes = append(spec.Nodes, n)
+			}
 		}
 	}
 	for _, k := range sKeys {
@@ -90,32 +93,47 @@ func (s *State) Apply(u Update) (*State, error) {
 		next.setRoutes(spec.Routes)
 	}
 
-	// Workloads: take the old versions out, then put the new ones in, so that an IP passed
-	// from one changed workload to another is no conflict.
+	// Workloads: take out what the old versions had and the new ones have not, then put in
+	// what the new ones bring, so that an IP passed from one changed workload to another is no
+	// conflict, and an index entry that stays is not rewritten.
+	news := make(map[string]*Workload, len(spec.Workloads))
+	for i := range spec.Workloads {
+		news[spec.Workloads[i].UID] = &spec.Workloads[i]
+	}
 	wt, it, nt := txn(s.byUID), txn(s.byIP), txn(s.byNode)
 	changed := map[string]bool{} // UIDs whose entries (and services) are re-resolved
 	var olds []*Workload
 	for _, uid := range wKeys {
 		changed[uid] = true
-		if old := s.WorkloadByUID(uid); old != nil {
-			olds = append(olds, old)
-			wt.Delete(key(old.UID))
-			for _, ip := range old.IPs {
+		old := s.WorkloadByUID(uid)
+		if old == nil {
+			continue
+		}
+		olds = append(olds, old)
+		nw := news[uid]
+		if nw == nil {
+			wt.Delete(key(uid))
+		}
+		for _, ip := range old.IPs {
+			if nw == nil || !slices.Contains(nw.IPs, ip) {
 				k := ipKey(ip)
 				it.Delete(k[:])
 			}
+		}
+		if nw == nil || nw.Node != old.Node {
 			nt.Delete(nodeKey(old.Node, old.UID))
 		}
 	}
-	var news []*Workload
 	for i := range spec.Workloads {
 		w := &spec.Workloads[i]
-		news = append(news, w)
+		old := s.WorkloadByUID(w.UID)
 		wt.Insert(key(w.UID), w)
 		for _, ip := range w.IPs {
 			k := ipKey(ip)
 			if other, ok := it.Get(k[:]); ok {
-				p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other.UID)
+				if other != w.UID {
+					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other)
+				}
 				continue
 			}
 			// A VIP of a service the update changes is checked with that service, below.
@@ -125,12 +143,11 @@ func (s *State) Apply(u Update) (*State, error) {
 					continue
 				}
 			}
-			it.Insert(k[:], w)
+			it.Insert(k[:], w.UID)
 		}
-		if _, ok := next.nodeByName[w.Node]; !ok {
-			p.Addf(SectionWorkloads, i, "node", "workload "+w.UID, "node %q is not in nodes", w.Node)
+		if old == nil || old.Node != w.Node {
+			nt.Insert(nodeKey(w.Node, w.UID), struct{}{})
 		}
-		nt.Insert(nodeKey(w.Node, w.UID), w)
 	}
 	next.byUID, next.byIP, next.byNode = wt.Commit(), it.Commit(), nt.Commit()
 	if u.SetNodes {
@@ -142,29 +159,42 @@ func (s *State) Apply(u Update) (*State, error) {
 	}
 
 	// Services: the same, then the endpoints of every service a change may concern.
+	newSvcs := make(map[string]*Service, len(spec.Services))
+	for i := range spec.Services {
+		newSvcs[spec.Services[i].Key()] = &spec.Services[i]
+	}
 	kt, vt, lt := txn(s.byKey), txn(s.byVIP), txn(s.listedAt)
 	affected := map[string]bool{}
 	for _, k := range sKeys {
 		affected[k] = true
-		if old := get(s.byKey, k); old != nil {
+		old := get(s.byKey, k)
+		if old == nil {
+			continue
+		}
+		nsvc := newSvcs[k]
+		if nsvc == nil {
 			kt.Delete(key(k))
-			for _, vip := range old.VIPs {
-				vk := ipKey(vip)
-				vt.Delete(vk[:])
+		}
+		for _, vip := range old.VIPs {
+			vk := ipKey(vip)
+			vt.Delete(vk[:])
+		}
+		for _, ip := range old.EndpointIPs {
+			if nsvc != nil && slices.Contains(nsvc.EndpointIPs, ip) {
+				continue
 			}
-			for _, ip := range old.EndpointIPs {
-				ik := ipKey(ip)
-				keys, _ := lt.Get(ik[:])
-				if keys = removeKey(keys, k); len(keys) == 0 {
-					lt.Delete(ik[:])
-				} else {
-					lt.Insert(ik[:], keys)
-				}
+			ik := ipKey(ip)
+			keys, _ := lt.Get(ik[:])
+			if keys = removeKey(keys, k); len(keys) == 0 {
+				lt.Delete(ik[:])
+			} else {
+				lt.Insert(ik[:], keys)
 			}
 		}
 	}
 	for i := range spec.Services {
 		svc := &spec.Services[i]
+		old := get(s.byKey, svc.Key())
 		kt.Insert(key(svc.Key()), svc)
 		for _, vip := range svc.VIPs {
 			vk := ipKey(vip)
@@ -179,6 +209,9 @@ func (s *State) Apply(u Update) (*State, error) {
 			vt.Insert(vk[:], svc)
 		}
 		for _, ip := range svc.EndpointIPs {
+			if old != nil && slices.Contains(old.EndpointIPs, ip) {
+				continue
+			}
 			ik := ipKey(ip)
 			keys, _ := lt.Get(ik[:])
 			lt.Insert(ik[:], appendKey(keys, svc.Key()))
@@ -236,35 +269,44 @@ func (s *State) Apply(u Update) (*State, error) {
 	}
 	next.endpoints = et.Commit()
 
-	// The services of every workload whose memberships may have moved.
+	// The services of every workload whose memberships may have moved; an entry is written
+	// only where it differs.
 	of, wp := txn(s.servicesOf), txn(s.waypointOf)
 	for uid := range changed {
 		w := next.WorkloadByUID(uid)
-		var list []*Service
+		had := get(s.servicesOf, uid)
+		var list []string
 		if w != nil {
-			for _, svc := range get(s.servicesOf, uid) {
-				if !affected[svc.Key()] {
-					list = append(list, svc)
+			for _, k := range had {
+				if !affected[k] {
+					list = append(list, k)
 				}
 			}
 			for k := range affected {
-				if svc := get(next.byKey, k); svc != nil && slices.Contains(get(next.endpoints, k), w) {
-					list = append(list, svc)
+				if slices.Contains(get(next.endpoints, k), w) {
+					list = append(list, k)
 				}
 			}
-			slices.SortFunc(list, func(a, b *Service) int { return cmp.Compare(a.Key(), b.Key()) })
+			slices.Sort(list)
 		}
-		if len(list) == 0 {
+		switch {
+		case len(list) == 0 && len(had) > 0:
 			of.Delete(key(uid))
-		} else {
+		case len(list) > 0 && !slices.Equal(list, had):
 			of.Insert(key(uid), list)
 		}
-		wp.Delete(key(uid))
-		for _, svc := range list {
-			if svc.WaypointFor != NotWaypoint {
-				wp.Insert(key(uid), svc)
+		waypoint := ""
+		for _, k := range list {
+			if svc := get(next.byKey, k); svc.WaypointFor != NotWaypoint {
+				waypoint = k
 				break
 			}
+		}
+		switch old := get(s.waypointOf, uid); {
+		case waypoint == "" && old != "":
+			wp.Delete(key(uid))
+		case waypoint != "" && waypoint != old:
+			wp.Insert(key(uid), waypoint)
 		}
 	}
 	next.servicesOf, next.waypointOf = of.Commit(), wp.Commit()

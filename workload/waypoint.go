@@ -36,7 +36,7 @@ func (s *State) ServiceWaypoint(svc *Service) (*Service, error) {
 // waypoint's pod. A name that does not resolve is an error wrapping ErrWaypoint.
 func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 	w = s.own(w)
-	if w == nil || get(s.waypointOf, w.UID) != nil {
+	if w == nil || get(s.waypointOf, w.UID) != "" {
 		return nil, nil
 	}
 	wp, err := s.waypointNamed(w.Namespace, w.Waypoint)
@@ -55,7 +55,10 @@ func (s *State) WaypointOf(w *Workload) *Service {
 	if w == nil {
 		return nil
 	}
-	return get(s.waypointOf, w.UID)
+	if k := get(s.waypointOf, w.UID); k != "" {
+		return get(s.byKey, k)
+	}
+	return nil
 }
 
 // ServicesOf returns the services w is an endpoint of, sorted by key.
@@ -63,7 +66,15 @@ func (s *State) ServicesOf(w *Workload) []*Service {
 	if w == nil {
 		return nil
 	}
-	return get(s.servicesOf, w.UID)
+	keys := get(s.servicesOf, w.UID)
+	if len(keys) == 0 {
+		return nil
+	}
+	out := make([]*Service, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, get(s.byKey, k))
+	}
+	return out
 }
 
 // own returns this state's workload of w's UID: callers may hold a *Workload of an earlier

@@ -22,6 +22,7 @@ var (
 	flagPolicies = flag.Int("scale-policies", 100, "BenchmarkScale: AuthorizationPolicies of each cluster")
 	flagChurn    = flag.String("scale-churn", "10,100", "BenchmarkScale: pods replaced per second, each rate in turn")
 	flagDuration = flag.Duration("scale-duration", 20*time.Second, "BenchmarkScale: how long each churn rate runs")
+	flagAgent    = flag.String("scale-agent", "", "BenchmarkScale: the amesh-agent binary to measure (default: built from this tree)")
 	flagOut      = flag.String("scale-out", "", "BenchmarkScale: directory for scale.json and scale.md (default: bench-out in the repository)")
 )
 
@@ -103,7 +104,10 @@ func BenchmarkScale(b *testing.B) {
 	if out == "" {
 		out, _ = filepath.Abs(filepath.Join("..", "..", "bench-out"))
 	}
-	agent := buildAgent(b)
+	agent := *flagAgent
+	if agent == "" {
+		agent = buildAgent(b)
+	}
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := Run(context.Background(), Config{

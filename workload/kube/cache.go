@@ -12,11 +12,10 @@ import (
 
 // What the informers keep of each object: only what Spec and the tracker read. Every agent
 // caches every pod of the cluster (it needs remote identities), so a pod's cached size is the
-// agent's memory per pod; a Deployment's pod as the API server holds it is ~5 KiB of Go heap
-// in its typed form, of which the agent reads a tenth.
+// agent's memory per pod: a Deployment's pod as the API server holds it is ~5 KiB of Go heap
+// in its typed form, a podInfo a few hundred bytes.
 
-// slimPod is the pods' informer transform: the typed pod (typed), cut down to what
-// podWorkload, ownerName and probePorts read.
+// slimPod is the pods' informer transform: the typed pod (typed) as a podInfo.
 func slimPod(obj any) (any, error) {
 	t, err := typed[corev1.Pod](obj)
 	if err != nil {
@@ -26,49 +25,7 @@ func slimPod(obj any) (any, error) {
 	if !ok {
 		return t, nil // a tombstone
 	}
-	return slim(pod), nil
-}
-
-func slim(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, CreationTimestamp: p.CreationTimestamp,
-		},
-		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork, ServiceAccountName: p.Spec.ServiceAccountName},
-		Status: corev1.PodStatus{
-			Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs, HostIP: p.Status.HostIP,
-		},
-	}
-	if ref := metav1.GetControllerOf(p); ref != nil {
-		out.OwnerReferences = []metav1.OwnerReference{{Kind: ref.Kind, Name: ref.Name, Controller: ref.Controller}}
-	}
-	for _, c := range p.Spec.Containers {
-		sc := corev1.Container{LivenessProbe: slimProbe(c.LivenessProbe), ReadinessProbe: slimProbe(c.ReadinessProbe), StartupProbe: slimProbe(c.StartupProbe)}
-		if sc.LivenessProbe == nil && sc.ReadinessProbe == nil && sc.StartupProbe == nil {
-			continue // its ports only resolve a probe's named port
-		}
-		for _, cp := range c.Ports {
-			sc.Ports = append(sc.Ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort})
-		}
-		out.Spec.Containers = append(out.Spec.Containers, sc)
-	}
-	return out
-}
-
-// slimProbe keeps the port a kubelet probe connects to (exec probes connect to nothing).
-func slimProbe(pr *corev1.Probe) *corev1.Probe {
-	switch {
-	case pr == nil:
-		return nil
-	case pr.HTTPGet != nil:
-		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: pr.HTTPGet.Port}}}
-	case pr.TCPSocket != nil:
-		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: pr.TCPSocket.Port}}}
-	case pr.GRPC != nil:
-		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: pr.GRPC.Port}}}
-	}
-	return nil
+	return infoOf(pod), nil
 }
 
 // slimSlice is the EndpointSlices' informer transform: what service reads.
@@ -112,12 +69,37 @@ func serviceKeysOf(obj any) []string {
 	return nil
 }
 
+// byUIDIndex indexes pods by UID (the key of the CNI plugin's pod IPs).
+const byUIDIndex = "uid"
+
+// podUIDIndex indexes the pods without an IP in their status only: those are the pods whose
+// IPs the CNI plugin may report (Source.Refresh), and few (an index of every pod would cost
+// ~250 bytes of each).
+func podUIDIndex(obj any) ([]string, error) {
+	if pod, ok := obj.(*podInfo); ok && pod.UID != "" && len(pod.podIPs) == 0 && pod.podIP == "" {
+		return []string{string(pod.UID)}, nil
+	}
+	return nil, nil
+}
+
+// mergedKeys returns the keys of a and b.
+func mergedKeys[V any](a, b map[string]V) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
 // informerView is the tracker's view of the informers' caches.
 type informerView struct {
-	src                   *Source
-	pods, nss, svcs, pols cache.Store
-	eps                   cache.Indexer
-	podIPs                map[string][]netip.Addr // for objects
+	src             *Source
+	nss, svcs, pols cache.Store
+	pods, eps       cache.Indexer
+	podIPs          map[string][]netip.Addr // for objects
 }
 
 func getAs[T any](s cache.Store, key string) (T, bool) {
@@ -130,7 +112,13 @@ func getAs[T any](s cache.Store, key string) (T, bool) {
 	return t, ok
 }
 
-func (v informerView) pod(key string) (*corev1.Pod, bool) { return getAs[*corev1.Pod](v.pods, key) }
+func (v informerView) pod(key string) (*podInfo, bool) { return getAs[*podInfo](v.pods, key) }
+
+// podKeys returns the keys of the pods with uid (one, or none).
+func (v informerView) podKeys(uid string) []string {
+	keys, _ := v.pods.IndexKeys(byUIDIndex, uid)
+	return keys
+}
 
 func (v informerView) namespaceLabels(ns string) map[string]string {
 	if n, ok := getAs[*corev1.Namespace](v.nss, ns); ok {
@@ -164,7 +152,7 @@ func (v informerView) policy(key string) (*unstructured.Unstructured, bool) {
 func (v informerView) objects() Objects {
 	k := v.src
 	objs := Objects{
-		Namespaces: k.nsLister(), Pods: k.podLister(), Services: k.svcLister(),
+		Namespaces: k.nsLister(), infos: k.podLister(), Services: k.svcLister(),
 		EndpointSlices: k.epsLister(), Policies: k.polLister(), PodIPs: v.podIPs,
 	}
 	if k.rtLister != nil {

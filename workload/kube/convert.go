@@ -59,6 +59,9 @@ type Objects struct {
 	// PodIPs are IPs the agent learnt from the CNI plugin, by pod UID: a pod being created has
 	// them before its status.podIPs says so (the kubelet writes status after CNI ADD returns).
 	PodIPs map[string][]netip.Addr
+
+	// infos are the pods as the Source's informer keeps them (used instead of Pods when set).
+	infos []*podInfo
 }
 
 // Spec converts the cluster's objects into a workload.Spec that workload.NewState accepts: objects amesh cannot
@@ -75,8 +78,13 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 	}
 
 	// Pods: newest first, so that the newer of two pods claiming one IP wins.
-	pods := slices.Clone(objs.Pods)
-	slices.SortFunc(pods, func(a, b *corev1.Pod) int {
+	pods := slices.Clone(objs.infos)
+	if pods == nil {
+		for _, pod := range objs.Pods {
+			pods = append(pods, infoOf(pod))
+		}
+	}
+	slices.SortFunc(pods, func(a, b *podInfo) int {
 		if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
 			return c
 		}
@@ -162,16 +170,48 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 	return spec, problems
 }
 
+// podInfo is what amesh reads of a pod, and all the Source's informer keeps of one (a
+// corev1.Pod is ~2 KiB of Go memory before any of its strings; every agent caches every pod of
+// the cluster): its owner and probe ports resolved when it is stored. The ObjectMeta holds
+// name, namespace, UID, labels, creation time and resource version only; the informer's store
+// keys objects by it.
+type podInfo struct {
+	metav1.ObjectMeta
+	serviceAccount, node string
+	owner                string // ownerName
+	phase                corev1.PodPhase
+	hostNetwork          bool
+	podIPs               []string // status.podIPs
+	podIP, hostIP        string
+	probePorts           []uint16
+}
+
+// infoOf makes pod's podInfo.
+func infoOf(pod *corev1.Pod) *podInfo {
+	p := &podInfo{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Labels: pod.Labels, CreationTimestamp: pod.CreationTimestamp,
+		},
+		serviceAccount: pod.Spec.ServiceAccountName, node: pod.Spec.NodeName, owner: ownerName(pod),
+		phase:       pod.Status.Phase,
+		hostNetwork: pod.Spec.HostNetwork, podIP: pod.Status.PodIP, hostIP: pod.Status.HostIP, probePorts: probePorts(pod),
+	}
+	for _, pip := range pod.Status.PodIPs {
+		p.podIPs = append(p.podIPs, pip.IP)
+	}
+	return p
+}
+
 // podWorkload converts a pod; ok is false for pods amesh does not represent.
-func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Addr) (workload.Workload, bool) {
-	if pod.Spec.HostNetwork || pod.Spec.NodeName == "" ||
-		pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+func podWorkload(pod *podInfo, nsLabels map[string]string, cniIPs []netip.Addr) (workload.Workload, bool) {
+	if pod.hostNetwork || pod.node == "" || pod.phase == corev1.PodSucceeded || pod.phase == corev1.PodFailed {
 		return workload.Workload{}, false
 	}
 	w := workload.Workload{
-		UID: string(pod.UID), Name: pod.Name, WorkloadName: ownerName(pod), Namespace: pod.Namespace,
-		ServiceAccount: cmp.Or(pod.Spec.ServiceAccountName, "default"),
-		Node:           pod.Spec.NodeName, Labels: pod.Labels,
+		UID: string(pod.UID), Name: pod.Name, WorkloadName: pod.owner, Namespace: pod.Namespace,
+		ServiceAccount: cmp.Or(pod.serviceAccount, "default"),
+		Node:           pod.node, Labels: pod.Labels,
 		Mode:                workload.ModeNone,
 		InboundMode:         workload.InboundStrict,
 		Waypoint:            cmp.Or(pod.Labels[LabelUseWaypoint], nsLabels[LabelUseWaypoint]),
@@ -192,13 +232,13 @@ func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Add
 	if cmp.Or(pod.Labels[LabelInboundMode], nsLabels[LabelInboundMode]) == "permissive" {
 		w.InboundMode = workload.InboundPermissive
 	}
-	for _, pip := range pod.Status.PodIPs {
-		if ip, err := netip.ParseAddr(pip.IP); err == nil {
+	for _, s := range pod.podIPs {
+		if ip, err := netip.ParseAddr(s); err == nil {
 			w.IPs = append(w.IPs, ip.Unmap())
 		}
 	}
-	if len(w.IPs) == 0 && pod.Status.PodIP != "" {
-		if ip, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+	if len(w.IPs) == 0 && pod.podIP != "" {
+		if ip, err := netip.ParseAddr(pod.podIP); err == nil {
 			w.IPs = append(w.IPs, ip.Unmap())
 		}
 	}
@@ -208,10 +248,10 @@ func podWorkload(pod *corev1.Pod, nsLabels map[string]string, cniIPs []netip.Add
 	if len(w.IPs) == 0 {
 		return workload.Workload{}, false // no IP yet: its sandbox is not set up
 	}
-	if ip, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
+	if ip, err := netip.ParseAddr(pod.hostIP); err == nil {
 		w.HostIP = ip.Unmap()
 	}
-	w.ProbePorts = probePorts(pod)
+	w.ProbePorts = slices.Clone(pod.probePorts)
 	return w, true
 }
 

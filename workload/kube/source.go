@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,7 +68,7 @@ type Source struct {
 	// a waypoint needs them; a node agent does not (and its role may not read them).
 	WatchRoutes bool
 
-	podLister  cacheLister[*corev1.Pod]
+	podLister  cacheLister[*podInfo]
 	nsLister   cacheLister[*corev1.Namespace]
 	svcLister  cacheLister[*corev1.Service]
 	epsLister  cacheLister[*discoveryv1.EndpointSlice]
@@ -85,7 +86,9 @@ type Source struct {
 
 	mu      sync.Mutex
 	pending changes // since the last build
-	tr      tracker // used by Start, then by Run's goroutine only
+	// Used by Start, then by Run's goroutine only:
+	tr      tracker
+	lastIPs map[string][]netip.Addr // PodIPs as of the last build
 }
 
 type cacheLister[T any] func() []T
@@ -131,14 +134,14 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	k.urgent = make(chan struct{}, 1)
 	k.pending = newChanges()
 	k.tr = tracker{td: k.TrustDomain, rootNS: k.RootNamespace}
-	pods := k.informer(ctx, podsResource, slimPod, nil)
+	pods := k.informer(ctx, podsResource, slimPod, cache.Indexers{byUIDIndex: podUIDIndex})
 	nss := k.informer(ctx, namespacesResource, typed[corev1.Namespace], nil)
 	svcs := k.informer(ctx, servicesResource, typed[corev1.Service], nil)
 	eps := k.informer(ctx, endpointSlicesResource, slimSlice, cache.Indexers{byServiceIndex: sliceServiceKeys})
 	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured, nil)
-	k.podLister, k.nsLister, k.svcLister = lister[*corev1.Pod](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
+	k.podLister, k.nsLister, k.svcLister = lister[*podInfo](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
 	k.epsLister, k.polLister = lister[*discoveryv1.EndpointSlice](eps), lister[*unstructured.Unstructured](pols)
-	k.stores = informerView{src: k, pods: pods.GetStore(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
+	k.stores = informerView{src: k, pods: pods.GetIndexer(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
 	informers := []cache.SharedIndexInformer{pods, nss, svcs, eps, pols}
 	handlers := []cache.ResourceEventHandler{
 		k.handler(func(c *changes, key string, _ any) { c.pods[key] = true }),
@@ -231,10 +234,11 @@ func (k *Source) take() changes {
 }
 
 // Refresh makes Run build a new State at once, without the debounce: for a pod whose CNI ADD
-// waits on it. The pod IPs of the CNI plugin (PodIPs) are read again, in a full build.
+// waits on it. The pod IPs of the CNI plugin (PodIPs) are read again: the pods whose IPs
+// changed are converted again.
 func (k *Source) Refresh() {
 	k.mu.Lock()
-	k.pending.full = true
+	k.pending.cni = true
 	k.mu.Unlock()
 	select {
 	case k.urgent <- struct{}{}:
@@ -306,6 +310,16 @@ func (k *Source) build(ch changes) (*workload.State, error) {
 	if k.PodIPs != nil {
 		podIPs = k.PodIPs()
 	}
+	if ch.cni {
+		for uid := range mergedKeys(k.lastIPs, podIPs) {
+			if !slices.Equal(k.lastIPs[uid], podIPs[uid]) {
+				for _, key := range k.stores.podKeys(uid) {
+					ch.pods[key] = true
+				}
+			}
+		}
+	}
+	k.lastIPs = podIPs
 	if !ch.full {
 		st, problems, err := k.tr.apply(k.stores, ch, podIPs)
 		if err == nil {

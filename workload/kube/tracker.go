@@ -19,7 +19,7 @@ import (
 // view is how a tracker reads the cluster's objects: the informers' caches (or a test's maps).
 // Keys are namespace/name.
 type view interface {
-	pod(key string) (*corev1.Pod, bool)
+	pod(key string) (*podInfo, bool)
 	namespaceLabels(ns string) map[string]string
 	service(key string) (*corev1.Service, bool)
 	slicesOf(serviceKey string) []*discoveryv1.EndpointSlice
@@ -30,11 +30,12 @@ type view interface {
 
 // changes are the objects changed since the last build, by key: pods, services (a change of
 // an EndpointSlice is its service's) and AuthorizationPolicies. full asks for a full build:
-// a namespace's labels changed (every pod and service of it may read differently), an
-// HTTPRoute, or pod IPs the CNI plugin reported.
+// a namespace's labels changed (every pod and service of it may read differently), or an
+// HTTPRoute. cni: the pod IPs the CNI plugin reported may have changed (Source.Refresh): the
+// pods whose IPs did are converted again.
 type changes struct {
 	pods, services, policies map[string]bool
-	full                     bool
+	full, cni                bool
 }
 
 func newChanges() changes {
@@ -42,7 +43,7 @@ func newChanges() changes {
 }
 
 func (c changes) empty() bool {
-	return !c.full && len(c.pods)+len(c.services)+len(c.policies) == 0
+	return !c.full && !c.cni && len(c.pods)+len(c.services)+len(c.policies) == 0
 }
 
 // tracker keeps the State the feeder last built and derives the next one from the objects that
@@ -72,8 +73,14 @@ func (t *tracker) full(v view) (*workload.State, []error, error) {
 	}
 	problems = append(problems, st.WaypointErrors()...)
 	t.cur = st
-	t.podUID = make(map[string]string, len(objs.Pods))
-	for _, pod := range objs.Pods {
+	infos := objs.infos
+	if infos == nil {
+		for _, pod := range objs.Pods {
+			infos = append(infos, infoOf(pod))
+		}
+	}
+	t.podUID = make(map[string]string, len(infos))
+	for _, pod := range infos {
 		if uid := podUID(pod); st.WorkloadByUID(uid) != nil {
 			t.podUID[pod.Namespace+"/"+pod.Name] = uid
 		}
@@ -90,7 +97,7 @@ func (t *tracker) full(v view) (*workload.State, []error, error) {
 }
 
 // podUID is the UID of pod's workload (podWorkload's rule).
-func podUID(pod *corev1.Pod) string { return cmp.Or(string(pod.UID), pod.Namespace+"/"+pod.Name) }
+func podUID(pod *podInfo) string { return cmp.Or(string(pod.UID), pod.Namespace+"/"+pod.Name) }
 
 // apply derives the next State from t's and the objects ch names, as they are in v now. On an
 // error (an update Apply refuses) t is unchanged in what matters: the caller builds in full,
@@ -109,7 +116,7 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 		var w workload.Workload
 		ok := false
 		if exists {
-			w, ok = podWorkload(pod, v.namespaceLabels(pod.Namespace), podIPs[podUID(pod)])
+			w, ok = podWorkload(pod, v.namespaceLabels(pod.Namespace), podIPs[string(pod.UID)])
 		}
 		if old != "" && (!ok || old != w.UID) {
 			u.Workloads[old] = nil

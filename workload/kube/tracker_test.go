@@ -26,9 +26,15 @@ type mapView struct {
 	services map[string]*corev1.Service
 	slices   map[string]*discoveryv1.EndpointSlice // by service key: one each
 	policies map[string]*unstructured.Unstructured
+	cni      map[string][]netip.Addr // pod IPs from the CNI plugin, by UID
 }
 
-func (v *mapView) pod(k string) (*corev1.Pod, bool) { p, ok := v.pods[k]; return p, ok }
+func (v *mapView) pod(k string) (*podInfo, bool) {
+	if p, ok := v.pods[k]; ok {
+		return infoOf(p), true
+	}
+	return nil, false
+}
 func (v *mapView) namespaceLabels(ns string) map[string]string {
 	if n := v.ns[ns]; n != nil {
 		return n.Labels
@@ -50,7 +56,7 @@ func (v *mapView) objects() Objects {
 	return Objects{
 		Namespaces: slices.Collect(maps.Values(v.ns)), Pods: slices.Collect(maps.Values(v.pods)),
 		Services: slices.Collect(maps.Values(v.services)), EndpointSlices: slices.Collect(maps.Values(v.slices)),
-		Policies: slices.Collect(maps.Values(v.policies)),
+		Policies: slices.Collect(maps.Values(v.policies)), PodIPs: v.cni,
 	}
 }
 
@@ -113,7 +119,11 @@ func (m *trackerModel) change(ch changes) {
 		p := kpod(ns, fmt.Sprintf("%s-%d", app, m.seq), node, "", podLabels(map[string]string{"app": app}))
 		p.CreationTimestamp = metav1.NewTime(time.Unix(int64(1000+m.seq), 0))
 		p.Status.HostIP = map[string]string{"node1": "10.250.0.1", "node2": "10.250.0.2", "node3": "10.250.0.3"}[node]
-		if m.r.IntN(4) > 0 {
+		switch m.r.IntN(5) {
+		case 0: // no IP yet
+		case 1: // its IP known from the CNI plugin only (the kubelet has not written status)
+			m.v.cni[string(p.UID)] = []netip.Addr{netip.MustParseAddr(m.ip())}
+		default:
 			ip := m.ip()
 			p.Status.PodIP, p.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
 		}
@@ -207,7 +217,7 @@ func TestTrackerMatchesFullBuild(t *testing.T) {
 	incremental, fallbacks := 0, 0
 	for seed := range uint64(20) {
 		v := &mapView{ns: map[string]*corev1.Namespace{"a": kns("a", ambientNS), "b": kns("b", nil)},
-			pods: map[string]*corev1.Pod{}, services: map[string]*corev1.Service{}, slices: map[string]*discoveryv1.EndpointSlice{}, policies: map[string]*unstructured.Unstructured{}}
+			pods: map[string]*corev1.Pod{}, services: map[string]*corev1.Service{}, slices: map[string]*discoveryv1.EndpointSlice{}, policies: map[string]*unstructured.Unstructured{}, cni: map[string][]netip.Addr{}}
 		m := &trackerModel{r: rand.New(rand.NewPCG(seed, 2)), v: v}
 		tr := &tracker{td: kubeTD}
 		if _, _, err := tr.full(v); err != nil {
@@ -218,7 +228,7 @@ func TestTrackerMatchesFullBuild(t *testing.T) {
 			for range 1 + m.r.IntN(4) {
 				m.change(ch)
 			}
-			got, _, err := tr.apply(v, ch, nil)
+			got, _, err := tr.apply(v, ch, v.cni)
 			if err != nil {
 				fallbacks++
 				t.Logf("seed %d step %d: full build: %v", seed, step, err)
@@ -243,9 +253,10 @@ func TestTrackerMatchesFullBuild(t *testing.T) {
 	}
 }
 
-// TestSlimKeepsWhatSpecReads: a pod as a Deployment makes it, and as the informer keeps it
-// (slim), convert to the same workload: owner, probe ports (named and numbered), IPs, labels.
-func TestSlimKeepsWhatSpecReads(t *testing.T) {
+// TestPodInfoKeepsWhatSpecReads: what the informer keeps of a pod as a Deployment makes it
+// (podInfo) converts to the workload the pod's fields say: owner, probe ports (named and
+// numbered, exec left out), IPs, labels.
+func TestPodInfoKeepsWhatSpecReads(t *testing.T) {
 	ctrl := true
 	pod := kpod("a", "web-5d8f7c9b6-x2x9z", "node1", "10.30.0.9", podLabels(map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b6"}))
 	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b6", UID: "rs", Controller: &ctrl}, {Kind: "Other", Name: "x"}}
@@ -259,16 +270,13 @@ func TestSlimKeepsWhatSpecReads(t *testing.T) {
 		{Name: "side", Ports: []corev1.ContainerPort{{Name: "grpc", ContainerPort: 7070}}, ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 7070}}}},
 		{Name: "noprobe", Ports: []corev1.ContainerPort{{Name: "x", ContainerPort: 1}}},
 	}
-	pod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
-	want, ok1 := podWorkload(pod, ambientNS, nil)
-	got, ok2 := podWorkload(slim(pod), ambientNS, nil)
-	if !ok1 || !ok2 || fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
-		t.Fatalf("slim pod converts to\n%+v (%v)\nthe pod to\n%+v (%v)", got, ok2, want, ok1)
+	w, ok := podWorkload(infoOf(pod), ambientNS, nil)
+	if !ok {
+		t.Fatal("not represented")
 	}
-	if want.WorkloadName != "web" || !slices.Equal(want.ProbePorts, []uint16{7070, 8080, 9901}) {
-		t.Errorf("fixture: workload name %q, probe ports %v", want.WorkloadName, want.ProbePorts)
-	}
-	if s := slim(pod); s.Annotations != nil || len(s.Spec.Containers) != 2 || s.Spec.Containers[0].Image != "" {
-		t.Errorf("slim kept what nothing reads: %+v", s)
+	want := workload.Workload{UID: "uid-" + pod.Name, Name: pod.Name, WorkloadName: "web", Namespace: "a", ServiceAccount: pod.Name + "-sa", Node: "node1",
+		Labels: pod.Labels, Mode: workload.ModeAmbient, IPs: []netip.Addr{netip.MustParseAddr("10.30.0.9")}, HostIP: netip.MustParseAddr("10.250.0.1"), ProbePorts: []uint16{7070, 8080, 9901}}
+	if fmt.Sprintf("%+v", w) != fmt.Sprintf("%+v", want) {
+		t.Errorf("podInfo converts to\n%+v\nwant\n%+v", w, want)
 	}
 }
