@@ -63,11 +63,10 @@ type State struct {
 	routes   []*Route
 	routesOf map[string][]*Route // by parent service key
 
-	// By workload UID, as service keys (so that a service's new version leaves its members'
-	// entries as they are): the services it is an endpoint of, sorted; for a waypoint's pods,
-	// the waypoint (the first, by key).
-	servicesOf *iradix.Tree[[]string]
-	waypointOf *iradix.Tree[string]
+	// selectors: the keys of the services with a selector and no EndpointIPs (the state
+	// file's), whose endpoints are found by labels. A workload's services are not indexed:
+	// ServicesOf finds them from its IPs (listedAt) and these.
+	selectors *iradix.Tree[struct{}]
 
 	policies []policy.Policy
 }
@@ -133,17 +132,13 @@ func Build(spec Spec, p *Problems) *State {
 		}
 	}
 	s.endpoints = et.Commit()
-	of, wp := iradix.New[[]string]().Txn(), iradix.New[string]().Txn()
-	for _, svc := range s.Services() { // sorted: each list is too
-		for _, w := range get(s.endpoints, svc.Key()) {
-			have, _ := of.Get(key(w.UID))
-			of.Insert(key(w.UID), append(have[:len(have):len(have)], svc.Key()))
-			if _, ok := wp.Get(key(w.UID)); svc.WaypointFor != NotWaypoint && !ok {
-				wp.Insert(key(w.UID), svc.Key())
-			}
+	sel := iradix.New[struct{}]().Txn()
+	for _, svc := range s.Services() {
+		if bySelector(svc) {
+			sel.Insert(key(svc.Key()), struct{}{})
 		}
 	}
-	s.servicesOf, s.waypointOf = of.Commit(), wp.Commit()
+	s.selectors = sel.Commit()
 	s.setRoutes(spec.Routes)
 	s.setPolicies(spec.Policies)
 	return s
@@ -183,6 +178,9 @@ func (s *State) setPolicies(pols []policy.Policy) {
 	s.policies = pols
 	slices.SortFunc(s.policies, func(a, b policy.Policy) int { return cmp.Compare(a.Key(), b.Key()) })
 }
+
+// bySelector reports whether svc's endpoints are found by its selector (it has no EndpointIPs).
+func bySelector(svc *Service) bool { return svc.EndpointIPs == nil && len(svc.Selector) > 0 }
 
 // resolveEndpoints returns svc's endpoints in s, sorted by UID: the workloads of its
 // EndpointIPs when it has them, else those of its namespace its selector selects.

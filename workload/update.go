@@ -101,10 +101,8 @@ func (s *State) Apply(u Update) (*State, error) {
 		news[spec.Workloads[i].UID] = &spec.Workloads[i]
 	}
 	wt, it, nt := txn(s.byUID), txn(s.byIP), txn(s.byNode)
-	changed := map[string]bool{} // UIDs whose entries (and services) are re-resolved
 	var olds []*Workload
 	for _, uid := range wKeys {
-		changed[uid] = true
 		old := s.WorkloadByUID(uid)
 		if old == nil {
 			continue
@@ -221,6 +219,17 @@ func (s *State) Apply(u Update) (*State, error) {
 		return nil, err
 	}
 	next.byKey, next.byVIP, next.listedAt = kt.Commit(), vt.Commit(), lt.Commit()
+	if len(sKeys) > 0 {
+		st := txn(s.selectors)
+		for _, k := range sKeys {
+			if svc := newSvcs[k]; svc != nil && bySelector(svc) {
+				st.Insert(key(k), struct{}{})
+			} else {
+				st.Delete(key(k))
+			}
+		}
+		next.selectors = st.Commit()
+	}
 
 	for _, old := range olds {
 		for _, svc := range s.ServicesOf(old) {
@@ -233,26 +242,14 @@ func (s *State) Apply(u Update) (*State, error) {
 				affected[k] = true
 			}
 		}
-		// Selector services (the state file's) of the workload's namespace.
-		for _, svc := range values(next.byKey, []byte(w.Namespace+"/")) {
-			if svc.EndpointIPs == nil && len(svc.Selector) > 0 {
-				affected[svc.Key()] = true
-			}
-		}
+		next.selectorsOf(w.Namespace, affected)
 	}
 	for _, old := range olds {
-		for _, svc := range values(next.byKey, []byte(old.Namespace+"/")) {
-			if svc.EndpointIPs == nil && len(svc.Selector) > 0 {
-				affected[svc.Key()] = true
-			}
-		}
+		next.selectorsOf(old.Namespace, affected)
 	}
 
 	et := txn(s.endpoints)
 	for k := range affected {
-		for _, w := range get(s.endpoints, k) {
-			changed[w.UID] = true
-		}
 		svc := get(next.byKey, k)
 		var eps []*Workload
 		if svc != nil {
@@ -263,54 +260,22 @@ func (s *State) Apply(u Update) (*State, error) {
 			continue
 		}
 		et.Insert(key(k), eps)
-		for _, w := range eps {
-			changed[w.UID] = true
-		}
 	}
 	next.endpoints = et.Commit()
 
-	// The services of every workload whose memberships may have moved; an entry is written
-	// only where it differs.
-	of, wp := txn(s.servicesOf), txn(s.waypointOf)
-	for uid := range changed {
-		w := next.WorkloadByUID(uid)
-		had := get(s.servicesOf, uid)
-		var list []string
-		if w != nil {
-			for _, k := range had {
-				if !affected[k] {
-					list = append(list, k)
-				}
-			}
-			for k := range affected {
-				if slices.Contains(get(next.endpoints, k), w) {
-					list = append(list, k)
-				}
-			}
-			slices.Sort(list)
-		}
-		switch {
-		case len(list) == 0 && len(had) > 0:
-			of.Delete(key(uid))
-		case len(list) > 0 && !slices.Equal(list, had):
-			of.Insert(key(uid), list)
-		}
-		waypoint := ""
-		for _, k := range list {
-			if svc := get(next.byKey, k); svc.WaypointFor != NotWaypoint {
-				waypoint = k
-				break
-			}
-		}
-		switch old := get(s.waypointOf, uid); {
-		case waypoint == "" && old != "":
-			wp.Delete(key(uid))
-		case waypoint != "" && waypoint != old:
-			wp.Insert(key(uid), waypoint)
-		}
-	}
-	next.servicesOf, next.waypointOf = of.Commit(), wp.Commit()
 	return next, nil
+}
+
+// selectorsOf adds to keys the selector services (the state file's) of namespace ns.
+func (s *State) selectorsOf(ns string, keys map[string]bool) {
+	if s.selectors == nil {
+		return
+	}
+	it := s.selectors.Root().Iterator()
+	it.SeekPrefix([]byte(ns + "/"))
+	for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
+		keys[string(k)] = true
+	}
 }
 
 // txn starts a transaction on t, an empty tree when t is nil (the zero State).

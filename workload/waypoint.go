@@ -3,6 +3,7 @@ package workload
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Waypoints (DESIGN §7). A service or workload names its waypoint (Waypoint, inherited from its
@@ -36,7 +37,7 @@ func (s *State) ServiceWaypoint(svc *Service) (*Service, error) {
 // waypoint's pod. A name that does not resolve is an error wrapping ErrWaypoint.
 func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 	w = s.own(w)
-	if w == nil || get(s.waypointOf, w.UID) != "" {
+	if w == nil || s.WaypointOf(w) != nil {
 		return nil, nil
 	}
 	wp, err := s.waypointNamed(w.Namespace, w.Waypoint)
@@ -49,27 +50,47 @@ func (s *State) WorkloadWaypoint(w *Workload) (*Service, error) {
 	return wp, nil
 }
 
-// WaypointOf returns the waypoint w is a pod of, nil when it is none's. Traffic from a waypoint
-// is never sent back to a waypoint: it is what the waypoint forwards.
+// WaypointOf returns the waypoint w is a pod of, nil when it is none's: the first of its
+// services, by key, that is a waypoint. Traffic from a waypoint is never sent back to a
+// waypoint: it is what the waypoint forwards.
 func (s *State) WaypointOf(w *Workload) *Service {
-	if w == nil {
-		return nil
-	}
-	if k := get(s.waypointOf, w.UID); k != "" {
-		return get(s.byKey, k)
+	for _, svc := range s.ServicesOf(w) {
+		if svc.WaypointFor != NotWaypoint {
+			return svc
+		}
 	}
 	return nil
 }
 
-// ServicesOf returns the services w is an endpoint of, sorted by key.
+// ServicesOf returns the services w (this state's workload of its UID) is an endpoint of,
+// sorted by key: those whose EndpointIPs list one of its IPs, and those whose selector
+// selects it.
 func (s *State) ServicesOf(w *Workload) []*Service {
 	if w == nil {
 		return nil
 	}
-	keys := get(s.servicesOf, w.UID)
+	o := s.WorkloadByUID(w.UID)
+	if o == nil {
+		return nil
+	}
+	var keys []string
+	for _, ip := range o.IPs {
+		keys = append(keys, getIP(s.listedAt, ip)...)
+	}
+	if s.selectors != nil {
+		it := s.selectors.Root().Iterator()
+		it.SeekPrefix([]byte(o.Namespace + "/"))
+		for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
+			if svc := get(s.byKey, string(k)); svc != nil && selects(svc.Selector, o.Labels) {
+				keys = append(keys, svc.Key())
+			}
+		}
+	}
 	if len(keys) == 0 {
 		return nil
 	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
 	out := make([]*Service, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, get(s.byKey, k))
