@@ -314,7 +314,7 @@ func loadPoint(ctx context.Context, curve string, p curvePath, conns, rate int, 
 // reports the growth per connection.
 func memoryPoint(ctx context.Context, p curvePath, n int) (CurvePoint, error) {
 	pt := CurvePoint{Curve: curveMemory, Path: p.name, X: n}
-	before := settledRSS(p.procs)
+	before := lab.SettledRSS(p.procs)
 	cs, err := openConns(ctx, p.clients, p.addr, n)
 	defer func() {
 		closeAll(cs)
@@ -324,7 +324,7 @@ func memoryPoint(ctx context.Context, p curvePath, n int) (CurvePoint, error) {
 	if err != nil {
 		return pt, err
 	}
-	after := settledRSS(p.procs)
+	after := lab.SettledRSS(p.procs)
 	for i := range after {
 		pt.RSSMiB += after[i]
 		pt.GrowthMiB += after[i] - before[i]
@@ -333,30 +333,6 @@ func memoryPoint(ctx context.Context, p curvePath, n int) (CurvePoint, error) {
 	pt.SourceKiB = (after[0] - before[0]) * 1024 / float64(n)
 	pt.DestKiB = (after[1] - before[1]) * 1024 / float64(n)
 	return pt, nil
-}
-
-// settledRSS is each pid's RSS (MiB) once their sum stopped moving (a second apart within 1 %,
-// at most ten tries): connections just opened are still being set up.
-func settledRSS(pids []int) []float64 {
-	var last []float64
-	sum := func(v []float64) (t float64) {
-		for _, x := range v {
-			t += x
-		}
-		return t
-	}
-	for range 10 {
-		now := make([]float64, len(pids))
-		for i, pid := range pids {
-			now[i], _ = lab.RSSMiB(pid)
-		}
-		if last != nil && sum(now) >= sum(last)*0.99 && sum(now) <= sum(last)*1.01 {
-			return now
-		}
-		last = now
-		time.Sleep(time.Second)
-	}
-	return last
 }
 
 // openConns dials n connections to addr, spread round-robin over the pods, 32 at a time, each

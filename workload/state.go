@@ -359,17 +359,6 @@ func (s *State) Workloads() []*Workload { return values(s.byUID, nil) }
 // Services returns every service, sorted by namespace/name.
 func (s *State) Services() []*Service { return values(s.byKey, nil) }
 
-// Counts returns how many workloads and services s holds, without listing them.
-func (s *State) Counts() (workloads, services int) {
-	if s.byUID != nil {
-		workloads = s.byUID.Len()
-	}
-	if s.byKey != nil {
-		services = s.byKey.Len()
-	}
-	return workloads, services
-}
-
 // Policies returns every policy, sorted by namespace/name.
 func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
 

@@ -44,8 +44,6 @@ func dump(st *State, ips []netip.Addr) string {
 	for _, p := range st.PolicySet() {
 		fmt.Fprintf(&b, "p %s\n", p.Key())
 	}
-	w, s := st.Counts()
-	fmt.Fprintf(&b, "counts %d %d\n", w, s)
 	return b.String()
 }
 

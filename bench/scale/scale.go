@@ -189,7 +189,7 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 	if err != nil {
 		return nil, err
 	}
-	baseRSS := settledRSS(base.pid())
+	baseRSS := lab.SettledRSS([]int{base.pid()})[0]
 	base.stop()
 
 	start := time.Now()
@@ -212,7 +212,7 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 			Pods: size.Pods, Services: size.Services, Policies: size.Policies,
 			Namespaces: c.namespaces, Nodes: c.nodes, Churn: rate, SyncSeconds: ag.syncSeconds,
 		}
-		r.RSSMiB = settledRSS(ag.pid())
+		r.RSSMiB = lab.SettledRSS([]int{ag.pid()})[0]
 		r.HeapMiB = ag.heapMiB(ctx)
 		if size.Pods > 0 {
 			r.BytesPerPod = (r.RSSMiB - baseRSS) * (1 << 20) / float64(size.Pods)
@@ -244,24 +244,9 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		r.PolicyP50, r.PolicyP99 = percentile(lat.policy, 50), percentile(lat.policy, 99)
 		r.EndpointP50, r.EndpointP99 = percentile(lat.endpoint, 50), percentile(lat.endpoint, 99)
 		r.Samples = len(lat.policy) + len(lat.endpoint)
-		r.RSSAfterMiB = settledRSS(ag.pid())
+		r.RSSAfterMiB = lab.SettledRSS([]int{ag.pid()})[0]
 		log.Info("churn measured", "rate", rate, "result", r)
 		out = append(out, r)
 	}
 	return out, nil
-}
-
-// settledRSS is the agent's RSS (MiB) once it stops moving (its heap after the last build is
-// collected and returned), read for at most 5 s.
-func settledRSS(pid int) float64 {
-	last := 0.0
-	for range 10 {
-		now, _ := lab.RSSMiB(pid)
-		if last > 0 && now >= last*0.98 && now <= last*1.02 {
-			return now
-		}
-		last = now
-		time.Sleep(500 * time.Millisecond)
-	}
-	return last
 }

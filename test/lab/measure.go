@@ -89,3 +89,27 @@ func CPUSeconds(pid int) float64 {
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
 }
+
+// SettledRSS is each pid's RSS (MiB) once their sum stopped moving (a second apart within 1 %,
+// at most ten tries): connections just opened, or a heap just grown, are still settling.
+func SettledRSS(pids []int) []float64 {
+	var last []float64
+	sum := func(v []float64) (t float64) {
+		for _, x := range v {
+			t += x
+		}
+		return t
+	}
+	for range 10 {
+		now := make([]float64, len(pids))
+		for i, pid := range pids {
+			now[i], _ = RSSMiB(pid)
+		}
+		if last != nil && sum(now) >= sum(last)*0.99 && sum(now) <= sum(last)*1.01 {
+			return now
+		}
+		last = now
+		time.Sleep(time.Second)
+	}
+	return last
+}

@@ -96,10 +96,22 @@ func mergedKeys[V any](a, b map[string]V) map[string]bool {
 
 // informerView is the tracker's view of the informers' caches.
 type informerView struct {
-	src             *Source
 	nss, svcs, pols cache.Store
+	rts             cache.Store // nil without Gateway API (or not watched)
 	pods, eps       cache.Indexer
 	podIPs          map[string][]netip.Addr // for objects
+}
+
+// listAs returns what s holds of type T.
+func listAs[T any](s cache.Store) []T {
+	objs := s.List()
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		if t, ok := o.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func getAs[T any](s cache.Store, key string) (T, bool) {
@@ -150,13 +162,12 @@ func (v informerView) policy(key string) (*unstructured.Unstructured, bool) {
 }
 
 func (v informerView) objects() Objects {
-	k := v.src
 	objs := Objects{
-		Namespaces: k.nsLister(), infos: k.podLister(), Services: k.svcLister(),
-		EndpointSlices: k.epsLister(), Policies: k.polLister(), PodIPs: v.podIPs,
+		Namespaces: listAs[*corev1.Namespace](v.nss), infos: listAs[*podInfo](v.pods), Services: listAs[*corev1.Service](v.svcs),
+		EndpointSlices: listAs[*discoveryv1.EndpointSlice](v.eps), Policies: listAs[*unstructured.Unstructured](v.pols), PodIPs: v.podIPs,
 	}
-	if k.rtLister != nil {
-		objs.Routes = k.rtLister()
+	if v.rts != nil {
+		objs.Routes = listAs[*unstructured.Unstructured](v.rts)
 	}
 	return objs
 }

@@ -64,6 +64,18 @@ type Objects struct {
 	infos []*podInfo
 }
 
+// podInfos returns the pods as podInfos (infos, or those made of Pods) in a new slice.
+func (o Objects) podInfos() []*podInfo {
+	if o.infos != nil {
+		return slices.Clone(o.infos)
+	}
+	infos := make([]*podInfo, 0, len(o.Pods))
+	for _, pod := range o.Pods {
+		infos = append(infos, infoOf(pod))
+	}
+	return infos
+}
+
 // Spec converts the cluster's objects into a workload.Spec that workload.NewState accepts: objects amesh cannot
 // represent are left out (pods without an IP or node yet, host-network pods, headless services)
 // and conflicts are settled the way the cluster itself would (of two pods with one IP, the newer
@@ -78,12 +90,7 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 	}
 
 	// Pods: newest first, so that the newer of two pods claiming one IP wins.
-	pods := slices.Clone(objs.infos)
-	if pods == nil {
-		for _, pod := range objs.Pods {
-			pods = append(pods, infoOf(pod))
-		}
-	}
+	pods := objs.podInfos()
 	slices.SortFunc(pods, func(a, b *podInfo) int {
 		if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
 			return c

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -68,13 +67,7 @@ type Source struct {
 	// a waypoint needs them; a node agent does not (and its role may not read them).
 	WatchRoutes bool
 
-	podLister  cacheLister[*podInfo]
-	nsLister   cacheLister[*corev1.Namespace]
-	svcLister  cacheLister[*corev1.Service]
-	epsLister  cacheLister[*discoveryv1.EndpointSlice]
-	polLister  cacheLister[*unstructured.Unstructured]
-	rtLister   cacheLister[*unstructured.Unstructured] // nil without Gateway API
-	stores     informerView
+	stores     informerView // the informers' caches
 	changed    chan struct{}
 	urgent     chan struct{}
 	problems   atomic.Int64
@@ -89,21 +82,6 @@ type Source struct {
 	// Used by Start, then by Run's goroutine only:
 	tr      tracker
 	lastIPs map[string][]netip.Addr // PodIPs as of the last build
-}
-
-type cacheLister[T any] func() []T
-
-func lister[T any](inf cache.SharedIndexInformer) cacheLister[T] {
-	return func() []T {
-		objs := inf.GetStore().List()
-		out := make([]T, 0, len(objs))
-		for _, o := range objs {
-			if t, ok := o.(T); ok {
-				out = append(out, t)
-			}
-		}
-		return out
-	}
 }
 
 // Start starts the informers, which run until ctx is done, and returns the first State once
@@ -139,9 +117,7 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	svcs := k.informer(ctx, servicesResource, typed[corev1.Service], nil)
 	eps := k.informer(ctx, endpointSlicesResource, slimSlice, cache.Indexers{byServiceIndex: sliceServiceKeys})
 	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured, nil)
-	k.podLister, k.nsLister, k.svcLister = lister[*podInfo](pods), lister[*corev1.Namespace](nss), lister[*corev1.Service](svcs)
-	k.epsLister, k.polLister = lister[*discoveryv1.EndpointSlice](eps), lister[*unstructured.Unstructured](pols)
-	k.stores = informerView{src: k, pods: pods.GetIndexer(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
+	k.stores = informerView{pods: pods.GetIndexer(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
 	informers := []cache.SharedIndexInformer{pods, nss, svcs, eps, pols}
 	handlers := []cache.ResourceEventHandler{
 		k.handler(func(c *changes, key string, _ any) { c.pods[key] = true }),
@@ -160,7 +136,7 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	if k.WatchRoutes {
 		if _, err := k.Dynamic.Resource(HTTPRouteResource).List(syncCtx, metav1.ListOptions{Limit: 1}); err == nil {
 			rts := k.informer(ctx, HTTPRouteResource, trimUnstructured, nil)
-			k.rtLister = lister[*unstructured.Unstructured](rts)
+			k.stores.rts = rts.GetStore()
 			informers = append(informers, rts)
 			handlers = append(handlers, k.handler(func(c *changes, _ string, _ any) { c.full = true }))
 		} else {

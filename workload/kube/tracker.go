@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -73,12 +74,7 @@ func (t *tracker) full(v view) (*workload.State, []error, error) {
 	}
 	problems = append(problems, st.WaypointErrors()...)
 	t.cur = st
-	infos := objs.infos
-	if infos == nil {
-		for _, pod := range objs.Pods {
-			infos = append(infos, infoOf(pod))
-		}
-	}
+	infos := objs.podInfos()
 	t.podUID = make(map[string]string, len(infos))
 	for _, pod := range infos {
 		if uid := podUID(pod); st.WorkloadByUID(uid) != nil {
@@ -127,7 +123,8 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 			podUIDs[key] = w.UID
 		}
 	}
-	u.Nodes, u.SetNodes = t.nodes(cur, u)
+	delta, nodes, nodesChanged := t.nodes(cur, u)
+	u.Nodes, u.SetNodes = nodes, nodesChanged
 	for key := range ch.services {
 		svc, exists := v.service(key)
 		var s *workload.Service
@@ -182,17 +179,9 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 		}
 	}
 	// Commit the tracker's view of next.
-	for uid, w := range u.Workloads {
-		if old := cur.WorkloadByUID(uid); old != nil {
-			t.nodePods[old.Node]--
-		}
-		if w != nil {
-			t.nodePods[w.Node]++
-		}
-	}
-	for n, c := range t.nodePods {
-		if c <= 0 {
-			delete(t.nodePods, n)
+	for name, d := range delta {
+		if t.nodePods[name] += d; t.nodePods[name] <= 0 {
+			delete(t.nodePods, name)
 		}
 	}
 	for key, uid := range podUIDs {
@@ -209,52 +198,55 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 	return next, problems, nil
 }
 
-// nodes returns the node set after u, and whether it differs from cur's: as Spec makes it, the
-// nodes that have workloads, each with the host IP its pods report (the first known).
-func (t *tracker) nodes(cur *workload.State, u workload.Update) ([]workload.Node, bool) {
-	count := maps.Clone(t.nodePods)
+// nodes returns how u changes the number of workloads on each node it touches, and the node
+// set after u with whether it differs from cur's: as Spec makes it, the nodes that have
+// workloads, each with the host IP its pods report (the first known).
+func (t *tracker) nodes(cur *workload.State, u workload.Update) (delta map[string]int, nodes []workload.Node, changed bool) {
+	delta = map[string]int{}
 	hostIP := map[string]netip.Addr{}
 	for uid, w := range u.Workloads {
 		if old := cur.WorkloadByUID(uid); old != nil {
-			count[old.Node]--
+			delta[old.Node]--
 		}
 		if w != nil {
-			count[w.Node]++
+			delta[w.Node]++
 			if w.HostIP.IsValid() && !hostIP[w.Node].IsValid() {
 				hostIP[w.Node] = w.HostIP
 			}
 		}
 	}
-	changed := false
-	var out []workload.Node
-	for name, c := range count {
-		if c <= 0 {
-			if _, had := cur.Node(name); had {
-				changed = true
-			}
-			continue
-		}
+	left := func(name string) int { return t.nodePods[name] + delta[name] }
+	for name := range delta {
 		n, had := cur.Node(name)
-		if !had {
-			n, changed = workload.Node{Name: name, IP: hostIP[name]}, true
-		} else if !n.IP.IsValid() && hostIP[name].IsValid() {
-			n.IP, changed = hostIP[name], true
+		switch {
+		case left(name) <= 0:
+			changed = changed || had
+		case !had, !n.IP.IsValid() && hostIP[name].IsValid():
+			changed = true
 		}
-		out = append(out, n)
 	}
 	if !changed {
-		return nil, false
+		return delta, nil, false
 	}
-	slices.SortFunc(out, func(a, b workload.Node) int { return cmp.Compare(a.Name, b.Name) })
-	return out, true
+	for _, n := range cur.Nodes() {
+		if left(n.Name) > 0 {
+			if !n.IP.IsValid() {
+				n.IP = hostIP[n.Name]
+			}
+			nodes = append(nodes, n)
+		}
+	}
+	for name := range delta {
+		if _, had := cur.Node(name); !had && left(name) > 0 {
+			nodes = append(nodes, workload.Node{Name: name, IP: hostIP[name]})
+		}
+	}
+	slices.SortFunc(nodes, func(a, b workload.Node) int { return cmp.Compare(a.Name, b.Name) })
+	return delta, nodes, true
 }
 
 // splitKey splits namespace/name.
 func splitKey(key string) (namespace, name string) {
-	for i := range len(key) {
-		if key[i] == '/' {
-			return key[:i], key[i+1:]
-		}
-	}
-	return "", key
+	namespace, name, _ = strings.Cut(key, "/")
+	return namespace, name
 }
