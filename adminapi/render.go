@@ -1,6 +1,7 @@
 package adminapi
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -68,13 +69,13 @@ func Write(w io.Writer, d *ConfigDump, kind, format string) error {
 			row(x.Namespace, x.Name, x.Action, x.Scope)
 		}
 	case "certificates":
-		row("IDENTITY", "STATE", "SERIAL", "VALID FROM", "EXPIRES")
+		row("IDENTITY", "SOURCE", "STATE", "SERIAL", "VALID FROM", "EXPIRES", "DETAIL")
 		for _, x := range d.Certificates {
 			serial, from, to := "-", "-", "-"
 			if len(x.CertChain) > 0 {
 				serial, from, to = x.CertChain[0].SerialNumber, x.CertChain[0].ValidFrom, x.CertChain[0].ExpirationTime
 			}
-			row(x.Identity, x.State, serial, from, to)
+			row(x.Identity, cmp.Or(x.Source, "-"), x.State, serial, from, to, cmp.Or(x.Detail, "-"))
 		}
 	case "connections":
 		row("SOURCE", "DESTINATION", "PORT", "PATH")

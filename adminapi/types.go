@@ -53,8 +53,14 @@ type Policy struct {
 
 // Certificate is an identity the agent holds an SVID for: state Available or Unavailable.
 type Certificate struct {
-	Identity  string `json:"identity"`
-	State     string `json:"state"`
+	Identity string `json:"identity"`
+	State    string `json:"state"`
+	// Source is who issued it: "builtin" (amesh's CA) or "spire" (the node's SPIRE agent).
+	Source string `json:"source,omitempty"`
+	// Selectors are what the SVID was asked of SPIRE with.
+	Selectors []string `json:"selectors,omitempty"`
+	// Detail says why it is Unavailable (no registration entry matches, SPIRE unreachable, ...).
+	Detail    string `json:"detail,omitempty"`
 	CertChain []Cert `json:"certChain"`
 	RootCerts []Cert `json:"rootCerts"`
 }

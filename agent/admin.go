@@ -142,17 +142,17 @@ func (a *Agent) configDump(ctx context.Context) adminapi.ConfigDump {
 		}
 		d.Policies = append(d.Policies, adminapi.Policy{Name: p.Name, Namespace: p.Namespace, Scope: scope, Action: action, Selector: p.Selector, Rules: p.Rules})
 	}
-	for _, id := range a.src.Held() {
-		c := adminapi.Certificate{Identity: id.String(), State: "Unavailable", CertChain: []adminapi.Cert{}, RootCerts: []adminapi.Cert{}}
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		svid, err := a.src.SVID(sctx, id)
-		cancel()
-		if err == nil {
+	for _, h := range a.src.Held() {
+		c := adminapi.Certificate{Identity: h.ID.String(), Source: h.Source, Selectors: h.Selectors, State: "Unavailable", CertChain: []adminapi.Cert{}, RootCerts: []adminapi.Cert{}}
+		if h.Err != nil {
+			c.Detail = h.Err.Error()
+		}
+		if h.SVID != nil {
 			c.State = "Available"
-			for _, cert := range svid.Certificates {
+			for _, cert := range h.SVID.Certificates {
 				c.CertChain = append(c.CertChain, certOf(cert.Raw, cert.SerialNumber.String(), cert.NotBefore, cert.NotAfter))
 			}
-			if b, err := a.src.GetX509BundleForTrustDomain(id.TrustDomain()); err == nil {
+			if b, err := a.src.GetX509BundleForTrustDomain(h.ID.TrustDomain()); err == nil {
 				for _, cert := range b.X509Authorities() {
 					c.RootCerts = append(c.RootCerts, certOf(cert.Raw, cert.SerialNumber.String(), cert.NotBefore, cert.NotAfter))
 				}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/amesh-dev/amesh/handoff"
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/identity/spire"
 	"github.com/amesh-dev/amesh/internal/version"
 	"github.com/amesh-dev/amesh/metrics"
 	"github.com/amesh-dev/amesh/netns"
@@ -68,6 +69,12 @@ type Config struct {
 	CADir string
 	// SVIDTTL is the lifetime of issued SVIDs; identity.DefaultSVIDTTL when zero.
 	SVIDTTL time.Duration
+	// Identity is where the SVIDs of the node's workloads come from: IdentityBuiltin (the
+	// built-in CA in CADir; the default) or IdentitySPIRE (the node's SPIRE agent, as its
+	// authorized delegate, configured by SPIRE).
+	Identity string
+	// SPIRE configures the SPIRE source (Identity IdentitySPIRE); its Logger is the agent's.
+	SPIRE spire.Config
 	// PinDir is the agent's bpffs directory; DefaultPinDir(Node) when empty.
 	PinDir string
 	// DrainTimeout bounds the graceful drain on shutdown; DefaultDrainTimeout when zero.
@@ -95,6 +102,12 @@ type Config struct {
 	Logger, AccessLog *slog.Logger
 }
 
+// Identity sources (Config.Identity).
+const (
+	IdentityBuiltin = identity.SourceBuiltin
+	IdentitySPIRE   = identity.SourceSPIRE
+)
+
 // SameNodeMode selects the same-node path.
 type SameNodeMode string
 
@@ -118,7 +131,7 @@ type Agent struct {
 	cniPods    cniRegistry
 	netnsCache netns.Scanner
 	synced     atomic.Bool // the state has been reconciled once
-	src        *identity.Cache
+	src        identity.NodeSource
 	red        *redirect.Redirector
 	srv        *tunnel.Server
 	cli        *tunnel.Client
@@ -255,11 +268,9 @@ func New(cfg Config) (_ *Agent, err error) {
 	}
 	a.store = workload.NewStore(st)
 
-	ca, err := openCA(st.TrustDomain(), cfg.CADir, cfg.SVIDTTL, cfg.Kube != nil)
-	if err != nil {
+	if a.src, err = openSource(cfg, st.TrustDomain(), log); err != nil {
 		return nil, err
 	}
-	a.src = identity.NewCache(ca, log)
 
 	a.red, err = redirect.Open(redirect.Config{PinDir: cfg.PinDir, Logger: log})
 	if err != nil {
@@ -328,6 +339,32 @@ func (a *Agent) chooseSameNode() error {
 		}
 	}
 	return nil
+}
+
+// openSource opens the identity source cfg names.
+func openSource(cfg Config, td spiffeid.TrustDomain, log *slog.Logger) (identity.NodeSource, error) {
+	switch cfg.Identity {
+	case "", IdentityBuiltin:
+		ca, err := openCA(td, cfg.CADir, cfg.SVIDTTL, cfg.Kube != nil)
+		if err != nil {
+			return nil, err
+		}
+		return identity.NewCache(ca, log), nil
+	case IdentitySPIRE:
+		sc := cfg.SPIRE
+		sc.Logger = log
+		src, err := spire.New(context.Background(), sc)
+		if err != nil {
+			return nil, fmt.Errorf("agent: --identity=spire: %w", err)
+		}
+		if src.Ready() == nil {
+			if _, err := src.GetX509BundleForTrustDomain(td); err != nil {
+				log.Error("SPIRE has no bundle for the mesh's trust domain: every workload will be refused (SPIRE's trust_domain must be the mesh's)", "trust_domain", td.Name(), "err", err)
+			}
+		}
+		return src, nil
+	}
+	return nil, fmt.Errorf("agent: identity source %q: want %q or %q", cfg.Identity, IdentityBuiltin, IdentitySPIRE)
 }
 
 // openCA loads the built-in CA from dir; without Kubernetes it makes one there when there is
@@ -469,6 +506,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			retry.after(a.failedEnrollments())
 		case id := <-revoked:
+			if a.cfg.SameNode == SameNodeKernel {
+				// Cached kernel-path verdicts of the identity's pods would let new connections
+				// skip the agent, and with it the check that the identity is still held.
+				a.mu.Lock()
+				a.revalidateKernelPathsLocked(a.store.Load())
+				a.mu.Unlock()
+			}
 			n := a.revokeIdentity(id)
 			a.log.Info("identity revoked: its open connections ended", "id", id.String(), "count", n)
 		case <-retry.c:

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"cmp"
-	"context"
 	"math/rand/v2"
 	"strings"
 	"time"
@@ -65,12 +64,9 @@ func (a *Agent) registerMetrics() {
 	m.Gauge("amesh_enrollment_failures", "Pods of this node whose last enrollment failed (retried).", func() float64 { return float64(a.failedEnrollments()) })
 	m.GaugeSet("amesh_certificate_expiration_timestamp_seconds", "When each identity's current X.509-SVID held by this agent expires (Unix time).", "identity", func() map[string]float64 {
 		out := map[string]float64{}
-		for _, id := range a.src.Held() {
-			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			svid, err := a.src.SVID(ctx, id)
-			cancel()
-			if err == nil && len(svid.Certificates) > 0 {
-				out[id.String()] = float64(svid.Certificates[0].NotAfter.Unix())
+		for _, h := range a.src.Held() {
+			if h.SVID != nil {
+				out[h.ID.String()] = float64(h.SVID.Certificates[0].NotAfter.Unix())
 			}
 		}
 		return out

@@ -33,6 +33,14 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		return
 	}
 	entry.upstream = rt.addr
+	if rt.via != nil || (rt.dst != nil && rt.dst.Enrolled()) {
+		// A mesh path needs the pod's own SVID (the splice path too, though it shows none: the
+		// identity it is authorized as must still be one the source issues).
+		if err := a.src.Check(p.id); err != nil {
+			a.refuse(c, &entry, start, "refused", "no SVID for the source "+p.id.String()+": "+err.Error())
+			return
+		}
+	}
 	release, err := p.acquireDial()
 	if err != nil {
 		a.dialsRefused.Add(1)
@@ -72,6 +80,10 @@ func (a *Agent) handleOutbound(ctx context.Context, p *pod, c *net.TCPConn) {
 		// here and joins the sockets directly (DESIGN §2), with the policy, access log and the
 		// app seeing the client's IP exactly as over HBONE.
 		entry.dstID, entry.path = local.id.String(), "splice"
+		if err := a.src.Check(local.id); err != nil {
+			a.refuse(c, &entry, start, "refused", "no SVID for the destination "+local.id.String()+": "+err.Error())
+			return
+		}
 		d := a.decide(st, p.id.String(), local, rt.addr.Port())
 		if !d.Allowed {
 			a.refuse(c, &entry, start, "denied", d.Reason)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
@@ -190,10 +191,13 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 	pctx, cancel := context.WithCancel(ctx)
 	p = &pod{w: w, id: id, cancel: cancel, dials: make(chan struct{}, maxPodDials)}
 	// Stop what was opened on any failure; the error returns name p nil, so hold it here.
-	opened := p
+	opened, held := p, false
 	defer func() {
 		if err != nil {
 			opened.stop()
+			if held {
+				a.src.Release(w.UID)
+			}
 		}
 	}()
 	listen := func(addr string) (*net.TCPListener, error) {
@@ -228,11 +232,12 @@ func (a *Agent) enrollLocked(ctx context.Context, st *workload.State, w *workloa
 		return nil, err
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	err = a.src.Warm(wctx, id)
+	err = a.src.Hold(wctx, identity.Subject{ID: id, UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, Node: w.Node})
 	wcancel()
 	if err != nil {
 		return nil, err
 	}
+	held = true
 	for _, ip := range w.IPs {
 		if err := a.red.RegisterListener(ip, redirect.KindHBONE, hbone); err != nil {
 			return nil, err
@@ -276,13 +281,7 @@ func (a *Agent) unenrollLocked(uid string, p *pod) {
 			delete(a.byIP, ip)
 		}
 	}
-	shared := false
-	for _, other := range a.pods {
-		shared = shared || other.id == p.id
-	}
-	if !shared {
-		a.src.Forget(p.id) // the agent holds keys only for workloads on its node
-	}
+	a.src.Release(uid) // the agent holds keys only for workloads on its node
 	a.log.Info("pod unenrolled", "pod", uid)
 }
 
@@ -307,6 +306,9 @@ func (a *Agent) failedEnrollments() int {
 func (a *Agent) readiness() (bool, string) {
 	if !a.synced.Load() {
 		return false, "state not synced yet"
+	}
+	if err := a.src.Ready(); err != nil {
+		return false, "identity source: " + err.Error()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -369,6 +371,9 @@ func (a *Agent) revalidateKernelPathsLocked(st *workload.State) {
 		src, to := byCookie[cookie], a.byIP[dst.Addr()]
 		if src == nil || to == nil {
 			return false
+		}
+		if a.src.Check(src.id) != nil || a.src.Check(to.id) != nil {
+			return false // an identity not held (revoked, no SPIRE entry): back through the agent, which refuses it
 		}
 		return a.decide(st, src.id.String(), to, dst.Port()).Allowed
 	})

@@ -36,6 +36,7 @@ type Cache struct {
 
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*cacheEntry
+	holders map[string]spiffeid.ID // by workload UID: what Hold took and Release gives back
 	closed  bool
 
 	issuances atomic.Uint64
@@ -59,7 +60,7 @@ func NewCache(issuer Issuer, log *slog.Logger) *Cache {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Cache{issuer: issuer, log: log, now: time.Now, ctx: ctx, cancel: cancel, entries: map[spiffeid.ID]*cacheEntry{}}
+	return &Cache{issuer: issuer, log: log, now: time.Now, ctx: ctx, cancel: cancel, entries: map[spiffeid.ID]*cacheEntry{}, holders: map[string]spiffeid.ID{}}
 }
 
 // SVID returns the current SVID of id, issuing it first if needed.
@@ -205,15 +206,78 @@ func (c *Cache) Forget(id spiffeid.ID) {
 	}
 }
 
-// Held returns the identities whose SVIDs the cache holds or is issuing.
-func (c *Cache) Held() []spiffeid.ID {
+// Hold issues the SVID of s's identity (unless held already) and keeps it until every
+// workload holding it is released. The built-in CA serves any identity, so a failure here is
+// the CA's (enrollment fails and is retried).
+func (c *Cache) Hold(ctx context.Context, s Subject) error {
+	if err := c.Warm(ctx, s.ID); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ids := make([]spiffeid.ID, 0, len(c.entries))
-	for id := range c.entries {
-		ids = append(ids, id)
+	if c.closed {
+		return ErrClosed
 	}
-	return ids
+	c.holders[s.UID] = s.ID
+	return nil
+}
+
+// Release drops uid's hold; the SVID goes when no other workload of this node holds its identity.
+func (c *Cache) Release(uid string) {
+	c.mu.Lock()
+	id, ok := c.holders[uid]
+	delete(c.holders, uid)
+	shared := false
+	for _, other := range c.holders {
+		shared = shared || other == id
+	}
+	c.mu.Unlock()
+	if ok && !shared {
+		c.Forget(id) // the agent holds keys only for workloads on its node
+	}
+}
+
+// Check is nil when an unexpired SVID of id is held.
+func (c *Cache) Check(id spiffeid.ID) error {
+	c.mu.Lock()
+	e, ok := c.entries[id]
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("identity: no SVID of %s is held on this node", id)
+	}
+	s := e.svid.Load()
+	if s == nil {
+		return fmt.Errorf("identity: the SVID of %s is being issued", id)
+	}
+	if end := s.Certificates[0].NotAfter; !c.now().Before(end) {
+		return fmt.Errorf("identity: the SVID of %s expired at %s and was not renewed", id, end.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// Held returns the identities whose SVIDs the cache holds or is issuing.
+func (c *Cache) Held() []Held {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Held, 0, len(c.entries))
+	for id, e := range c.entries {
+		h := Held{ID: id, Source: SourceBuiltin, SVID: e.svid.Load()}
+		if h.SVID == nil {
+			h.Err = errors.New("being issued")
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// Ready is nil until the cache is closed: the built-in CA is in the process.
+func (c *Cache) Ready() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	return nil
 }
 
 // Issuances returns how many SVIDs the cache obtained from its issuer, and how many attempts failed.

@@ -285,3 +285,34 @@ func TestCacheForgetAndClose(t *testing.T) {
 		t.Errorf("SVID after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestCacheHoldRelease: two pods of one service account share an SVID; it is dropped only when
+// the last of them is released, and Check says so.
+func TestCacheHoldRelease(t *testing.T) {
+	c := NewCache(newIssuer(t), nil)
+	defer c.Close()
+	id, _ := WorkloadID(td, "shop", "web")
+	for _, uid := range []string{"pod-a", "pod-b"} {
+		if err := c.Hold(context.Background(), Subject{ID: id, UID: uid, Namespace: "shop", ServiceAccount: "web"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Check(id); err != nil {
+		t.Fatalf("Check while held: %v", err)
+	}
+	if h := c.Held(); len(h) != 1 || h[0].ID != id || h[0].Source != SourceBuiltin || h[0].SVID == nil {
+		t.Fatalf("Held = %+v", h)
+	}
+	c.Release("pod-a")
+	if err := c.Check(id); err != nil {
+		t.Fatalf("Check after releasing one of two holders: %v", err)
+	}
+	c.Release("pod-b")
+	if err := c.Check(id); err == nil {
+		t.Fatal("Check after releasing both holders: nil, want an error")
+	}
+	if h := c.Held(); len(h) != 0 {
+		t.Fatalf("Held after release = %+v", h)
+	}
+	c.Release("pod-b") // twice: harmless
+}

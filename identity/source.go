@@ -32,8 +32,8 @@ type Issuer interface {
 }
 
 var (
-	_ Source = (*Cache)(nil)
-	_ Issuer = (*CA)(nil)
+	_ NodeSource = (*Cache)(nil)
+	_ Issuer     = (*CA)(nil)
 )
 
 // Revoker is an Issuer that can revoke identities before their SVIDs expire (a SPIRE agent
@@ -45,3 +45,59 @@ type Revoker interface {
 	// function that stops the subscription.
 	Revocations() (<-chan spiffeid.ID, func())
 }
+
+// Subject is a workload of this node whose SVID a NodeSource holds: the SPIFFE ID amesh computed
+// for it, and what a SPIRE agent selects on (its pod's namespace, service account, name, UID,
+// node).
+type Subject struct {
+	ID             spiffeid.ID
+	UID            string
+	Name           string
+	Namespace      string
+	ServiceAccount string
+	Node           string
+}
+
+// NodeSource is the Source of a node agent: it holds the SVIDs of the workloads enrolled on its
+// node, from enrollment (Hold) to unenrollment (Release). The built-in CA's Cache is one and the
+// SPIRE agent's Delegated Identity API (identity/spire) another; the agent does not know which
+// it runs on.
+type NodeSource interface {
+	Source
+	Revoker
+	// Hold starts holding the SVID of s and waits, within ctx, for the source's first answer.
+	// It fails when the source cannot serve s at all. A source that answers "no SVID for s yet"
+	// (SPIRE with no registration entry for it) holds it all the same and says why in Check: an
+	// SVID issued later (an entry created after the pod) then reaches it.
+	Hold(ctx context.Context, s Subject) error
+	// Release stops holding for the workload uid (it left the node); an identity nobody holds
+	// any more is dropped with its key.
+	Release(uid string)
+	// Check says, without waiting, whether a current SVID of id is held: nil, or why not (the
+	// reason a connection of that identity is refused).
+	Check(id spiffeid.ID) error
+	// Held describes every identity held, for the admin API and metrics.
+	Held() []Held
+	// Ready is nil when the source can serve, else why not (the agent's readiness says it).
+	Ready() error
+	// Close stops the source and drops every key.
+	Close() error
+}
+
+// Held is one identity a NodeSource holds.
+type Held struct {
+	ID spiffeid.ID
+	// Source names who issued it: "builtin" (the built-in CA) or "spire".
+	Source string
+	// SVID is the current SVID; nil when none is held, Err says why.
+	SVID *x509svid.SVID
+	Err  error
+	// Selectors are what the SVID was asked with (SPIRE), for the operator's eye.
+	Selectors []string
+}
+
+// Source names.
+const (
+	SourceBuiltin = "builtin"
+	SourceSPIRE   = "spire"
+)

@@ -14,8 +14,12 @@ import (
 	"github.com/amesh-dev/amesh/test/lab"
 )
 
-// probeLimit bounds the wait for one change to be enforced.
-const probeLimit = 10 * time.Second
+// probeLimit bounds the wait for one change to be enforced; readyLimit the wait for the agent's
+// first enforcement before the run (sync and enrollment, slower on a machine busy building).
+const (
+	probeLimit = 10 * time.Second
+	readyLimit = 60 * time.Second
+)
 
 // prober measures enforcement on real traffic: pod a's connections to b (the policy probe) and
 // to the probe service's VIP (the endpoint probe), through the agent.
@@ -37,10 +41,10 @@ func (p *prober) ready(ctx context.Context) error {
 	}
 	p.vip = netip.AddrPortFrom(vip, 80)
 	direct := netip.AddrPortFrom(p.to.IP, 9000).String()
-	if _, ok := p.await(ctx, direct, true, time.Now()); !ok {
+	if _, ok := p.await(ctx, direct, true, time.Now(), readyLimit); !ok {
 		return errors.New("probe: a → b is not served before the run")
 	}
-	if _, ok := p.await(ctx, p.vip.String(), false, time.Now()); !ok {
+	if _, ok := p.await(ctx, p.vip.String(), false, time.Now(), readyLimit); !ok {
 		return errors.New("probe: a → the probe service is served before it has endpoints")
 	}
 	return nil
@@ -71,9 +75,9 @@ func (p *prober) served(ctx context.Context, addr string) bool {
 }
 
 // await tries addr every 2 ms until served(addr) is want, and returns how long after t0 it
-// first was; ok is false after probeLimit.
-func (p *prober) await(ctx context.Context, addr string, want bool, t0 time.Time) (time.Duration, bool) {
-	for time.Since(t0) < probeLimit && ctx.Err() == nil {
+// first was; ok is false after limit.
+func (p *prober) await(ctx context.Context, addr string, want bool, t0 time.Time, limit time.Duration) (time.Duration, bool) {
+	for time.Since(t0) < limit && ctx.Err() == nil {
 		if p.served(ctx, addr) == want {
 			return time.Since(t0), true
 		}
@@ -102,13 +106,13 @@ func (p *prober) measure(ctx context.Context, lat *latencies, timeouts *int) err
 		if _, err := pols.Create(api, denyObject(probeNS, probeDeny, probeTarget), metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("probe: deny policy: %w", err)
 		}
-		d, ok := p.await(api, direct, false, t0)
+		d, ok := p.await(api, direct, false, t0, probeLimit)
 		record(&lat.policy, d, ok)
 		t0 = time.Now()
 		if err := pols.Delete(api, probeDeny, metav1.DeleteOptions{}); err != nil {
 			return fmt.Errorf("probe: delete deny policy: %w", err)
 		}
-		d, ok = p.await(api, direct, true, t0)
+		d, ok = p.await(api, direct, true, t0, probeLimit)
 		record(&lat.policy, d, ok)
 		if ctx.Err() != nil {
 			break
@@ -117,13 +121,13 @@ func (p *prober) measure(ctx context.Context, lat *latencies, timeouts *int) err
 		if err := p.c.setProbeEndpoints(api, true); err != nil {
 			return fmt.Errorf("probe: %w", err)
 		}
-		d, ok = p.await(api, p.vip.String(), true, t0)
+		d, ok = p.await(api, p.vip.String(), true, t0, probeLimit)
 		record(&lat.endpoint, d, ok)
 		t0 = time.Now()
 		if err := p.c.setProbeEndpoints(api, false); err != nil {
 			return fmt.Errorf("probe: %w", err)
 		}
-		d, ok = p.await(api, p.vip.String(), false, t0)
+		d, ok = p.await(api, p.vip.String(), false, t0, probeLimit)
 		record(&lat.endpoint, d, ok)
 	}
 	return nil

@@ -21,6 +21,7 @@ import (
 	cniv1 "github.com/amesh-dev/amesh/api/cni/v1"
 	"github.com/amesh-dev/amesh/cniplugin"
 	"github.com/amesh-dev/amesh/identity"
+	"github.com/amesh-dev/amesh/identity/spire"
 	"github.com/amesh-dev/amesh/workload/kube"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
@@ -148,6 +149,9 @@ type options struct {
 	caDir            *string
 	pinDir           *string
 	ttl              *time.Duration
+	identity         *string
+	spireSocket      *string
+	spireSelectors   *string
 	drain            *time.Duration
 	sameNode         *string
 	level            *string
@@ -210,7 +214,10 @@ Flags (environment variable in brackets):
 	o.state = fs.String("state", env("AMESH_STATE", ""), "YAML state file (local mode), re-read when it changes [AMESH_STATE]")
 	o.caDir = fs.String("ca-dir", env("AMESH_CA_DIR", "/var/lib/amesh/ca"), "built-in CA directory (ca.crt, ca.key); created when empty [AMESH_CA_DIR]")
 	o.pinDir = fs.String("pin-dir", env("AMESH_PIN_DIR", ""), "bpffs directory for pins (default /sys/fs/bpf/amesh/<node>) [AMESH_PIN_DIR]")
-	o.ttl = fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of issued X.509-SVIDs; rotated at half-life")
+	o.ttl = fs.Duration("svid-ttl", identity.DefaultSVIDTTL, "lifetime of X.509-SVIDs the built-in CA issues; rotated at half-life")
+	o.identity = fs.String("identity", env("AMESH_IDENTITY", agent.IdentityBuiltin), "where workloads' SVIDs come from: builtin (amesh's CA in --ca-dir, for trials) or spire (the node's SPIRE agent, amesh-agent being its authorized delegate) [AMESH_IDENTITY]")
+	o.spireSocket = fs.String("spire-admin-socket", env("AMESH_SPIRE_ADMIN_SOCKET", "/run/spire/agent-sockets/admin.sock"), "with --identity=spire: the SPIRE agent's admin socket (its admin_socket_path) [AMESH_SPIRE_ADMIN_SOCKET]")
+	o.spireSelectors = fs.String("spire-selectors", env("AMESH_SPIRE_SELECTORS", strings.Join(spire.DefaultSelectors, ",")), "with --identity=spire: the selectors each workload's SVID is asked with, comma-separated type:value templates over {namespace}, {serviceaccount}, {pod-name}, {pod-uid}, {node} [AMESH_SPIRE_SELECTORS]")
 	o.drain = fs.Duration("drain-timeout", agent.DefaultDrainTimeout, "how long SIGTERM waits for open connections")
 	o.sameNode = fs.String("same-node", env("AMESH_SAME_NODE", "auto"), "path between two pods of this node: auto (kernel where the start-up probe passes, else splice), kernel (a pod pair's first connection spliced, later ones pod to pod with no agent in the data path while the agent lives), splice (every connection authorized here and joined with splice(2)) or hbone (the full tunnel) [AMESH_SAME_NODE]")
 	o.level = fs.String("log-level", env("AMESH_LOG_LEVEL", "info"), "log level: debug, info, warn, error [AMESH_LOG_LEVEL]")
@@ -267,6 +274,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 		CNISocket: *o.cniSocket, HealthAddr: *o.health, HandoffSocket: *o.handoff, StatePoll: *o.statePoll, MetricsAddr: *o.metricsAddr, AdminAddr: *o.adminAddr,
 		AccessLogOff: *o.accessLog == "off", AccessLogSample: *o.accessSample,
 		MaxConnsPerSource: *o.maxConns, MaxStreamsPerSource: *o.maxStreams,
+		Identity: *o.identity, SPIRE: spire.Config{AdminSocket: *o.spireSocket, Selectors: strings.Split(*o.spireSelectors, ",")},
 	}
 	if *o.accessLog != "on" && *o.accessLog != "off" {
 		fmt.Fprintf(os.Stderr, "amesh-agent: --access-log %q: want on or off\n", *o.accessLog)
