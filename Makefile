@@ -14,6 +14,9 @@ BENCHTIME ?= 3s
 CACHE   ?= $(HOME)/.cache/amesh
 RECIPES ?= $(CURDIR)/../shared/recipes
 GHOSTUNNEL := $(CACHE)/bin/ghostunnel
+# SPIRE server and agent v1.13.3 for the SPIRE identity tests, from the recipe's scratch module
+# (its go.sum pins them); ~8.5 min to build on a cold cache, once.
+SPIRE_BIN := $(CACHE)/bin
 # Real Kubernetes parts for the tests (built from modules, cached outside the repo): the CNI
 # reference plugins + cnitool, and kube-apiserver + etcd + kubectl from test/k8s/tools (its go.sum
 # pins them; the first build takes minutes).
@@ -26,7 +29,7 @@ PROMTOOL := $(CACHE)/prometheus/usr/bin/promtool
 K8S_VERSION := v1.37.2
 K8S_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,-X $(p).gitVersion=$(K8S_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean -X $(p).buildDate=2026-01-01T00:00:00Z)
 
-.PHONY: bench-scale image e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
+.PHONY: bench-scale image e2e-envoy all deps demo-deps base-deps soak cni-plugins k8s-bins promtool spire-bins build bin test unit race lint fmt-check vet staticcheck generate fuzz bench bench-suite peers demo clean clean-lab
 
 all: build
 
@@ -34,7 +37,16 @@ all: build
 deps: PKGS = $(APT_PKGS)
 deps: base-deps
 	@$(GO) build -o /dev/null tool
-	@$(MAKE) --no-print-directory cni-plugins k8s-bins promtool
+	@$(MAKE) --no-print-directory cni-plugins k8s-bins promtool spire-bins
+
+## spire-bins: spire-server and spire-agent v1.13.3 into $(CACHE)/bin, once
+spire-bins: $(SPIRE_BIN)/spire-server $(SPIRE_BIN)/spire-agent
+$(SPIRE_BIN)/spire-server $(SPIRE_BIN)/spire-agent:
+	@test -f $(RECIPES)/spire/go.mod || { echo "spire-bins: $(RECIPES)/spire missing"; exit 1; }
+	@echo "deps: building $(notdir $@) v1.13.3 into $(SPIRE_BIN) (minutes, once)"
+	@mkdir -p $(CACHE)/src/spire $(SPIRE_BIN)
+	@cp $(RECIPES)/spire/go.mod $(RECIPES)/spire/go.sum $(CACHE)/src/spire/
+	cd $(CACHE)/src/spire && GONOSUMDB=github.com/GoogleCloudPlatform/cloudsql-proxy $(GO) build -mod=mod -o $@ github.com/spiffe/spire/cmd/$(notdir $@)
 
 ## promtool: Debian's promtool, unpacked into $(CACHE)/prometheus, once (the tests lint a scrape)
 promtool: $(PROMTOOL)

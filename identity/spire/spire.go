@@ -72,7 +72,8 @@ type Config struct {
 	// "type:value" with the placeholders {namespace}, {serviceaccount}, {pod-name}, {pod-uid}
 	// and {node}; DefaultSelectors when empty.
 	Selectors []string
-	// StartTimeout bounds how long New waits for the SPIRE agent's first answer; 5 s when zero.
+	// StartTimeout bounds how long New waits for the SPIRE agent to accept amesh as a delegate;
+	// 10 s when zero.
 	StartTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait before a broken stream is opened again; 100 ms
 	// and 10 s when zero (doubling in between).
@@ -137,7 +138,7 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 	if err := checkTemplates(cfg.Selectors); err != nil {
 		return nil, err
 	}
-	cfg.StartTimeout = cmp.Or(cfg.StartTimeout, 5*time.Second)
+	cfg.StartTimeout = cmp.Or(cfg.StartTimeout, 10*time.Second)
 	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, 100*time.Millisecond)
 	cfg.MaxBackoff = max(cmp.Or(cfg.MaxBackoff, 10*time.Second), cfg.MinBackoff)
 	log := cfg.Logger
@@ -162,14 +163,22 @@ func New(ctx context.Context, cfg Config) (*Source, error) {
 	}
 	s.wg.Add(1)
 	go s.followBundles()
-	t := time.NewTimer(cfg.StartTimeout)
-	defer t.Stop()
+	// A refusal may be passing: a SPIRE agent that just started has not synced the entry that
+	// makes amesh its delegate yet (it answers "no identity issued" for ~5 s). Only one that
+	// lasts the whole StartTimeout is an error; an agent not answering at all is not waited for.
+	deadline := time.Now().Add(cfg.StartTimeout)
 	select {
 	case <-s.bundleFirst:
-	case <-t.C:
+	case <-time.After(cfg.StartTimeout):
 	case <-ctx.Done():
 		s.Close()
 		return nil, fmt.Errorf("spire: %w", ctx.Err())
+	}
+	for errors.Is(s.Ready(), ErrNotDelegate) && time.Now().Before(deadline) {
+		if !backoff(ctx, 50*time.Millisecond) {
+			s.Close()
+			return nil, fmt.Errorf("spire: %w", ctx.Err())
+		}
 	}
 	if err := s.Ready(); errors.Is(err, ErrNotDelegate) {
 		s.Close()

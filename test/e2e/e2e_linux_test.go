@@ -24,6 +24,7 @@ import (
 
 	"github.com/amesh-dev/amesh/internal/testenv"
 	"github.com/amesh-dev/amesh/test/lab"
+	"github.com/amesh-dev/amesh/test/spire"
 )
 
 const services = `
@@ -108,6 +109,13 @@ func newCluster(t testing.TB, agentArgs ...string) *cluster {
 // newClusterOf builds a lab of nodes, writes its state, serves an HTTP app (:8080) and an echo
 // (:9000) in every pod, starts one agent per node and waits until they enrolled their pods.
 func newClusterOf(t testing.TB, nodes []lab.NodeSpec, agentArgs ...string) *cluster {
+	c := startCluster(t, nodes, agentArgs...)
+	c.waitReady()
+	return c
+}
+
+// startCluster is newClusterOf without the wait for the agents to enroll their pods.
+func startCluster(t testing.TB, nodes []lab.NodeSpec, agentArgs ...string) *cluster {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
 	l, err := lab.New(ctx, lab.Config{Nodes: nodes})
@@ -123,7 +131,6 @@ func newClusterOf(t testing.TB, nodes []lab.NodeSpec, agentArgs ...string) *clus
 	for _, n := range l.Nodes {
 		c.startAgent(n.Name)
 	}
-	c.waitReady()
 	return c
 }
 
@@ -188,8 +195,11 @@ func (c *cluster) startAgentLogging(node, logPath string) {
 	args := []string{"--node", node, "--state", c.state, "--ca-dir", filepath.Join(c.lab.Dir, "ca"),
 		"--pin-dir", c.pinDir(node), "--drain-timeout", "1s"}
 	for _, a := range c.args {
-		if a == handoffInLab {
+		switch a {
+		case handoffInLab:
 			a = "--handoff-socket=" + c.handoffSocket(node)
+		case spireInLab:
+			a = "--spire-admin-socket=" + spire.AdminSocket(c.spireDir(), node)
 		}
 		args = append(args, a)
 	}

@@ -3,7 +3,9 @@ package k8s
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -553,4 +555,78 @@ func deref[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// TestDeploySPIREComponent renders deploy/ with components/spire, as a user's overlay would:
+// the agent asks the node's SPIRE agent (--identity=spire) through its admin socket, mounted
+// from the node.
+func TestDeploySPIREComponent(t *testing.T) {
+	bin, err := EnsureBinaries(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	overlay := t.TempDir()
+	rel, err := filepath.Rel(overlay, deployDir(t)) // kustomize takes relative paths only
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := fmt.Sprintf("resources: [%s]\ncomponents: [%s]\n", rel, filepath.Join(rel, "components", "spire"))
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin.Kubectl, "kustomize", overlay).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v: %s", err, out)
+	}
+	type mount struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	}
+	type volume struct {
+		Name     string `yaml:"name"`
+		HostPath struct {
+			Path string `yaml:"path"`
+		} `yaml:"hostPath"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(out))
+	for {
+		var obj struct {
+			Kind string
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Name         string
+							Args         []string
+							VolumeMounts []mount `yaml:"volumeMounts"`
+						}
+						Volumes []volume
+					}
+				}
+			}
+		}
+		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("rendered YAML: %v", err)
+		}
+		if obj.Kind != "DaemonSet" {
+			continue
+		}
+		agent := obj.Spec.Template.Spec.Containers[0]
+		if !slices.Contains(agent.Args, "--identity=spire") || !slices.Contains(agent.Args, "--spire-admin-socket=/run/spire/admin/admin.sock") {
+			t.Errorf("agent args %q: want --identity=spire and the admin socket", agent.Args)
+		}
+		mounted := slices.ContainsFunc(agent.VolumeMounts, func(m mount) bool {
+			return m.Name == "spire-admin" && m.MountPath == "/run/spire/admin"
+		})
+		hosted := slices.ContainsFunc(obj.Spec.Template.Spec.Volumes, func(v volume) bool {
+			return v.Name == "spire-admin" && v.HostPath.Path == "/run/spire/admin"
+		})
+		if !mounted || !hosted {
+			t.Errorf("the SPIRE admin socket's directory is not mounted from the node: mounts %+v, volumes %+v", agent.VolumeMounts, obj.Spec.Template.Spec.Volumes)
+		}
+		return
+	}
+	t.Fatal("no DaemonSet rendered")
 }

@@ -206,12 +206,17 @@ type AgentOptions struct {
 	NoDelegate bool
 }
 
+// AdminSocket is where the admin socket of node name's agent is (or will be) in a run's dir. It
+// is not in the workload API socket's directory: SPIRE refuses that.
+func AdminSocket(dir, name string) string {
+	return filepath.Join(dir, "agent-"+name, "private", "admin.sock")
+}
+
 // StartAgent attests a new SPIRE agent for node name with a join token, registers the amesh
 // agent of the node (any process of uid 0) as its delegate, and waits until it is healthy.
 func (s *Server) StartAgent(ctx context.Context, name string, o AgentOptions) (*Agent, error) {
-	a := &Agent{Name: name, ID: s.ID("/node/" + name), DelegateID: s.ID(DelegatePath), srv: s, Dir: filepath.Join(filepath.Dir(s.Dir), "agent-"+name)}
-	// The admin socket must not be in the workload API socket's directory (SPIRE refuses it).
-	a.AdminSocket = filepath.Join(a.Dir, "private", "admin.sock")
+	dir := filepath.Dir(s.Dir)
+	a := &Agent{Name: name, ID: s.ID("/node/" + name), DelegateID: s.ID(DelegatePath), srv: s, Dir: filepath.Join(dir, "agent-"+name), AdminSocket: AdminSocket(dir, name)}
 	for _, d := range []string{"data", "public", "private"} {
 		if err := os.MkdirAll(filepath.Join(a.Dir, d), 0o700); err != nil {
 			return nil, err
