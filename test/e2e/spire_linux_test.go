@@ -189,6 +189,9 @@ func TestSPIREIdentity(t *testing.T) {
 	if !found {
 		t.Error("node2 logged no inbound access line from web's SPIRE identity to api's")
 	}
+	if !c.hasAccess("node1", map[string]string{"direction": "outbound", "path": "hbone", "result": "ok", "src_id": webID, "dst_id": "spiffe://cluster.local/ns/shop/sa/api"}) {
+		t.Error("node1 logged no outbound access line from web to api's SPIRE identity")
+	}
 
 	// Load on the pair for the rest of the test: one long-lived connection and a new
 	// connection every 100 ms, each request checked.

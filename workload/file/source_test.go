@@ -168,8 +168,11 @@ func TestSource(t *testing.T) {
 	// And comes back.
 	writeRename(t, path, stateFile(1))
 	nextState(t, updates, 1)
-	if n := src.Rejected(); n != 1 {
-		t.Errorf("Rejected = %d, want 1", n)
+	// The bad version was rejected once, whatever else happened since: the in-place write above
+	// may be caught half-written (truncated, not yet written) on a loaded machine, a version of
+	// its own that is rightly rejected too.
+	if c := strings.Count(logs.String(), `workload shop/w9`); c != 1 {
+		t.Errorf("the bad version was rejected %d times, want once:\n%s", c, logs.String())
 	}
 }
 
