@@ -71,6 +71,27 @@ func (a *Agent) registerMetrics() {
 		}
 		return out
 	})
+	m.GaugeSet("amesh_identity_source_ready", "Whether the identity source can serve (1) or not (0, /healthz/ready says why), by source: builtin or spire.", "source", func() map[string]float64 {
+		ready, src := 0.0, IdentityBuiltin
+		if a.cfg.Identity == IdentitySPIRE {
+			src = IdentitySPIRE
+		}
+		if a.src.Ready() == nil {
+			ready = 1
+		}
+		return map[string]float64{src: ready}
+	})
+	m.GaugeSet("amesh_identities", "Identities the agent holds for its pods, by state: available (a current SVID) or unavailable (none: no SPIRE entry, SPIRE unreachable, expired; connections of that identity are refused).", "state", func() map[string]float64 {
+		out := map[string]float64{"available": 0, "unavailable": 0}
+		for _, h := range a.src.Held() {
+			if h.SVID != nil && a.src.Check(h.ID) == nil {
+				out["available"]++
+			} else {
+				out["unavailable"]++
+			}
+		}
+		return out
+	})
 	m.Counter("amesh_accept_errors_total", "Accept errors on the pods' listeners (each retried).", func() float64 { return float64(a.acceptErrors.Load()) })
 	m.Counter("amesh_dial_budget_refusals_total", "Connections refused over a pod's dial budget.", func() float64 { return float64(a.dialsRefused.Load()) })
 	m.Gauge("amesh_hbone_pool_connections", "Outbound HBONE connections this agent's pool holds.", func() float64 { return float64(a.cli.PoolConns()) })
