@@ -357,8 +357,9 @@ func (s *Source) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bund
 }
 
 // Hold subscribes to the SVID of s (or joins the subscription of a workload asking alike) and
-// waits, within ctx, for SPIRE's first answer. With no entry for it, or none for its SPIFFE
-// ID, it is held all the same and Check says why: SPIRE pushes the SVID when an entry appears.
+// waits, within ctx, for SPIRE's first answer. With no entry for it, none for its SPIFFE ID, or
+// no answer, it is held all the same and Check says why: SPIRE pushes the SVID when it can. It
+// fails only for selectors the workload cannot fill, or a closed Source.
 func (s *Source) Hold(ctx context.Context, subj identity.Subject) error {
 	sels, names, err := Selectors(s.cfg.Selectors, subj)
 	if err != nil {
@@ -394,11 +395,9 @@ func (s *Source) Hold(ctx context.Context, subj identity.Subject) error {
 	case <-ctx.Done():
 		// Still held: the answer lands later, and Check says it has not yet.
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if errors.Is(sub.err, ErrNotDelegate) {
-		return sub.err
-	}
+	// Whatever SPIRE answered (no entry, not a delegate yet, not there), the workload is held
+	// and enrolled: its connections are refused with Check's reason until an SVID arrives. Failing
+	// the enrollment instead would leave a running pod's traffic uncaptured, in plaintext.
 	return nil
 }
 

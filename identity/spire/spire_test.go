@@ -390,6 +390,24 @@ func TestSourceNotDelegate(t *testing.T) {
 	if !errors.Is(err, ErrNotDelegate) || !strings.Contains(err.Error(), "authorized_delegates") {
 		t.Fatalf("New = %v, want ErrNotDelegate naming authorized_delegates", err)
 	}
+
+	// Refused later (the delegate's entry deleted): a workload enrolled then is held, and its
+	// connections refused with the reason, rather than left out of the mesh.
+	f.mu.Lock()
+	f.deny = false
+	f.mu.Unlock()
+	s := newSource(t, path)
+	f.mu.Lock()
+	f.deny = true
+	f.mu.Unlock()
+	web := subject(t, "web-1", "shop", "web")
+	f.set(t, "web", web.ID, "k8s:ns:shop", "k8s:sa:web")
+	if err := s.Hold(context.Background(), web); err != nil {
+		t.Fatalf("Hold while SPIRE refuses the delegate: %v, want held", err)
+	}
+	if err := s.Check(web.ID); !errors.Is(err, ErrNotDelegate) {
+		t.Fatalf("Check = %v, want ErrNotDelegate", err)
+	}
 }
 
 // TestSourceSurvivesSPIRE: a SPIRE agent not there at start (not Ready, saying so, then Ready
