@@ -240,7 +240,7 @@ func (c *Client) connectOnce(ctx context.Context, key poolKey) (*h2conn, error) 
 		return nil, refuse(ReasonALPN, fmt.Errorf("server %s negotiated ALPN %q, not h2", key.addr, p))
 	}
 	hc := newH2Conn(tc, true, c.log.With("addr", key.addr.String(), "src_id", key.src.String(), "dst_id", key.dst.String()))
-	hc.freshUntil = freshUntil(tc.ConnectionState(), presented)
+	hc.freshUntil = freshUntil(tc.ConnectionState(), presented, time.Now())
 	hc.batch = bc
 	if err := hc.handshake(0); err != nil {
 		tc.Close()
@@ -266,11 +266,20 @@ func (c *Client) connectOnce(ctx context.Context, key poolKey) (*h2conn, error) 
 	return hc, nil
 }
 
-// freshUntil is when a pooled connection stops taking new streams: half-way through the life
-// of the younger of the two certificates it was authenticated with, which is when the identity
-// source rotates it. Open streams are not disturbed; new ones get a connection with new certs.
-func freshUntil(cs tls.ConnectionState, presented *x509.Certificate) time.Time {
-	var until time.Time
+// staleGrace is how long a new pooled connection takes new streams when one of its certificates
+// is past half its life already: the identity sources rotate near the half-life, not at its
+// instant (a SPIRE agent up to its sync interval later), and until they have, every new
+// connection carries the same certificates; stale at once, each would serve one request, and
+// the peer's connection budget would soon refuse the next.
+const staleGrace = 15 * time.Second
+
+// freshUntil is when a pooled connection made at now stops taking new streams: half-way through
+// the life of the younger of the two certificates it was authenticated with, which is when the
+// identity source rotates it; for a connection made past that point (not rotated yet),
+// now+staleGrace, never after either certificate's expiry. Open streams are not disturbed; new
+// ones get a connection with new certs.
+func freshUntil(cs tls.ConnectionState, presented *x509.Certificate, now time.Time) time.Time {
+	var until, expiry time.Time
 	leaves := []*x509.Certificate{}
 	if len(cs.PeerCertificates) > 0 {
 		leaves = append(leaves, cs.PeerCertificates[0])
@@ -282,6 +291,15 @@ func freshUntil(cs tls.ConnectionState, presented *x509.Certificate) time.Time {
 		half := l.NotBefore.Add(l.NotAfter.Sub(l.NotBefore) / 2)
 		if until.IsZero() || half.Before(until) {
 			until = half
+		}
+		if expiry.IsZero() || l.NotAfter.Before(expiry) {
+			expiry = l.NotAfter
+		}
+	}
+	if !until.IsZero() && !until.After(now) {
+		until = now.Add(staleGrace)
+		if expiry.Before(until) {
+			until = expiry
 		}
 	}
 	return until

@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -281,4 +283,35 @@ func TestRotation(t *testing.T) {
 	}
 	time.Sleep(2200 * time.Millisecond) // past the first certificate's NotAfter
 	echoOnce(t, old, "after expiry")
+}
+
+// TestFreshUntil: a pooled connection is fresh until half the life of its younger certificate;
+// one made past that point (the sources have not rotated yet) gets staleGrace, not zero, but
+// never past an expiry.
+func TestFreshUntil(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	leaf := func(from, to time.Time) *x509.Certificate { return &x509.Certificate{NotBefore: from, NotAfter: to} }
+	peer := func(l *x509.Certificate) tls.ConnectionState {
+		return tls.ConnectionState{PeerCertificates: []*x509.Certificate{l}}
+	}
+	for _, tc := range []struct {
+		name       string
+		peer, ours *x509.Certificate
+		now, want  time.Time
+	}{
+		{"young: half-life of the younger", leaf(t0, t0.Add(2*time.Minute)), leaf(t0.Add(-time.Minute), t0.Add(3*time.Minute)), t0, t0.Add(time.Minute)},
+		{"past half-life, not rotated: grace", leaf(t0, t0.Add(2*time.Minute)), leaf(t0, t0.Add(2*time.Minute)), t0.Add(70 * time.Second), t0.Add(70*time.Second + staleGrace)},
+		{"grace capped at expiry", leaf(t0, t0.Add(2*time.Minute)), leaf(t0, t0.Add(2*time.Minute)), t0.Add(110 * time.Second), t0.Add(2 * time.Minute)},
+		{"no peer certificate", nil, leaf(t0, t0.Add(2*time.Minute)), t0, t0.Add(time.Minute)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cs tls.ConnectionState
+			if tc.peer != nil {
+				cs = peer(tc.peer)
+			}
+			if got := freshUntil(cs, tc.ours, tc.now); !got.Equal(tc.want) {
+				t.Errorf("freshUntil = %v, want %v", got, tc.want)
+			}
+		})
+	}
 }
