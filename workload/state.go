@@ -9,6 +9,7 @@ import (
 
 	iradix "github.com/hashicorp/go-immutable-radix/v2"
 
+	"github.com/amesh-dev/amesh/internal/intern"
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -285,14 +286,14 @@ func selects(selector, labels map[string]string) bool {
 }
 
 // cloneSpec deep-copies spec and fills the defaults, so that a State shares no memory with its
-// input.
+// input that its input may change (labels become interned maps, which nobody changes).
 func cloneSpec(spec Spec) Spec {
 	c := spec
 	c.Nodes = slices.Clone(spec.Nodes)
 	c.Workloads = make([]Workload, len(spec.Workloads))
 	for i, w := range spec.Workloads {
 		w.IPs = unmapAll(w.IPs)
-		w.Labels = maps.Clone(w.Labels)
+		w.Labels = intern.Labels(w.Labels) // one map per label set: a Deployment's pods share it
 		w.ProbePorts = slices.Clone(w.ProbePorts)
 		w.HostIP = w.HostIP.Unmap()
 		if w.UID == "" {

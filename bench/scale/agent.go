@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +31,7 @@ type agentProc struct {
 const (
 	healthAddr  = "127.0.0.1:15021"
 	metricsAddr = "127.0.0.1:15020"
+	adminAddr   = "127.0.0.1:15000"
 )
 
 // startAgent starts the agent against cp and waits until it is ready (at most 5 minutes: a
@@ -55,7 +57,7 @@ func startAgent(ctx context.Context, l *lab.Lab, cp *k8s.ControlPlane, agentBin,
 		"--node", n.Name, "--kube", "--kubeconfig", kc, "--ca-dir", filepath.Join(dir, "ca"),
 		"--pin-dir", n.PinDir, "--log-level", "warn", "--access-log", "off", "--drain-timeout", "1s",
 		"--cni-socket", filepath.Join(run, "cni.sock"), "--handoff-socket", filepath.Join(run, "handoff.sock"),
-		"--health-addr", healthAddr, "--metrics-addr", metricsAddr, "--admin-addr", "127.0.0.1:15000")
+		"--health-addr", healthAddr, "--metrics-addr", metricsAddr, "--admin-addr", adminAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +123,35 @@ func (a *agentProc) get(ctx context.Context, addr, path string) (string, error) 
 		return b.String(), fmt.Errorf("%s: %s", path, resp.Status)
 	}
 	return b.String(), sc.Err()
+}
+
+// profile saves the agent's pprof answer at path (admin API) to file.
+func (a *agentProc) profile(ctx context.Context, path, file string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return a.node.Dial(ctx, adminAddr) }}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminAddr+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return fmt.Errorf("scale: profile %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("scale: profile %s: %s", path, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("scale: profile %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 // metric returns the sum of the samples of name (with any labels matching match) in the

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -41,6 +42,11 @@ type Config struct {
 	Duration time.Duration
 	// OutDir receives scale.json and scale.md; nothing written when empty.
 	OutDir string
+	// ProfileDir, when set, receives the agent's pprof heap profile after its first sync and a
+	// CPU profile of each churn-alone window (heap-<pods>.pb.gz, cpu-<pods>-<rate>.pb.gz), to see
+	// where a pod's bytes and an event's microseconds go. The profiler's own cost is in that
+	// window's CPU figure, so a profiled run's CPU per event reads slightly high.
+	ProfileDir string
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
 }
@@ -214,6 +220,11 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		}
 		r.RSSMiB = lab.SettledRSS([]int{ag.pid()})[0]
 		r.HeapMiB = ag.heapMiB(ctx)
+		if cfg.ProfileDir != "" && rate == cfg.Churn[0] {
+			if err := ag.profile(ctx, "/debug/pprof/heap", filepath.Join(cfg.ProfileDir, fmt.Sprintf("heap-%d.pb.gz", size.Pods))); err != nil {
+				return out, err
+			}
+		}
 		if size.Pods > 0 {
 			r.BytesPerPod = (r.RSSMiB - baseRSS) * (1 << 20) / float64(size.Pods)
 		}
@@ -224,11 +235,23 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		// CPU first, with churn alone (the probe's connections would be the agent's work too),
 		// then enforcement under the same churn.
 		b0 := ag.builds(ctx)
+		prof := make(chan error, 1)
+		if cfg.ProfileDir != "" {
+			go func() {
+				path := fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(1, int(cfg.Duration.Seconds())-1))
+				prof <- ag.profile(ctx, path, filepath.Join(cfg.ProfileDir, fmt.Sprintf("cpu-%d-%d.pb.gz", size.Pods, rate)))
+			}()
+		} else {
+			prof <- nil
+		}
 		cpu0, t0 := lab.CPUSeconds(ag.pid()), time.Now()
 		_, err := c.churn(ctx, rate, cfg.Duration, nil, &r)
 		r.Seconds = time.Since(t0).Seconds()
 		r.ChurnVCPU = (lab.CPUSeconds(ag.pid()) - cpu0) / r.Seconds
 		events := r.Events
+		if perr := <-prof; perr != nil && err == nil {
+			err = perr
+		}
 		if err != nil {
 			return out, fmt.Errorf("scale: churn %d/s: %w (agent log %s)", rate, err, ag.logPath)
 		}

@@ -23,6 +23,7 @@ var (
 	flagChurn    = flag.String("scale-churn", "10,100", "BenchmarkScale: pods replaced per second, each rate in turn")
 	flagDuration = flag.Duration("scale-duration", 20*time.Second, "BenchmarkScale: how long each churn rate runs")
 	flagAgent    = flag.String("scale-agent", "", "BenchmarkScale: the amesh-agent binary to measure (default: built from this tree)")
+	flagProfile  = flag.String("scale-profile", "", "BenchmarkScale: directory for the agent's pprof heap and CPU profiles (none when empty)")
 	flagOut      = flag.String("scale-out", "", "BenchmarkScale: directory for scale.json and scale.md (default: bench-out in the repository)")
 )
 
@@ -112,7 +113,7 @@ func BenchmarkScale(b *testing.B) {
 	for b.Loop() {
 		if _, err := Run(context.Background(), Config{
 			Agent: agent, CRD: crdPath(b), Sizes: sizes, Churn: churn, Duration: *flagDuration, OutDir: out,
-			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+			ProfileDir: *flagProfile, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		}); err != nil {
 			b.Fatal(err)
 		}

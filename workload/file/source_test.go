@@ -129,7 +129,10 @@ func TestSource(t *testing.T) {
 	// An invalid edit is rejected, counted and logged with its line; the good state stays.
 	bad := stateFile(2) + "  - {name: w9, namespace: shop, serviceAccount: sa, node: node1, ips: [10.0.0.x]}\n"
 	writeRename(t, path, bad)
-	testenv.WaitFor(t, "the rejection", 5*time.Second, func() bool { return src.Rejected() == 1 })
+	// Rejected counts before the Warn line is written: wait for both.
+	testenv.WaitFor(t, "the rejection", 5*time.Second, func() bool {
+		return src.Rejected() == 1 && strings.Contains(logs.String(), "state file rejected")
+	})
 	if store.Load() != good {
 		t.Fatal("an invalid file replaced the state")
 	}

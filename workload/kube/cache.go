@@ -17,6 +17,9 @@ import (
 
 // slimPod is the pods' informer transform: the typed pod (typed) as a podInfo.
 func slimPod(obj any) (any, error) {
+	if p, ok := obj.(*podInfo); ok { // decoded by podWire
+		return p, nil
+	}
 	t, err := typed[corev1.Pod](obj)
 	if err != nil {
 		return nil, err

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/amesh-dev/amesh/internal/intern"
 	"github.com/amesh-dev/amesh/policy"
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -197,12 +198,12 @@ type podInfo struct {
 func infoOf(pod *corev1.Pod) *podInfo {
 	p := &podInfo{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
-			Labels: pod.Labels, CreationTimestamp: pod.CreationTimestamp,
+			Name: pod.Name, Namespace: intern.String(pod.Namespace), UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			Labels: intern.Labels(pod.Labels), CreationTimestamp: pod.CreationTimestamp,
 		},
-		serviceAccount: pod.Spec.ServiceAccountName, node: pod.Spec.NodeName, owner: ownerName(pod),
-		phase:       pod.Status.Phase,
-		hostNetwork: pod.Spec.HostNetwork, podIP: pod.Status.PodIP, hostIP: pod.Status.HostIP, probePorts: probePorts(pod),
+		serviceAccount: intern.String(pod.Spec.ServiceAccountName), node: intern.String(pod.Spec.NodeName),
+		owner: intern.String(ownerName(pod)), phase: corev1.PodPhase(intern.String(string(pod.Status.Phase))),
+		hostNetwork: pod.Spec.HostNetwork, podIP: pod.Status.PodIP, hostIP: intern.String(pod.Status.HostIP), probePorts: probePorts(pod),
 	}
 	for _, pip := range pod.Status.PodIPs {
 		p.podIPs = append(p.podIPs, pip.IP)
@@ -548,17 +549,22 @@ func ownerName(pod *corev1.Pod) string {
 	if ref == nil {
 		return pod.Name
 	}
-	switch ref.Kind {
+	return ownerFrom(pod.Labels, ref.Kind, ref.Name)
+}
+
+// ownerFrom is ownerName for a pod with labels whose controller is of kind and name.
+func ownerFrom(labels map[string]string, kind, name string) string {
+	switch kind {
 	case "ReplicaSet":
-		if h := pod.Labels["pod-template-hash"]; h != "" {
-			if name, ok := strings.CutSuffix(ref.Name, "-"+h); ok && name != "" {
-				return name
+		if h := labels["pod-template-hash"]; h != "" {
+			if n, ok := strings.CutSuffix(name, "-"+h); ok && n != "" {
+				return n
 			}
 		}
 	case "Job":
-		if m := cronJobSuffix.FindStringSubmatch(ref.Name); m != nil {
+		if m := cronJobSuffix.FindStringSubmatch(name); m != nil {
 			return m[1]
 		}
 	}
-	return ref.Name
+	return name
 }

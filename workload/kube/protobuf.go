@@ -28,12 +28,13 @@ var protobufScheme = func() *runtime.Scheme {
 }()
 
 // protobufListWatch lists and watches gvr (a core/v1 or discovery/v1 resource) in protobuf, and
-// returns the typed object its informer holds.
+// returns the typed object its informer holds (pods: a podInfo, see podWire).
 func protobufListWatch(rc *rest.Config, gvr schema.GroupVersionResource) (cache.ListerWatcher, runtime.Object, error) {
 	var obj runtime.Object
+	var ns runtime.NegotiatedSerializer = serializer.NewCodecFactory(protobufScheme).WithoutConversion()
 	switch gvr {
 	case podsResource:
-		obj = &corev1.Pod{}
+		obj, ns = &podInfo{}, podSerializer{ns} // podWire: pods decoded straight into podInfos
 	case namespacesResource:
 		obj = &corev1.Namespace{}
 	case servicesResource:
@@ -52,7 +53,7 @@ func protobufListWatch(rc *rest.Config, gvr schema.GroupVersionResource) (cache.
 	}
 	cfg.ContentType = runtime.ContentTypeProtobuf
 	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	cfg.NegotiatedSerializer = serializer.NewCodecFactory(protobufScheme).WithoutConversion()
+	cfg.NegotiatedSerializer = ns
 	// Watch events are one object each: gzip saves little on the wire and cost the agent a
 	// seventh of its CPU on a pod's change (perf, bench/scale).
 	cfg.DisableCompression = true
