@@ -151,10 +151,11 @@ soak: deps
 	AMESH_SOAK=1 $(GO) test -count=1 -timeout 30m ./tunnel/
 	ulimit -n $$(ulimit -Hn) && AMESH_SOAK=1 $(GO) test -count=1 -timeout 30m -v -run 'TestHostile|TestManyConnections|TestStolenIdentity' ./test/e2e/
 
-## fuzz: run the HBONE request parser and frame fuzzers for FUZZTIME each
+## fuzz: run the HBONE request parser, frame and pod decoder fuzzers for FUZZTIME each
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConnect$$' -fuzztime $(FUZZTIME) ./tunnel/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerFrames$$' -fuzztime $(FUZZTIME) ./tunnel/
+	$(GO) test -run '^$$' -fuzz '^FuzzPodWire$$' -fuzztime $(FUZZTIME) ./workload/kube/
 
 ## e2e-envoy: the waypoint end-to-end test with a real Envoy (configured by amesh-waypoint
 ## --xds-only) when envoy is on PATH; not part of `make test` (no Envoy can be installed here)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"runtime/debug"
 
 	"github.com/amesh-dev/amesh/workload"
 	"github.com/amesh-dev/amesh/workload/file"
@@ -41,7 +42,14 @@ func (f fileFeed) health() feedHealth {
 
 type kubeFeed struct{ src *kube.Source }
 
-func (k kubeFeed) start(ctx context.Context) (*workload.State, error) { return k.src.Start(ctx) }
+func (k kubeFeed) start(ctx context.Context) (*workload.State, error) {
+	st, err := k.src.Start(ctx)
+	// The first sync decoded every object of the cluster at once (the watch list's initial
+	// events): a transient the size of the cluster that the runtime's scavenger would hand back
+	// to the node over minutes. Hand it back now (one forced collection, once).
+	debug.FreeOSMemory()
+	return st, err
+}
 
 func (k kubeFeed) run(ctx context.Context, store *workload.Store) { k.src.Run(ctx, store) }
 

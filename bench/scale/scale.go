@@ -42,8 +42,9 @@ type Config struct {
 	Duration time.Duration
 	// OutDir receives scale.json and scale.md; nothing written when empty.
 	OutDir string
-	// ProfileDir, when set, receives the agent's pprof heap profile after its first sync and a
-	// CPU profile of each churn-alone window (heap-<pods>.pb.gz, cpu-<pods>-<rate>.pb.gz), to see
+	// ProfileDir, when set, receives the agent's pprof heap profiles after its first sync and after
+	// each churn rate, and a CPU profile of each churn-alone window (heap-<pods>.pb.gz,
+	// heap-<pods>-after-<rate>.pb.gz, cpu-<pods>-<rate>.pb.gz), to see
 	// where a pod's bytes and an event's microseconds go. The profiler's own cost is in that
 	// window's CPU figure, so a profiled run's CPU per event reads slightly high.
 	ProfileDir string
@@ -69,7 +70,9 @@ type Result struct {
 	// RSSMiB and HeapMiB (Go heap in use) of the agent, settled, before this churn rate.
 	RSSMiB  float64 `json:"rss_mib"`
 	HeapMiB float64 `json:"heap_mib"`
-	// BytesPerPod: RSS growth over an agent with the probe's 2 pods only, per pod of the cluster.
+	// BaseRSSMiB: an agent with the probe's 2 pods only; BytesPerPod: the growth over it, per
+	// pod of the cluster.
+	BaseRSSMiB  float64 `json:"base_rss_mib"`
 	BytesPerPod float64 `json:"bytes_per_pod"`
 	// Churn offered (pods replaced per second), Replaced achieved, Events the API server sent
 	// the agent's watches for them (4 per replacement: pod added, pod status, pod deleted,
@@ -218,7 +221,7 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 			Pods: size.Pods, Services: size.Services, Policies: size.Policies,
 			Namespaces: c.namespaces, Nodes: c.nodes, Churn: rate, SyncSeconds: ag.syncSeconds,
 		}
-		r.RSSMiB = lab.SettledRSS([]int{ag.pid()})[0]
+		r.RSSMiB, r.BaseRSSMiB = lab.SettledRSS([]int{ag.pid()})[0], baseRSS
 		r.HeapMiB = ag.heapMiB(ctx)
 		if cfg.ProfileDir != "" && rate == cfg.Churn[0] {
 			if err := ag.profile(ctx, "/debug/pprof/heap", filepath.Join(cfg.ProfileDir, fmt.Sprintf("heap-%d.pb.gz", size.Pods))); err != nil {
@@ -268,6 +271,11 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		r.EndpointP50, r.EndpointP99 = percentile(lat.endpoint, 50), percentile(lat.endpoint, 99)
 		r.Samples = len(lat.policy) + len(lat.endpoint)
 		r.RSSAfterMiB = lab.SettledRSS([]int{ag.pid()})[0]
+		if cfg.ProfileDir != "" {
+			if err := ag.profile(ctx, "/debug/pprof/heap", filepath.Join(cfg.ProfileDir, fmt.Sprintf("heap-%d-after-%d.pb.gz", size.Pods, rate))); err != nil {
+				return out, err
+			}
+		}
 		log.Info("churn measured", "rate", rate, "result", r)
 		out = append(out, r)
 	}

@@ -8,6 +8,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/amesh-dev/amesh/internal/intern"
 )
 
 // What the informers keep of each object: only what Spec and the tracker read. Every agent
@@ -51,6 +53,30 @@ func slimSlice(obj any) (any, error) {
 	}
 	for i, ep := range es.Endpoints {
 		out.Endpoints[i] = discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: discoveryv1.EndpointConditions{Ready: ep.Conditions.Ready}}
+	}
+	return out, nil
+}
+
+// slimService is the Services' informer transform: what service reads (a Service as decoded
+// is ~2 KiB of heap: its spec's session affinity, IP families, traffic policies, status).
+func slimService(obj any) (any, error) {
+	t, err := typed[corev1.Service](obj)
+	if err != nil {
+		return nil, err
+	}
+	svc, ok := t.(*corev1.Service)
+	if !ok {
+		return t, nil
+	}
+	out := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: svc.Name, Namespace: intern.String(svc.Namespace), ResourceVersion: svc.ResourceVersion, Labels: intern.Labels(svc.Labels)},
+		Spec: corev1.ServiceSpec{
+			Type: svc.Spec.Type, ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs,
+			Ports: make([]corev1.ServicePort, len(svc.Spec.Ports)),
+		},
+	}
+	for i, p := range svc.Spec.Ports {
+		out.Spec.Ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port, TargetPort: p.TargetPort}
 	}
 	return out, nil
 }

@@ -114,7 +114,7 @@ func (k *Source) Start(ctx context.Context) (*workload.State, error) {
 	k.tr = tracker{td: k.TrustDomain, rootNS: k.RootNamespace}
 	pods := k.informer(ctx, podsResource, slimPod, cache.Indexers{byUIDIndex: podUIDIndex})
 	nss := k.informer(ctx, namespacesResource, typed[corev1.Namespace], nil)
-	svcs := k.informer(ctx, servicesResource, typed[corev1.Service], nil)
+	svcs := k.informer(ctx, servicesResource, slimService, nil)
 	eps := k.informer(ctx, endpointSlicesResource, slimSlice, cache.Indexers{byServiceIndex: sliceServiceKeys})
 	pols := k.informer(ctx, AuthorizationPolicyResource, trimUnstructured, nil)
 	k.stores = informerView{pods: pods.GetIndexer(), nss: nss.GetStore(), svcs: svcs.GetStore(), eps: eps.GetIndexer(), pols: pols.GetStore()}
