@@ -5,9 +5,8 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"unsafe"
 
-	iradix "github.com/hashicorp/go-immutable-radix/v2"
+	"github.com/benbjohnson/immutable"
 
 	"github.com/amesh-dev/amesh/internal/intern"
 	"github.com/amesh-dev/amesh/policy"
@@ -36,9 +35,9 @@ type Spec struct {
 // namespace/name). Nothing in a State, nor anything it returns, may be modified, so any number of
 // goroutines may read it without locks.
 //
-// The indexes that grow with the cluster are persistent radix trees (go-immutable-radix): the
-// State that Update derives shares every node it does not change with its parent, so a change
-// of one pod costs a few tree paths, not a copy of the cluster.
+// The indexes that grow with the cluster are persistent sorted maps (see tree.go): the State
+// that Apply derives shares every node it does not change with its parent, so a change of one
+// pod costs a few tree paths, not a copy of the cluster.
 //
 // The zero State is empty and usable.
 type State struct {
@@ -49,17 +48,17 @@ type State struct {
 	nodeByName map[string]Node
 
 	// byIP and byNode hold UIDs, not the workloads: a workload's new version replaces one entry
-	// of byUID, not one per index (a radix tree's path copy is its cost).
-	byUID  *iradix.Tree[*Workload] // sorted by UID
-	byIP   *iradix.Tree[string]    // by ipKey: UID
-	byNode *iradix.Tree[struct{}]  // by node name, 0, UID: a node's workloads sorted by UID
+	// of byUID, not one per index (a persistent map's path copy is its cost).
+	byUID  *byString[*Workload] // sorted by UID
+	byIP   *byAddr[string]      // by ipKey: UID
+	byNode *byString[struct{}]  // by node name, 0, UID: a node's workloads sorted by UID
 
-	byKey     *iradix.Tree[*Service]    // by namespace/name, sorted
-	byVIP     *iradix.Tree[*Service]    // by ipKey
-	endpoints *iradix.Tree[[]*Workload] // by service key
+	byKey     *byString[*Service]    // by namespace/name, sorted
+	byVIP     *byAddr[*Service]      // by ipKey
+	endpoints *byString[[]*Workload] // by service key
 	// listedAt: by ipKey, the keys of the services whose EndpointIPs list that IP (what a
 	// workload's change re-resolves).
-	listedAt *iradix.Tree[[]string]
+	listedAt *byAddr[[]string]
 
 	routes   []*Route
 	routesOf map[string][]*Route // by parent service key
@@ -67,7 +66,7 @@ type State struct {
 	// selectors: the keys of the services with a selector and no EndpointIPs (the state
 	// file's), whose endpoints are found by labels. A workload's services are not indexed:
 	// ServicesOf finds them from its IPs (listedAt) and these.
-	selectors *iradix.Tree[struct{}]
+	selectors *byString[struct{}]
 
 	policies []policy.Policy
 }
@@ -98,48 +97,49 @@ func Build(spec Spec, p *Problems) *State {
 		rootNS:      cmp.Or(spec.RootNamespace, policy.DefaultRootNamespace),
 	}
 	s.setNodes(spec.Nodes)
-	wt, it, nt := iradix.New[*Workload]().Txn(), iradix.New[string]().Txn(), iradix.New[struct{}]().Txn()
+	wt := immutable.NewSortedMapBuilder[string, *Workload](stringOrder{})
+	it := immutable.NewSortedMapBuilder[[16]byte, string](ipOrder{})
+	nt := immutable.NewSortedMapBuilder[string, struct{}](stringOrder{})
 	for i := range spec.Workloads {
 		w := &spec.Workloads[i]
-		wt.Insert(key(w.UID), w)
+		wt.Set(w.UID, w)
 		for _, ip := range w.IPs {
-			k := ipKey(ip)
-			it.Insert(k[:], w.UID)
+			it.Set(ipKey(ip), w.UID)
 		}
-		nt.Insert(nodeKey(w.Node, w.UID), struct{}{})
+		nt.Set(nodeKey(w.Node, w.UID), struct{}{})
 	}
-	s.byUID, s.byIP, s.byNode = wt.Commit(), it.Commit(), nt.Commit()
+	s.byUID, s.byIP, s.byNode = wt.Map(), it.Map(), nt.Map()
 
-	kt, vt, lt := iradix.New[*Service]().Txn(), iradix.New[*Service]().Txn(), iradix.New[[]string]().Txn()
+	kt := immutable.NewSortedMapBuilder[string, *Service](stringOrder{})
+	vt := immutable.NewSortedMapBuilder[[16]byte, *Service](ipOrder{})
+	lt := immutable.NewSortedMapBuilder[[16]byte, []string](ipOrder{})
 	for i := range spec.Services {
 		svc := &spec.Services[i]
-		kt.Insert(key(svc.Key()), svc)
+		kt.Set(svc.Key(), svc)
 		for _, vip := range svc.VIPs {
-			k := ipKey(vip)
-			vt.Insert(k[:], svc)
+			vt.Set(ipKey(vip), svc)
 		}
 		for _, ip := range svc.EndpointIPs {
-			k := ipKey(ip)
-			keys, _ := lt.Get(k[:])
-			lt.Insert(k[:], appendKey(keys, svc.Key()))
+			keys, _ := lt.Get(ipKey(ip))
+			lt.Set(ipKey(ip), appendKey(keys, svc.Key()))
 		}
 	}
-	s.byKey, s.byVIP, s.listedAt = kt.Commit(), vt.Commit(), lt.Commit()
+	s.byKey, s.byVIP, s.listedAt = kt.Map(), vt.Map(), lt.Map()
 
-	et := iradix.New[[]*Workload]().Txn()
+	et := immutable.NewSortedMapBuilder[string, []*Workload](stringOrder{})
 	for _, svc := range s.Services() {
 		if eps := s.resolveEndpoints(svc); len(eps) > 0 {
-			et.Insert(key(svc.Key()), eps)
+			et.Set(svc.Key(), eps)
 		}
 	}
-	s.endpoints = et.Commit()
-	sel := iradix.New[struct{}]().Txn()
+	s.endpoints = et.Map()
+	sel := immutable.NewSortedMapBuilder[string, struct{}](stringOrder{})
 	for _, svc := range s.Services() {
 		if bySelector(svc) {
-			sel.Insert(key(svc.Key()), struct{}{})
+			sel.Set(svc.Key(), struct{}{})
 		}
 	}
-	s.selectors = sel.Commit()
+	s.selectors = sel.Map()
 	s.setRoutes(spec.Routes)
 	s.setPolicies(spec.Policies)
 	return s
@@ -205,55 +205,6 @@ func (s *State) resolveEndpoints(svc *Service) []*Workload {
 		if w.Namespace == svc.Namespace && selects(svc.Selector, w.Labels) {
 			out = append(out, w)
 		}
-	}
-	return out
-}
-
-// key is k as a tree key, without a copy: a tree keeps the keys it is given but never changes
-// them, and a string's bytes never change either.
-func key(k string) []byte { return unsafe.Slice(unsafe.StringData(k), len(k)) }
-
-// ipKey is ip's tree key: its 16 bytes (every IP of a State is unmapped, so a v4 address and
-// a v6 one never share a key).
-func ipKey(ip netip.Addr) [16]byte { return ip.Unmap().As16() }
-
-// nodeKey orders a node's workloads after its name: node, 0, uid.
-func nodeKey(node, uid string) []byte {
-	k := make([]byte, 0, len(node)+1+len(uid))
-	return append(append(append(k, node...), 0), uid...)
-}
-
-// get returns t's value for k, or the zero value (also for a nil tree: the zero State).
-func get[T any](t *iradix.Tree[T], k string) T {
-	var zero T
-	if t == nil {
-		return zero
-	}
-	v, _ := t.Get(key(k))
-	return v
-}
-
-// getIP is get for an ipKey.
-func getIP[T any](t *iradix.Tree[T], ip netip.Addr) T {
-	var zero T
-	if t == nil {
-		return zero
-	}
-	k := ipKey(ip)
-	v, _ := t.Get(k[:])
-	return v
-}
-
-// values returns t's values in key order (of those under prefix).
-func values[T any](t *iradix.Tree[T], prefix []byte) []T {
-	if t == nil {
-		return nil
-	}
-	var out []T
-	it := t.Root().Iterator()
-	it.SeekPrefix(prefix)
-	for _, v, ok := it.Next(); ok; _, v, ok = it.Next() {
-		out = append(out, v)
 	}
 	return out
 }
@@ -355,10 +306,10 @@ func (s *State) Node(name string) (Node, bool) {
 }
 
 // Workloads returns every workload, sorted by UID.
-func (s *State) Workloads() []*Workload { return values(s.byUID, nil) }
+func (s *State) Workloads() []*Workload { return values(s.byUID, "") }
 
 // Services returns every service, sorted by namespace/name.
-func (s *State) Services() []*Service { return values(s.byKey, nil) }
+func (s *State) Services() []*Service { return values(s.byKey, "") }
 
 // Policies returns every policy, sorted by namespace/name.
 func (s *State) Policies() []policy.Policy { return slices.Clone(s.policies) }
@@ -381,15 +332,10 @@ func (s *State) WorkloadByUID(uid string) *Workload { return get(s.byUID, uid) }
 
 // WorkloadsOnNode returns the workloads scheduled on node, sorted by UID, enrolled or not.
 func (s *State) WorkloadsOnNode(node string) []*Workload {
-	if s.byNode == nil {
-		return nil
-	}
-	prefix := append([]byte(node), 0)
+	prefix := node + "\x00"
 	var out []*Workload
-	it := s.byNode.Root().Iterator()
-	it.SeekPrefix(prefix)
-	for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
-		if w, _ := s.byUID.Get(k[len(prefix):]); w != nil {
+	for k := range entries(s.byNode, prefix) {
+		if w := get(s.byUID, k[len(prefix):]); w != nil {
 			out = append(out, w)
 		}
 	}

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"slices"
 
-	iradix "github.com/hashicorp/go-immutable-radix/v2"
-
 	"github.com/amesh-dev/amesh/policy"
 )
 
@@ -100,7 +98,7 @@ func (s *State) Apply(u Update) (*State, error) {
 	for i := range spec.Workloads {
 		news[spec.Workloads[i].UID] = &spec.Workloads[i]
 	}
-	wt, it, nt := txn(s.byUID), txn(s.byIP), txn(s.byNode)
+	wt, it, nt := orEmpty(s.byUID, newByString[*Workload]), orEmpty(s.byIP, newByAddr[string]), orEmpty(s.byNode, newByString[struct{}])
 	var olds []*Workload
 	for _, uid := range wKeys {
 		old := s.WorkloadByUID(uid)
@@ -110,25 +108,24 @@ func (s *State) Apply(u Update) (*State, error) {
 		olds = append(olds, old)
 		nw := news[uid]
 		if nw == nil {
-			wt.Delete(key(uid))
+			wt = wt.Delete(uid)
 		}
 		for _, ip := range old.IPs {
 			if nw == nil || !slices.Contains(nw.IPs, ip) {
-				k := ipKey(ip)
-				it.Delete(k[:])
+				it = it.Delete(ipKey(ip))
 			}
 		}
 		if nw == nil || nw.Node != old.Node {
-			nt.Delete(nodeKey(old.Node, old.UID))
+			nt = nt.Delete(nodeKey(old.Node, old.UID))
 		}
 	}
 	for i := range spec.Workloads {
 		w := &spec.Workloads[i]
 		old := s.WorkloadByUID(w.UID)
-		wt.Insert(key(w.UID), w)
+		wt = wt.Set(w.UID, w)
 		for _, ip := range w.IPs {
 			k := ipKey(ip)
-			if other, ok := it.Get(k[:]); ok {
+			if other, ok := it.Get(k); ok {
 				if other != w.UID {
 					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other)
 				}
@@ -141,13 +138,13 @@ func (s *State) Apply(u Update) (*State, error) {
 					continue
 				}
 			}
-			it.Insert(k[:], w.UID)
+			it = it.Set(k, w.UID)
 		}
 		if old == nil || old.Node != w.Node {
-			nt.Insert(nodeKey(w.Node, w.UID), struct{}{})
+			nt = nt.Set(nodeKey(w.Node, w.UID), struct{}{})
 		}
 	}
-	next.byUID, next.byIP, next.byNode = wt.Commit(), it.Commit(), nt.Commit()
+	next.byUID, next.byIP, next.byNode = wt, it, nt
 	if u.SetNodes {
 		for _, old := range s.nodes {
 			if _, ok := next.nodeByName[old.Name]; !ok && len(next.WorkloadsOnNode(old.Name)) > 0 {
@@ -161,7 +158,7 @@ func (s *State) Apply(u Update) (*State, error) {
 	for i := range spec.Services {
 		newSvcs[spec.Services[i].Key()] = &spec.Services[i]
 	}
-	kt, vt, lt := txn(s.byKey), txn(s.byVIP), txn(s.listedAt)
+	kt, vt, lt := orEmpty(s.byKey, newByString[*Service]), orEmpty(s.byVIP, newByAddr[*Service]), orEmpty(s.listedAt, newByAddr[[]string])
 	affected := map[string]bool{}
 	for _, k := range sKeys {
 		affected[k] = true
@@ -171,32 +168,31 @@ func (s *State) Apply(u Update) (*State, error) {
 		}
 		nsvc := newSvcs[k]
 		if nsvc == nil {
-			kt.Delete(key(k))
+			kt = kt.Delete(k)
 		}
 		for _, vip := range old.VIPs {
-			vk := ipKey(vip)
-			vt.Delete(vk[:])
+			vt = vt.Delete(ipKey(vip))
 		}
 		for _, ip := range old.EndpointIPs {
 			if nsvc != nil && slices.Contains(nsvc.EndpointIPs, ip) {
 				continue
 			}
 			ik := ipKey(ip)
-			keys, _ := lt.Get(ik[:])
+			keys, _ := lt.Get(ik)
 			if keys = removeKey(keys, k); len(keys) == 0 {
-				lt.Delete(ik[:])
+				lt = lt.Delete(ik)
 			} else {
-				lt.Insert(ik[:], keys)
+				lt = lt.Set(ik, keys)
 			}
 		}
 	}
 	for i := range spec.Services {
 		svc := &spec.Services[i]
 		old := get(s.byKey, svc.Key())
-		kt.Insert(key(svc.Key()), svc)
+		kt = kt.Set(svc.Key(), svc)
 		for _, vip := range svc.VIPs {
 			vk := ipKey(vip)
-			if other, ok := vt.Get(vk[:]); ok {
+			if other, ok := vt.Get(vk); ok {
 				p.Addf(SectionServices, i, "vips", "service "+svc.Key(), "vip %s is also service %s's", vip, other.Key())
 				continue
 			}
@@ -204,31 +200,31 @@ func (s *State) Apply(u Update) (*State, error) {
 				p.Addf(SectionServices, i, "vips", "service "+svc.Key(), "vip %s is workload %s's ip", vip, w.UID)
 				continue
 			}
-			vt.Insert(vk[:], svc)
+			vt = vt.Set(vk, svc)
 		}
 		for _, ip := range svc.EndpointIPs {
 			if old != nil && slices.Contains(old.EndpointIPs, ip) {
 				continue
 			}
 			ik := ipKey(ip)
-			keys, _ := lt.Get(ik[:])
-			lt.Insert(ik[:], appendKey(keys, svc.Key()))
+			keys, _ := lt.Get(ik)
+			lt = lt.Set(ik, appendKey(keys, svc.Key()))
 		}
 	}
 	if err := p.Err("invalid update"); err != nil {
 		return nil, err
 	}
-	next.byKey, next.byVIP, next.listedAt = kt.Commit(), vt.Commit(), lt.Commit()
+	next.byKey, next.byVIP, next.listedAt = kt, vt, lt
 	if len(sKeys) > 0 {
-		st := txn(s.selectors)
+		st := orEmpty(s.selectors, newByString[struct{}])
 		for _, k := range sKeys {
 			if svc := newSvcs[k]; svc != nil && bySelector(svc) {
-				st.Insert(key(k), struct{}{})
+				st = st.Set(k, struct{}{})
 			} else {
-				st.Delete(key(k))
+				st = st.Delete(k)
 			}
 		}
-		next.selectors = st.Commit()
+		next.selectors = st
 	}
 
 	for _, old := range olds {
@@ -248,7 +244,7 @@ func (s *State) Apply(u Update) (*State, error) {
 		next.selectorsOf(old.Namespace, affected)
 	}
 
-	et := txn(s.endpoints)
+	et := orEmpty(s.endpoints, newByString[[]*Workload])
 	for k := range affected {
 		svc := get(next.byKey, k)
 		var eps []*Workload
@@ -256,34 +252,21 @@ func (s *State) Apply(u Update) (*State, error) {
 			eps = next.resolveEndpoints(svc)
 		}
 		if len(eps) == 0 {
-			et.Delete(key(k))
+			et = et.Delete(k)
 			continue
 		}
-		et.Insert(key(k), eps)
+		et = et.Set(k, eps)
 	}
-	next.endpoints = et.Commit()
+	next.endpoints = et
 
 	return next, nil
 }
 
 // selectorsOf adds to keys the selector services (the state file's) of namespace ns.
 func (s *State) selectorsOf(ns string, keys map[string]bool) {
-	if s.selectors == nil {
-		return
+	for k := range entries(s.selectors, ns+"/") {
+		keys[k] = true
 	}
-	it := s.selectors.Root().Iterator()
-	it.SeekPrefix([]byte(ns + "/"))
-	for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
-		keys[string(k)] = true
-	}
-}
-
-// txn starts a transaction on t, an empty tree when t is nil (the zero State).
-func txn[T any](t *iradix.Tree[T]) *iradix.Txn[T] {
-	if t == nil {
-		t = iradix.New[T]()
-	}
-	return t.Txn()
 }
 
 func sortedKeys[V any](m map[string]V) []string {

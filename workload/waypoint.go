@@ -77,13 +77,9 @@ func (s *State) ServicesOf(w *Workload) []*Service {
 	for _, ip := range o.IPs {
 		keys = append(keys, getIP(s.listedAt, ip)...)
 	}
-	if s.selectors != nil {
-		it := s.selectors.Root().Iterator()
-		it.SeekPrefix([]byte(o.Namespace + "/"))
-		for k, _, ok := it.Next(); ok; k, _, ok = it.Next() {
-			if svc := get(s.byKey, string(k)); svc != nil && selects(svc.Selector, o.Labels) {
-				keys = append(keys, svc.Key())
-			}
+	for k := range entries(s.selectors, o.Namespace+"/") {
+		if svc := get(s.byKey, k); svc != nil && selects(svc.Selector, o.Labels) {
+			keys = append(keys, svc.Key())
 		}
 	}
 	if len(keys) == 0 {
