@@ -10,16 +10,21 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"unique"
 )
 
-// String returns the canonical copy of s. Canonical copies are kept only while something holds
-// them (package unique), so interning a value that is never seen again costs nothing lasting.
+// String returns the canonical copy of s.
 func String(s string) string {
 	if s == "" {
 		return ""
 	}
-	return unique.Make(s).Value()
+	strs.Lock()
+	defer strs.Unlock()
+	if c, ok := strs.get(s); ok {
+		return c
+	}
+	c := strings.Clone(s)
+	strs.put(c, c)
+	return c
 }
 
 // Bytes is String of b.
@@ -27,20 +32,58 @@ func Bytes(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
-	return unique.Make(string(b)).Value()
+	strs.Lock()
+	defer strs.Unlock()
+	// Map indexes by string(b) do not allocate; a call taking string(b) would.
+	if c, ok := strs.cur[string(b)]; ok {
+		return c
+	}
+	c, ok := strs.prev[string(b)]
+	if !ok {
+		c = string(b)
+	}
+	strs.put(c, c)
+	return c
 }
 
-// labelCap bounds one generation of the label-set cache: when a generation holds this many sets
-// a new one starts and the sets of the one before it are kept only while they are looked up
-// again. The bound keeps the cache small whatever the cluster's churn (each rollout of a
-// Deployment makes a new set: its pod-template-hash), at the price of a second copy of a set
-// that is still in use when its generation is dropped.
-const labelCap = 1 << 16
-
-var labelSets = struct {
+// generations is a cache of canonical values that stays bounded: when the current generation
+// holds genCap entries a new one starts, and the entries of the one before are kept only while
+// they are looked up again. Entries are held strongly (package unique's weak ones die at every
+// collection when only the value is kept, not its handle, and sharing would last one GC cycle).
+// The bound keeps the cache small whatever the cluster's churn (each rollout of a Deployment
+// makes a new label set: its pod-template-hash), at the price of a second copy of a value still
+// in use when its generation is dropped.
+type generations[V any] struct {
 	sync.Mutex
-	cur, prev map[string]map[string]string
-}{cur: map[string]map[string]string{}}
+	cur, prev map[string]V
+}
+
+const genCap = 1 << 16
+
+// get returns k's value, from the current generation or the one before (then promoted, under k:
+// k must be a string the caller may give away).
+func (g *generations[V]) get(k string) (V, bool) {
+	if v, ok := g.cur[k]; ok {
+		return v, true
+	}
+	v, ok := g.prev[k]
+	if ok {
+		g.put(k, v) // promoted: it is still in use
+	}
+	return v, ok
+}
+
+func (g *generations[V]) put(k string, v V) {
+	if g.cur == nil || len(g.cur) >= genCap {
+		g.prev, g.cur = g.cur, make(map[string]V, len(g.cur))
+	}
+	g.cur[k] = v
+}
+
+var (
+	strs      generations[string]
+	labelSets generations[map[string]string]
+)
 
 // Labels returns a map equal to m that is shared with every other caller that passed an equal
 // set, with keys and values interned. The map returned must never be changed, and m is never
@@ -52,20 +95,14 @@ func Labels(m map[string]string) map[string]string {
 	key := labelKey(m)
 	labelSets.Lock()
 	defer labelSets.Unlock()
-	if c, ok := labelSets.cur[key]; ok {
+	if c, ok := labelSets.get(key); ok {
 		return c
 	}
-	c, ok := labelSets.prev[key]
-	if !ok {
-		c = make(map[string]string, len(m))
-		for k, v := range m {
-			c[unique.Make(k).Value()] = unique.Make(v).Value()
-		}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[String(k)] = String(v) // strs' lock under labelSets': never the other way round
 	}
-	if len(labelSets.cur) >= labelCap {
-		labelSets.prev, labelSets.cur = labelSets.cur, make(map[string]map[string]string, len(labelSets.cur))
-	}
-	labelSets.cur[key] = c
+	labelSets.put(key, c)
 	return c
 }
 

@@ -257,6 +257,9 @@ func decodePod(b []byte) (*podInfo, error) {
 	var ctrl *controllerRef
 	var labels map[string]string
 	err := walk(b, func(f field) error {
+		if f.num < 1 || f.num > 3 {
+			return nil // a field a later Kubernetes may add
+		}
 		v, err := bytesField(f)
 		if err != nil {
 			return err
@@ -266,10 +269,9 @@ func decodePod(b []byte) (*podInfo, error) {
 			return decodeMeta(v, p, &labels, &ctrl)
 		case 2:
 			return decodeSpec(v, p)
-		case 3:
+		default:
 			return decodeStatus(v, p)
 		}
-		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kube: Pod protobuf: %w", err)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -259,6 +260,17 @@ func TestPodWire(t *testing.T) {
 				// what is short, and that must fail.
 				t.Errorf("cut at %d of %d: decoded %+v", cut, len(data), obj)
 			}
+		}
+		// A field a later Kubernetes adds, of any type, is skipped.
+		raw, err := full.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = protowire.AppendVarint(protowire.AppendTag(raw, 99, protowire.VarintType), 7)
+		raw = protowire.AppendFixed32(protowire.AppendTag(raw, 100, protowire.Fixed32Type), 7)
+		later := append(append([]byte{}, protobufPrefix...), envelope(t, "Pod", raw)...)
+		if obj, _, err := w.Decode(later, nil, nil); err != nil || obj.(*podInfo).owner != "web" {
+			t.Errorf("a pod with fields this decoder does not know: %v", err)
 		}
 		// The namespace (metadata field 3) as a varint instead of a string.
 		bad := append(append([]byte{}, protobufPrefix...), envelope(t, "Pod", []byte{0x0a, 0x02, 0x18, 0x01})...)
