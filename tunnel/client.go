@@ -6,10 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -119,6 +121,12 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 	for attempt := 0; ; attempt++ {
 		hc, err := c.pool.get(ctx, key)
 		if err != nil {
+			if hungUp(err) && attempt < 2 && ctx.Err() == nil {
+				// The server hung up while the connection was being set up, before any stream
+				// was sent (an agent handing over to its successor ends the handshakes it has
+				// in progress): a new connection may reach the one taking over.
+				continue
+			}
 			c.counters.add(ReasonOf(err))
 			return nil, err
 		}
@@ -144,6 +152,13 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Stream, error) {
 		}
 		return st, nil
 	}
+}
+
+// hungUp reports whether err is the peer closing a connection under us (reset, broken pipe,
+// EOF), as opposed to refusing it (a TLS alert, a timeout, a dial error).
+func hungUp(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // refusedUnprocessed reports whether err is a stream the server refused before processing it

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -97,4 +98,62 @@ func echoDial(e *env, msg string) error {
 		return fmt.Errorf("echo %q, want %q", buf, msg)
 	}
 	return st.CloseWrite()
+}
+
+// TestDialRetriesAServerThatHungUp: a server that closes a connection while it is being set up
+// (as an agent handing over to its successor ends the handshakes it has in progress) costs the
+// dial a new connection, not a failure; a server that keeps hanging up still fails it, after a
+// bounded number of tries.
+func TestDialRetriesAServerThatHungUp(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		hangups int32 // connections the server hangs up before it serves
+		ok      bool
+	}{
+		{"at accept, once", 1, true},
+		{"at accept, twice", 2, true},
+		{"always", 1 << 30, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hang, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer hang.Close()
+			go func() {
+				for {
+					c, err := hang.Accept()
+					if err != nil {
+						return
+					}
+					// Read the ClientHello, then hang up with it unread-acknowledged: a reset.
+					c.SetReadDeadline(time.Now().Add(time.Second))
+					c.Read(make([]byte, 512))
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				}
+			}()
+			var dials atomic.Int32
+			e := newEnv(t, envOpts{client: func(c *ClientConfig) {
+				c.Dial = func(ctx context.Context, _ netip.Addr, addr netip.AddrPort) (net.Conn, error) {
+					if dials.Add(1) <= tt.hangups {
+						addr = netip.MustParseAddrPort(hang.Addr().String())
+					}
+					return (&net.Dialer{}).DialContext(ctx, "tcp", addr.String())
+				}
+			}})
+			err = echoDial(e, "after a hang-up")
+			if tt.ok && err != nil {
+				t.Fatalf("dial after %d hang-ups: %v", tt.hangups, err)
+			}
+			if !tt.ok {
+				if err == nil {
+					t.Fatal("a server that always hangs up served the dial")
+				}
+				if n := dials.Load(); n != 3 {
+					t.Errorf("%d connections tried, want 3 (one and two retries)", n)
+				}
+			}
+		})
+	}
 }

@@ -2,16 +2,12 @@ package kube
 
 import (
 	"reflect"
-	"slices"
-	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-
-	"github.com/amesh-dev/amesh/workload"
 )
 
 // TestSlimTransformsKeepConversion: what the informers keep of Services and EndpointSlices
@@ -86,10 +82,7 @@ func TestSlimTransformsKeepConversion(t *testing.T) {
 	}
 	want, wantProblems := Spec(kubeTD, "", objs)
 	got, gotProblems := Spec(kubeTD, "", slim)
-	// Spec lists nodes and problems in map order (NewState sorts): compare them as sets.
-	for _, sp := range []*workload.Spec{&got, &want} {
-		slices.SortFunc(sp.Nodes, func(a, b workload.Node) int { return strings.Compare(a.Name, b.Name) })
-	}
+	// Spec reports problems in map order: compare them as sets.
 	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(errSet(gotProblems), errSet(wantProblems)) {
 		t.Errorf("slimmed objects convert differently:\n got %+v %v\nwant %+v %v", got.Services, gotProblems, want.Services, wantProblems)
 	}
@@ -104,4 +97,29 @@ func errSet(errs []error) map[string]bool {
 		out[e.Error()] = true
 	}
 	return out
+}
+
+// TestSpecDeterministic: whatever order the informers list objects in, Spec gives the same
+// Spec, and of two services claiming one VIP the same one (by namespace/name) keeps it.
+func TestSpecDeterministic(t *testing.T) {
+	svc := func(name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}, Ports: []corev1.ServicePort{{Port: 80}}}}
+	}
+	objs := Objects{
+		Namespaces: []*corev1.Namespace{kns("shop", ambientNS)},
+		Pods:       []*corev1.Pod{kpod("shop", "a", "node1", "10.244.1.2"), kpod("shop", "b", "node2", "10.244.2.2"), kpod("shop", "c", "node3", "10.244.3.2")},
+		Services:   []*corev1.Service{svc("zeta"), svc("alpha")},
+	}
+	first, _ := Spec(kubeTD, "", objs)
+	if len(first.Services) != 1 || first.Services[0].Name != "alpha" {
+		t.Fatalf("VIP conflict: %+v, want alpha to keep 10.96.0.10", first.Services)
+	}
+	for range 20 {
+		objs.Services[0], objs.Services[1] = objs.Services[1], objs.Services[0]
+		objs.Pods[0], objs.Pods[2] = objs.Pods[2], objs.Pods[0]
+		if again, _ := Spec(kubeTD, "", objs); !reflect.DeepEqual(again, first) {
+			t.Fatalf("list order changed the Spec:\n%+v\n%+v", again, first)
+		}
+	}
 }

@@ -136,6 +136,7 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 	for name, ip := range nodeIP {
 		spec.Nodes = append(spec.Nodes, workload.Node{Name: name, IP: ip})
 	}
+	slices.SortFunc(spec.Nodes, func(a, b workload.Node) int { return cmp.Compare(a.Name, b.Name) })
 
 	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
 	for _, es := range objs.EndpointSlices {
@@ -144,7 +145,13 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 			slicesBySvc[k] = append(slicesBySvc[k], es)
 		}
 	}
-	for _, svc := range objs.Services {
+	// Services by namespace/name, so that of two claiming one VIP the same one wins on every
+	// node whatever order its informer lists them in.
+	svcs := slices.Clone(objs.Services)
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	for _, svc := range svcs {
 		s, errs := service(svc, nsLabels[svc.Namespace], slicesBySvc[svc.Namespace+"/"+svc.Name], takenIP)
 		problems = append(problems, errs...)
 		if s == nil {

@@ -200,11 +200,7 @@ func decodePodList(b []byte) (*podInfoList, error) {
 	err := walk(b, func(f field) error {
 		switch f.num {
 		case 1: // metadata: ListMeta
-			v, err := bytesField(f)
-			if err != nil {
-				return err
-			}
-			return walk(v, func(m field) error {
+			return nested(f, func(m field) error {
 				var err error
 				switch m.num {
 				case 2:
@@ -236,6 +232,28 @@ func decodePodList(b []byte) (*podInfoList, error) {
 		return nil, fmt.Errorf("kube: PodList protobuf: %w", err)
 	}
 	return l, nil
+}
+
+// nested walks the message that field f holds.
+func nested(f field, fn func(field) error) error {
+	v, err := bytesField(f)
+	if err != nil {
+		return err
+	}
+	return walk(v, fn)
+}
+
+// varintOf returns the varint field num of the message f holds (0 when absent).
+func varintOf(f field, num protowire.Number) (uint64, error) {
+	var x uint64
+	err := nested(f, func(g field) error {
+		var err error
+		if g.num == num {
+			x, err = varintField(g)
+		}
+		return err
+	})
+	return x, err
 }
 
 func stringField(f field) (string, error) {
@@ -297,31 +315,16 @@ func decodeMeta(b []byte, p *podInfo, labels *map[string]string, ctrl **controll
 			p.UID = types.UID(s)
 		case 6:
 			p.ResourceVersion, err = stringField(f)
-		case 8: // creationTimestamp: seconds (metav1.Time decodes no nanoseconds)
-			var v []byte
-			if v, err = bytesField(f); err != nil {
-				return err
-			}
-			var secs int64
-			err = walk(v, func(t field) error {
-				if t.num == 1 {
-					x, err := varintField(t)
-					secs = int64(x)
-					return err
-				}
-				return nil
-			})
-			p.CreationTimestamp = metav1.NewTime(time.Unix(secs, 0).Local())
-			if len(v) == 0 {
-				p.CreationTimestamp = metav1.Time{}
+		case 8: // creationTimestamp: seconds (metav1.Time decodes no nanoseconds; nothing is zero)
+			var secs uint64
+			secs, err = varintOf(f, 1)
+			p.CreationTimestamp = metav1.Time{}
+			if len(f.b) != 0 {
+				p.CreationTimestamp = metav1.NewTime(time.Unix(int64(secs), 0).Local())
 			}
 		case 11, 12: // labels, annotations: map entries {1: key, 2: value}
-			var v []byte
-			if v, err = bytesField(f); err != nil {
-				return err
-			}
 			var k, val string
-			if err = walk(v, func(e field) error {
+			if err = nested(f, func(e field) error {
 				var err error
 				switch e.num {
 				case 1:
@@ -343,13 +346,9 @@ func decodeMeta(b []byte, p *podInfo, labels *map[string]string, ctrl **controll
 				p.Annotations = map[string]string{k: val}
 			}
 		case 13: // ownerReferences: the first controller is the pod's (metav1.GetControllerOf)
-			var v []byte
-			if v, err = bytesField(f); err != nil {
-				return err
-			}
 			var ref controllerRef
 			var controller bool
-			if err = walk(v, func(o field) error {
+			if err = nested(f, func(o field) error {
 				var err error
 				switch o.num {
 				case 1:
@@ -386,11 +385,7 @@ func decodeSpec(b []byte, p *podInfo) error {
 		var err error
 		switch f.num {
 		case 2: // containers
-			var v []byte
-			if v, err = bytesField(f); err != nil {
-				return err
-			}
-			err = decodeContainer(v, p)
+			err = decodeContainer(f, p)
 		case 8:
 			p.serviceAccount, err = internField(f)
 		case 10:
@@ -421,18 +416,14 @@ type containerPort struct {
 // decodeContainer appends the container's probe ports to p.probePorts (probePorts' rules: an
 // httpGet, else a tcpSocket, else a grpc probe; exec probes open no connection; a named port is
 // the first valid port of that name).
-func decodeContainer(b []byte, p *podInfo) error {
+func decodeContainer(container field, p *podInfo) error {
 	var probes []probePort
 	var ports []containerPort
-	err := walk(b, func(f field) error {
+	err := nested(container, func(f field) error {
 		switch f.num {
 		case 6: // ports: ContainerPort {1: name, 3: containerPort}
-			v, err := bytesField(f)
-			if err != nil {
-				return err
-			}
 			var cp containerPort
-			if err := walk(v, func(c field) error {
+			if err := nested(f, func(c field) error {
 				var err error
 				switch c.num {
 				case 1:
@@ -448,11 +439,7 @@ func decodeContainer(b []byte, p *podInfo) error {
 			}
 			ports = append(ports, cp)
 		case 10, 11, 22: // livenessProbe, readinessProbe, startupProbe
-			v, err := bytesField(f)
-			if err != nil {
-				return err
-			}
-			pp, ok, err := decodeProbe(v)
+			pp, ok, err := decodeProbe(f)
 			if err != nil {
 				return err
 			}
@@ -483,31 +470,23 @@ func decodeContainer(b []byte, p *podInfo) error {
 }
 
 // decodeProbe returns a probe's port; ok is false for a probe that opens no connection.
-func decodeProbe(b []byte) (probePort, bool, error) {
-	var httpGet, tcpSocket, grpc []byte
+func decodeProbe(probe field) (probePort, bool, error) {
+	var httpGet, tcpSocket, grpc field
 	var haveHTTP, haveTCP, haveGRPC bool
-	err := walk(b, func(f field) error {
+	err := nested(probe, func(f field) error {
 		if f.num != 1 { // handler: ProbeHandler
 			return nil
 		}
-		v, err := bytesField(f)
-		if err != nil {
-			return err
-		}
-		return walk(v, func(h field) error {
-			var err error
+		return nested(f, func(h field) error {
 			switch h.num {
 			case 2:
-				httpGet, err = bytesField(h)
-				haveHTTP = true
+				httpGet, haveHTTP = h, true
 			case 3:
-				tcpSocket, err = bytesField(h)
-				haveTCP = true
+				tcpSocket, haveTCP = h, true
 			case 4:
-				grpc, err = bytesField(h)
-				haveGRPC = true
+				grpc, haveGRPC = h, true
 			}
-			return err
+			return nil
 		})
 	})
 	if err != nil {
@@ -521,32 +500,20 @@ func decodeProbe(b []byte) (probePort, bool, error) {
 		pp, err := actionPort(tcpSocket, 1)
 		return pp, true, err
 	case haveGRPC:
-		var pp probePort
-		err := walk(grpc, func(g field) error {
-			if g.num == 1 {
-				x, err := varintField(g)
-				pp.num = int32(x)
-				return err
-			}
-			return nil
-		})
-		return pp, true, err
+		port, err := varintOf(grpc, 1)
+		return probePort{num: int32(port)}, true, err
 	}
 	return probePort{}, false, nil
 }
 
 // actionPort reads the IntOrString port (field num) of an httpGet or tcpSocket action.
-func actionPort(b []byte, num protowire.Number) (probePort, error) {
+func actionPort(action field, num protowire.Number) (probePort, error) {
 	var pp probePort
-	err := walk(b, func(f field) error {
+	err := nested(action, func(f field) error {
 		if f.num != num {
 			return nil
 		}
-		v, err := bytesField(f)
-		if err != nil {
-			return err
-		}
-		return walk(v, func(i field) error { // IntOrString {1: type, 2: intVal, 3: strVal}
+		return nested(f, func(i field) error { // IntOrString {1: type, 2: intVal, 3: strVal}
 			var err error
 			switch i.num {
 			case 1:
@@ -579,18 +546,13 @@ func decodeStatus(b []byte, p *podInfo) error {
 		case 6:
 			p.podIP, err = stringField(f)
 		case 12: // podIPs: PodIP {1: ip}
-			var v []byte
-			if v, err = bytesField(f); err != nil {
-				return err
-			}
 			var ip string
-			err = walk(v, func(i field) error {
+			err = nested(f, func(i field) error {
+				var err error
 				if i.num == 1 {
-					var err error
 					ip, err = stringField(i)
-					return err
 				}
-				return nil
+				return err
 			})
 			p.podIPs = append(p.podIPs, ip)
 		}
