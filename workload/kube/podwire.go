@@ -138,7 +138,8 @@ func (p *podInfo) DeepCopyObject() runtime.Object {
 }
 
 // field is one field of a protobuf message: its number, wire type, and value (b for the
-// length-delimited ones, x for varints).
+// length-delimited ones, x for varints; neither for the others, which no field read here is:
+// bytesField and varintField refuse them).
 type field struct {
 	num protowire.Number
 	typ protowire.Type
@@ -170,9 +171,6 @@ func walk(b []byte, f func(field) error) error {
 			return protowire.ParseError(n)
 		}
 		b = b[n:]
-		if typ != protowire.BytesType && typ != protowire.VarintType {
-			continue // no field the decoder reads is of another type
-		}
 		if err := f(fl); err != nil {
 			return err
 		}
