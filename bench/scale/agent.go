@@ -3,6 +3,7 @@ package scale
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -97,61 +98,63 @@ func (a *agentProc) stop() {
 	}
 }
 
-// get fetches path of the agent's server at addr, in the node's namespace.
-func (a *agentProc) get(ctx context.Context, addr, path string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+// fetch GETs path of the agent's server at addr, in the node's namespace, within timeout, and
+// hands the answer to read.
+func (a *agentProc) fetch(ctx context.Context, addr, path string, timeout time.Duration, read func(*http.Response) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return a.node.Dial(ctx, addr) }}
 	defer tr.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 	if err != nil {
-		return "", err
+		return err
 	}
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer resp.Body.Close()
+	return read(resp)
+}
+
+// get returns the body at path of the agent's server at addr.
+func (a *agentProc) get(ctx context.Context, addr, path string) (string, error) {
 	var b strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		b.WriteString(sc.Text())
-		b.WriteByte('\n')
-	}
-	if resp.StatusCode != http.StatusOK {
-		return b.String(), fmt.Errorf("%s: %s", path, resp.Status)
-	}
-	return b.String(), sc.Err()
+	err := a.fetch(ctx, addr, path, 2*time.Second, func(resp *http.Response) error {
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			b.WriteString(sc.Text())
+			b.WriteByte('\n')
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		return sc.Err()
+	})
+	return b.String(), err
 }
 
 // profile saves the agent's pprof answer at path (admin API) to file.
 func (a *agentProc) profile(ctx context.Context, path, file string) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return a.node.Dial(ctx, adminAddr) }}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+adminAddr+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := (&http.Client{Transport: tr}).Do(req)
+	err := a.fetch(ctx, adminAddr, path, 5*time.Minute, func(resp *http.Response) error {
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		f, err := os.Create(file)
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	})
 	if err != nil {
 		return fmt.Errorf("scale: profile %s: %w", path, err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("scale: profile %s: %s", path, resp.Status)
-	}
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return fmt.Errorf("scale: profile %s: %w", path, err)
-	}
-	return f.Close()
+	return nil
 }
 
 // metric returns the sum of the samples of name (with any labels matching match) in the
