@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,6 +117,78 @@ func TestScanner(t *testing.T) {
 	if got := s.Find([]netip.Addr{netip.MustParseAddr("10.99.9.9")}); got != "" {
 		t.Fatalf("Find(10.99.9.9) = %s, want none", got)
 	}
+}
+
+// TestScannerPrefersTheAttachedNamespace: namespaces that are no pod of the node (another lab
+// node's, a test's) reuse pod addresses; of several holding an IP the one attached to Home by a
+// link wins, and where links do not settle it none is found (enrolling the wrong namespace would
+// steer someone else's traffic).
+func TestScannerPrefersTheAttachedNamespace(t *testing.T) {
+	home := newBareNetns(t)
+	elsewhere := newBareNetns(t)
+	pod := newBareNetns(t)
+	stranger := newBareNetns(t)
+	lone := newBareNetns(t)
+	twinA, twinB := newBareNetns(t), newBareNetns(t)
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	// pod and stranger both hold 10.99.10.2: pod by a veth into home, stranger by one into
+	// elsewhere. lone alone holds 10.99.11.2, attached nowhere. twinA and twinB both hold
+	// 10.99.12.2, attached nowhere.
+	veth := func(ns, peerNS, addr string) {
+		n := filepath.Base(ns)
+		ip("-n", n, "link", "add", "e0", "type", "veth", "peer", "name", "p"+n[3:], "netns", filepath.Base(peerNS))
+		ip("-n", n, "addr", "add", addr+"/32", "dev", "e0")
+		ip("-n", n, "link", "set", "e0", "up")
+	}
+	veth(pod, home, "10.99.10.2")
+	veth(stranger, elsewhere, "10.99.10.2")
+	veth(lone, elsewhere, "10.99.11.2")
+	veth(twinA, elsewhere, "10.99.12.2")
+	veth(twinB, elsewhere, "10.99.12.2")
+
+	s := Scanner{Home: home}
+	for _, tc := range []struct {
+		name, ip, want string
+	}{
+		{"of two, the one attached to home", "10.99.10.2", pod},
+		{"the only one, attached or not", "10.99.11.2", lone},
+		{"two, neither attached: none", "10.99.12.2", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.scanned = time.Time{} // each case may rescan
+			got := s.Find([]netip.Addr{netip.MustParseAddr(tc.ip)})
+			switch {
+			case tc.want == "" && got != "":
+				t.Fatalf("Find(%s) = %s, want none", tc.ip, got)
+			case tc.want != "" && got == "":
+				t.Fatalf("Find(%s) found none, want %s", tc.ip, tc.want)
+			case tc.want != "" && mustCookie(t, got) != mustCookie(t, tc.want):
+				t.Fatalf("Find(%s) = %s, want %s", tc.ip, got, tc.want)
+			}
+		})
+	}
+}
+
+// newBareNetns makes a named namespace with loopback up, removed when the test ends.
+func newBareNetns(t *testing.T) string {
+	t.Helper()
+	testenv.RequireRoot(t)
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := "amt" + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up in %s: %v: %s", name, err, out)
+	}
+	return "/run/netns/" + name
 }
 
 func mustCookie(t *testing.T, path string) uint64 {

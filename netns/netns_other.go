@@ -34,7 +34,10 @@ func SelfCookie() (uint64, error) { return 0, errNotLinux }
 func Addrs(string) ([]netip.Addr, error) { return nil, errNotLinux }
 
 // Scanner finds nothing off Linux.
-type Scanner struct{}
+type Scanner struct {
+	// Home is the namespace pods' links lead to (unused off Linux).
+	Home string
+}
 
 // Find finds nothing off Linux.
 func (*Scanner) Find([]netip.Addr) string { return "" }

@@ -164,7 +164,15 @@ func (r *Redirector) adoptPods() error {
 			r.objs.Enrolled.Delete(cookie)
 			continue
 		}
-		if err := l.Update(r.objs.AmeshSkLookup); err != nil {
+		if err := l.Update(r.objs.AmeshSkLookup); errors.Is(err, unix.ENOLINK) {
+			// The kernel severed the link: the pod's namespace was torn down while no agent
+			// ran. Nothing is left to steer; one gone pod must not keep the agent from starting.
+			l.Close()
+			r.log.Info("dropping pinned pod whose network namespace is gone", "cookie", cookie)
+			os.RemoveAll(dir)
+			r.objs.Enrolled.Delete(cookie)
+			continue
+		} else if err != nil {
 			l.Close()
 			return fmt.Errorf("redirect: update pinned sk_lookup of netns %d: %w", cookie, err)
 		}

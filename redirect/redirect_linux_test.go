@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -475,6 +476,65 @@ func TestFailClosedAcrossRestart(t *testing.T) {
 		t.Fatalf("after unenroll the pod's connect failed: %v", err)
 	}
 	c.Close()
+}
+
+// TestAdoptSkipsPodsWhoseNamespaceIsGone: a pod deleted while no agent ran (during an upgrade,
+// say) leaves a pinned sk_lookup link the kernel has severed; the next agent drops it and
+// starts, instead of failing to start at all and leaving every pod of the node without one.
+func TestAdoptSkipsPodsWhoseNamespaceIsGone(t *testing.T) {
+	p := newPair(t)
+	gone := newPair(t)
+	r, err := Open(Config{PinDir: p.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := r.Enroll(p.pod, []netip.Addr{p.podIP})
+	if err != nil {
+		r.Uninstall()
+		t.Fatal(err)
+	}
+	dropped, err := r.Enroll(gone.pod, []netip.Addr{gone.podIP})
+	if err != nil {
+		r.Uninstall()
+		t.Fatal(err)
+	}
+	r.Close() // as if the agent stopped: only the pins remain
+
+	run(t, "ip", "netns", "del", filepath.Base(gone.pod))
+	// The kernel severs the link when it tears the namespace down, a moment later.
+	pin := filepath.Join(p.pinDir, podsDir, fmt.Sprint(dropped.Cookie), lookupPin)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ns := info.NetNs(); ns != nil && ns.NetnsInode == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted namespace's sk_lookup link was not severed in 10 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	r2 := openRedirector(t, p)
+	pods := r2.Pods()
+	if len(pods) != 1 || pods[0].Cookie != kept.Cookie {
+		t.Fatalf("re-adopted pods %+v, want only the live one (cookie %d)", pods, kept.Cookie)
+	}
+	if _, err := os.Stat(filepath.Dir(pin)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the gone pod's pins: %v, want them removed", err)
+	}
+	var ep ameshEnrolledPod
+	if err := r2.objs.Enrolled.Lookup(dropped.Cookie, &ep); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("the gone pod is still in the enrolled map: %v", err)
+	}
 }
 
 // TestUninstallRemovesEverything checks no pin and no cgroup attachment survive Uninstall.
