@@ -42,17 +42,20 @@ type cluster struct {
 
 	namespaces, nodes int
 
-	mu      sync.Mutex
-	nextIP  int
-	nextPod int
-	live    []livePod             // the fake pods, in no order
-	members []map[string]endpoint // by service index: pod name → endpoint
-	slices  []sync.Mutex          // by service index: one writer of its slice at a time
+	mu       sync.Mutex
+	nextIP   int
+	nextPod  int
+	replaced int                   // replacements started, of which every reuseEvery-th reuses the old pod's IP
+	live     []livePod             // the fake pods, in no order
+	members  []map[string]endpoint // by service index: pod name → endpoint
+	slices   []sync.Mutex          // by service index: one writer of its slice at a time
 }
 
 type livePod struct {
 	name string
 	svc  int
+	node int
+	ip   netip.Addr
 }
 
 func newCluster(cs kubernetes.Interface, dyn dynamic.Interface, l *lab.Lab, size Size) *cluster {
@@ -143,15 +146,28 @@ func (c *cluster) createPod(ctx context.Context, pod *corev1.Pod, st corev1.PodS
 }
 
 // newPod makes the next fake pod of service j (its name, IP and node) and records it.
-func (c *cluster) newPod(j int) (*corev1.Pod, corev1.PodStatus) {
+func (c *cluster) newPod(j int) (*corev1.Pod, corev1.PodStatus, livePod) {
 	c.mu.Lock()
 	i, ipIdx := c.nextPod, c.nextIP
 	c.nextPod++
 	c.nextIP++
 	c.mu.Unlock()
-	node := i % c.nodes
+	return c.podOn(j, i, i%c.nodes, podIP(ipIdx))
+}
+
+// reusePod makes the next fake pod of service j on old's node with old's IP, as a node's IPAM
+// hands a released address to the next pod while the pod that had it is still terminating.
+func (c *cluster) reusePod(j int, old livePod) (*corev1.Pod, corev1.PodStatus, livePod) {
+	c.mu.Lock()
+	i := c.nextPod
+	c.nextPod++
+	c.mu.Unlock()
+	return c.podOn(j, i, old.node, old.ip)
+}
+
+func (c *cluster) podOn(j, i, node int, ip netip.Addr) (*corev1.Pod, corev1.PodStatus, livePod) {
 	pod := podObject(fmt.Sprintf("%s-%06d", appName(j), i), c.svcNS(j), appName(j), fakeNodeName(node))
-	return pod, runningStatus(podIP(ipIdx), nodeIP(node))
+	return pod, runningStatus(ip, nodeIP(node)), livePod{name: pod.Name, svc: j, node: node, ip: ip}
 }
 
 // populate writes the namespaces, the services, the pods (status included), the slices and the
@@ -170,12 +186,12 @@ func (c *cluster) populate(ctx context.Context) error {
 	}
 	if err := parallel(ctx, c.size.Pods, func(ctx context.Context, i int) error {
 		j := i % max(1, c.size.Services)
-		pod, st := c.newPod(j)
+		pod, st, lp := c.newPod(j)
 		if err := c.createPod(ctx, pod, st); err != nil {
 			return err
 		}
 		c.mu.Lock()
-		c.live = append(c.live, livePod{name: pod.Name, svc: j})
+		c.live = append(c.live, lp)
 		if c.size.Services > 0 {
 			c.members[j][pod.Name] = endpoint{pod: pod.Name, node: pod.Spec.NodeName, ip: mustIP(st.PodIP)}
 		}
@@ -212,9 +228,14 @@ func (c *cluster) endpoints(j int) []endpoint {
 	return out
 }
 
+// reuseEvery: one replacement in reuseEvery gives the new pod the old one's node and IP while
+// the old pod is still there (a node's IPAM reuses addresses; the newer pod keeps the IP).
+const reuseEvery = 4
+
 // replace replaces one random fake pod, as a rolling update does: the new pod created and
-// running, its service's slice updated, the old pod deleted (at once, as a force delete: there is
-// no kubelet to confirm it), the slice updated again. Four watch events for the agent: a pod
+// running (one in reuseEvery with the old pod's IP), its service's slice updated, the old pod
+// deleted (at once, as a force delete: there is no kubelet to confirm it), the slice updated
+// again. Four watch events for the agent: a pod
 // added, its status, a pod deleted, a slice updated (the slice's two writes are one update here,
 // as the controller's batching makes them).
 func (c *cluster) replace(ctx context.Context) error {
@@ -227,9 +248,18 @@ func (c *cluster) replace(ctx context.Context) error {
 	old := c.live[k]
 	c.live[k] = c.live[len(c.live)-1]
 	c.live = c.live[:len(c.live)-1]
+	c.replaced++
+	reuse := c.replaced%reuseEvery == 0
 	c.mu.Unlock()
 	j := old.svc
-	pod, st := c.newPod(j)
+	var pod *corev1.Pod
+	var st corev1.PodStatus
+	var lp livePod
+	if reuse {
+		pod, st, lp = c.reusePod(j, old)
+	} else {
+		pod, st, lp = c.newPod(j)
+	}
 	if err := c.createPod(ctx, pod, st); err != nil {
 		return err
 	}
@@ -237,7 +267,7 @@ func (c *cluster) replace(ctx context.Context) error {
 		return fmt.Errorf("delete pod %s: %w", old.name, err)
 	}
 	c.mu.Lock()
-	c.live = append(c.live, livePod{name: pod.Name, svc: j})
+	c.live = append(c.live, lp)
 	if c.size.Services > 0 {
 		delete(c.members[j], old.name)
 		c.members[j][pod.Name] = endpoint{pod: pod.Name, node: pod.Spec.NodeName, ip: mustIP(st.PodIP)}

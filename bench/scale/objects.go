@@ -25,7 +25,7 @@ const meshLabel = "amesh.io/dataplane-mode"
 const appPort = 8080
 
 // podIP is the i-th address of the fake pods' range, 10.200.0.0/15 (131,072 addresses: a run
-// never reuses one).
+// never runs out; the churn reuses some on purpose, see reuseEvery).
 func podIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, byte(200 + i>>16&1), byte(i >> 8), byte(i)})
 }

@@ -46,7 +46,8 @@ func crdPath(t testing.TB) string {
 
 // TestScaleRuns is a small run of the harness (300 pods, 30 services, 10 policies, 20 pods/s
 // for 4 s): the agent syncs, every figure is there, every churn replacement landed, policy and
-// endpoint changes were seen enforced on real traffic and none timed out.
+// endpoint changes were seen enforced on real traffic and none timed out, and no change needed
+// a full build.
 func TestScaleRuns(t *testing.T) {
 	testenv.RequireRoot(t)
 	if testing.Short() {
@@ -77,8 +78,10 @@ func TestScaleRuns(t *testing.T) {
 	if r.PolicyP50 <= 0 || r.EndpointP50 <= 0 || r.Timeouts != 0 {
 		t.Errorf("enforcement: policy p50 %.1f ms, endpoint p50 %.1f ms, %d timeouts", r.PolicyP50, r.EndpointP50, r.Timeouts)
 	}
-	if r.FullBuilds+r.Incremental == 0 {
-		t.Errorf("the agent counted no state builds during churn")
+	// One replacement in four reuses the old pod's IP while it is still there: settled
+	// incrementally too, never by a full build.
+	if r.Incremental == 0 || r.FullBuilds != 0 {
+		t.Errorf("state builds during churn: %d incremental, %d full; want some incremental and no full", r.Incremental, r.FullBuilds)
 	}
 	for _, f := range []string{"scale.json", "scale.md"} {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {

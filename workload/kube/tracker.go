@@ -61,6 +61,10 @@ type tracker struct {
 	podUID   map[string]string        // pod key → the UID of its workload in cur
 	nodePods map[string]int           // node → workloads of cur on it
 	policies map[string]policy.Policy // by key, as converted for cur
+	// The pods that claim an IP another (newer) pod holds in cur, both ways: when the holder
+	// lets the IP go, the claimant must get it back, as a full build would give it.
+	shadowOf   map[string][]netip.Addr // pod key → IPs it claims and does not hold
+	shadowedBy map[netip.Addr][]string // IP → keys of the pods that claim it and do not hold it
 }
 
 // full builds the State from every object (Spec, then workload.NewState) and resets the
@@ -80,6 +84,20 @@ func (t *tracker) full(v view) (*workload.State, []error, error) {
 		if uid := podUID(pod); st.WorkloadByUID(uid) != nil {
 			t.podUID[pod.Namespace+"/"+pod.Name] = uid
 		}
+	}
+	t.shadowOf, t.shadowedBy = map[string][]netip.Addr{}, map[netip.Addr][]string{}
+	for _, pod := range infos {
+		w, ok := podWorkload(pod, v.namespaceLabels(pod.Namespace), objs.PodIPs[string(pod.UID)])
+		if !ok {
+			continue
+		}
+		var lost []netip.Addr
+		for _, ip := range w.IPs {
+			if h := st.WorkloadByIP(ip); h == nil || h.UID != w.UID {
+				lost = append(lost, ip)
+			}
+		}
+		t.setShadows(pod.Namespace+"/"+pod.Name, lost)
 	}
 	t.nodePods = map[string]int{}
 	for _, n := range st.Nodes() {
@@ -105,20 +123,40 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 	cur := t.cur
 	u := workload.Update{Workloads: map[string]*workload.Workload{}, Services: map[string]*workload.Service{}}
 	var problems []error
-	podUIDs := map[string]string{} // what podUID becomes for the keys of ch.pods ("" removed)
-	for key := range ch.pods {
+	// The changed pods, and every pod that claims an IP one of them holds, held or claims
+	// (transitively): of two pods with one IP the newer keeps it (Spec's rule), which only
+	// the claimants together can settle.
+	claims := t.claimants(v, ch.pods, podIPs)
+	order := slices.Collect(maps.Keys(claims))
+	slices.SortFunc(order, func(a, b string) int { return newerFirst(claims[a].pod, claims[b].pod) })
+	podUIDs := map[string]string{}       // what podUID becomes for the claimants ("" removed)
+	shadows := map[string][]netip.Addr{} // what shadowOf becomes for them
+	taken := map[netip.Addr]string{}     // IP → the claimant that keeps it
+	for _, key := range order {
+		c := claims[key]
 		old := t.podUID[key]
-		pod, exists := v.pod(key)
-		var w workload.Workload
-		ok := false
-		if exists {
-			w, ok = podWorkload(pod, v.namespaceLabels(pod.Namespace), podIPs[string(pod.UID)])
+		if c.ok {
+			ips := c.w.IPs[:0:0]
+			for _, ip := range c.w.IPs {
+				if other, dup := taken[ip]; dup {
+					problems = append(problems, fmt.Errorf("pod %s: ip %s is also pod %s's (the newer pod keeps it)", key, ip, other))
+					shadows[key] = append(shadows[key], ip)
+					continue
+				}
+				ips = append(ips, ip)
+			}
+			c.ok = len(ips) > 0
+			c.w.IPs = ips
 		}
-		if old != "" && (!ok || old != w.UID) {
+		if old != "" && (!c.ok || old != c.w.UID) {
 			u.Workloads[old] = nil
 		}
 		podUIDs[key] = ""
-		if ok {
+		if c.ok {
+			for _, ip := range c.w.IPs {
+				taken[ip] = key
+			}
+			w := c.w
 			u.Workloads[w.UID] = &w
 			podUIDs[key] = w.UID
 		}
@@ -190,6 +228,7 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 		} else {
 			t.podUID[key] = uid
 		}
+		t.setShadows(key, shadows[key])
 	}
 	if pols != nil {
 		t.policies = pols
@@ -249,4 +288,96 @@ func (t *tracker) nodes(cur *workload.State, u workload.Update) (delta map[strin
 func splitKey(key string) (namespace, name string) {
 	namespace, name, _ = strings.Cut(key, "/")
 	return namespace, name
+}
+
+// claim is a pod as podWorkload converts it (ok: it is a workload, with the IPs it claims).
+type claim struct {
+	pod *podInfo // nil: the pod is gone
+	w   workload.Workload
+	ok  bool
+}
+
+// claimants returns the pods of keys, and every pod that claims an IP one of them holds in cur,
+// claims without holding it, or claims in v: closed under that relation, so that each IP the
+// result touches is settled among all its claimants.
+func (t *tracker) claimants(v view, keys map[string]bool, podIPs map[string][]netip.Addr) map[string]claim {
+	out := make(map[string]claim, len(keys))
+	queue := make([]string, 0, len(keys))
+	add := func(key string) {
+		if _, seen := out[key]; seen {
+			return
+		}
+		var c claim
+		if pod, exists := v.pod(key); exists {
+			c.pod = pod
+			c.w, c.ok = podWorkload(pod, v.namespaceLabels(pod.Namespace), podIPs[string(pod.UID)])
+		}
+		out[key] = c
+		queue = append(queue, key)
+	}
+	for key := range keys {
+		add(key)
+	}
+	for len(queue) > 0 {
+		key := queue[len(queue)-1]
+		queue = queue[:len(queue)-1]
+		c := out[key]
+		ips := slices.Clone(t.shadowOf[key])
+		if w := t.cur.WorkloadByUID(t.podUID[key]); w != nil {
+			ips = append(ips, w.IPs...)
+		}
+		if c.ok {
+			ips = append(ips, c.w.IPs...)
+		}
+		for _, ip := range ips {
+			if h := t.cur.WorkloadByIP(ip); h != nil {
+				add(h.Namespace + "/" + h.Name)
+			}
+			for _, k := range t.shadowedBy[ip] {
+				add(k)
+			}
+		}
+	}
+	return out
+}
+
+// newerFirst orders pods as Spec settles their IPs: the newer first, then by namespace/name;
+// gone pods (nil) last.
+func newerFirst(a, b *podInfo) int {
+	switch {
+	case a == nil || b == nil:
+		return cmp.Compare(btoi(a == nil), btoi(b == nil))
+	}
+	if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// setShadows records that the pod at key claims ips without holding them (none: it holds all
+// it claims, or is gone).
+func (t *tracker) setShadows(key string, ips []netip.Addr) {
+	for _, ip := range t.shadowOf[key] {
+		rest := slices.DeleteFunc(slices.Clone(t.shadowedBy[ip]), func(k string) bool { return k == key })
+		if len(rest) == 0 {
+			delete(t.shadowedBy, ip)
+		} else {
+			t.shadowedBy[ip] = rest
+		}
+	}
+	delete(t.shadowOf, key)
+	if len(ips) == 0 {
+		return
+	}
+	t.shadowOf[key] = ips
+	for _, ip := range ips {
+		t.shadowedBy[ip] = append(t.shadowedBy[ip], key)
+	}
 }

@@ -111,7 +111,34 @@ func (m *trackerModel) ip() string {
 func (m *trackerModel) change(ch changes) {
 	apps := []string{"web", "api", "db"}
 	nss := []string{"a", "b"}
-	switch m.r.IntN(10) {
+	switch m.r.IntN(12) {
+	case 10, 11: // a pod given the IP of a pod still there (one terminating, as a node reuses addresses)
+		k, other := m.anyPod()
+		if other == nil || other.Status.PodIP == "" {
+			return
+		}
+		if m.r.IntN(2) == 0 { // a new pod (the newer one keeps the IP)
+			m.seq++
+			p := kpod(other.Namespace, fmt.Sprintf("reuse-%d", m.seq), other.Spec.NodeName, "", podLabels(map[string]string{"app": other.Labels["app"]}))
+			p.CreationTimestamp = metav1.NewTime(time.Unix(int64(1000+m.seq), 0))
+			if m.r.IntN(3) == 0 {
+				p.CreationTimestamp = other.CreationTimestamp // a tie: settled by namespace/name
+			}
+			p.Status.HostIP = other.Status.HostIP
+			p.Status.PodIP, p.Status.PodIPs = other.Status.PodIP, []corev1.PodIP{{IP: other.Status.PodIP}}
+			m.v.pods[p.Namespace+"/"+p.Name] = p
+			ch.pods[p.Namespace+"/"+p.Name] = true
+			return
+		}
+		// An existing pod's status names another pod's IP (the older one loses it).
+		k2, p := m.anyPod()
+		if p == nil || k2 == k {
+			return
+		}
+		p = p.DeepCopy()
+		p.Status.PodIP, p.Status.PodIPs = other.Status.PodIP, []corev1.PodIP{{IP: other.Status.PodIP}}
+		m.v.pods[k2] = p
+		ch.pods[k2] = true
 	case 0, 1, 2: // a pod created (running, or still without an IP)
 		m.seq++
 		ns, app := nss[m.r.IntN(2)], apps[m.r.IntN(3)]
