@@ -47,10 +47,12 @@ type State struct {
 	nodes      []Node
 	nodeByName map[string]Node
 
-	// byIP and byNode hold UIDs, not the workloads: a workload's new version replaces one entry
-	// of byUID, not one per index (a persistent map's path copy is its cost).
+	// byIP holds the workloads themselves: it is read on every connection and for every
+	// endpoint a service change resolves, where a UID would cost a second lookup; a workload's
+	// new version so rewrites its IPs' entries too (a persistent map's path copy each). byNode
+	// holds UIDs: it is read per node, rarely.
 	byUID  *byString[*Workload] // sorted by UID
-	byIP   *byAddr[string]      // by ipKey: UID
+	byIP   *byAddr[*Workload]   // by ipKey
 	byNode *byString[struct{}]  // by node name, 0, UID: a node's workloads sorted by UID
 
 	byKey     *byString[*Service]    // by namespace/name, sorted
@@ -98,13 +100,13 @@ func Build(spec Spec, p *Problems) *State {
 	}
 	s.setNodes(spec.Nodes)
 	wt := immutable.NewSortedMapBuilder[string, *Workload](stringOrder{})
-	it := immutable.NewSortedMapBuilder[[16]byte, string](ipOrder{})
+	it := immutable.NewSortedMapBuilder[[16]byte, *Workload](ipOrder{})
 	nt := immutable.NewSortedMapBuilder[string, struct{}](stringOrder{})
 	for i := range spec.Workloads {
 		w := &spec.Workloads[i]
 		wt.Set(w.UID, w)
 		for _, ip := range w.IPs {
-			it.Set(ipKey(ip), w.UID)
+			it.Set(ipKey(ip), w)
 		}
 		nt.Set(nodeKey(w.Node, w.UID), struct{}{})
 	}
@@ -321,10 +323,7 @@ func (s *State) PolicySet() []policy.Policy { return s.policies[:len(s.policies)
 
 // WorkloadByIP returns the workload that has ip (v4-mapped v6 addresses are unmapped first), or nil.
 func (s *State) WorkloadByIP(ip netip.Addr) *Workload {
-	if uid := getIP(s.byIP, ip); uid != "" {
-		return get(s.byUID, uid)
-	}
-	return nil
+	return getIP(s.byIP, ip)
 }
 
 // WorkloadByUID returns the workload with uid, or nil.

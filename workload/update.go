@@ -93,12 +93,12 @@ func (s *State) Apply(u Update) (*State, error) {
 
 	// Workloads: take out what the old versions had and the new ones have not, then put in
 	// what the new ones bring, so that an IP passed from one changed workload to another is no
-	// conflict, and an index entry that stays is not rewritten.
+	// conflict.
 	news := make(map[string]*Workload, len(spec.Workloads))
 	for i := range spec.Workloads {
 		news[spec.Workloads[i].UID] = &spec.Workloads[i]
 	}
-	wt, it, nt := orEmpty(s.byUID, newByString[*Workload]), orEmpty(s.byIP, newByAddr[string]), orEmpty(s.byNode, newByString[struct{}])
+	wt, it, nt := orEmpty(s.byUID, newByString[*Workload]), orEmpty(s.byIP, newByAddr[*Workload]), orEmpty(s.byNode, newByString[struct{}])
 	var olds []*Workload
 	for _, uid := range wKeys {
 		old := s.WorkloadByUID(uid)
@@ -126,19 +126,18 @@ func (s *State) Apply(u Update) (*State, error) {
 		for _, ip := range w.IPs {
 			k := ipKey(ip)
 			if other, ok := it.Get(k); ok {
-				if other != w.UID {
-					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other)
+				if other.UID != w.UID {
+					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is also workload %s's", ip, other.UID)
+					continue
 				}
-				continue
-			}
-			// A VIP of a service the update changes is checked with that service, below.
-			if svc := getIP(s.byVIP, ip); svc != nil {
+			} else if svc := getIP(s.byVIP, ip); svc != nil {
+				// A VIP of a service the update changes is checked with that service, below.
 				if _, changing := u.Services[svc.Key()]; !changing {
 					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is service %s's vip", ip, svc.Key())
 					continue
 				}
 			}
-			it = it.Set(k, w.UID)
+			it = it.Set(k, w) // also where the old version had it: the entry is the workload
 		}
 		if old == nil || old.Node != w.Node {
 			nt = nt.Set(nodeKey(w.Node, w.UID), struct{}{})

@@ -252,22 +252,7 @@ func TestApplyRefuses(t *testing.T) {
 // BenchmarkApply: one pod replaced (its old version removed, a new one with a new IP added, and
 // the EndpointIPs of its service updated) in a State of 10,000 workloads and 1,000 services.
 func BenchmarkApply(b *testing.B) {
-	spec := Spec{TrustDomain: td}
-	for k := range 100 {
-		spec.Nodes = append(spec.Nodes, Node{Name: fmt.Sprintf("node-%03d", k), IP: netip.AddrFrom4([4]byte{10, 251, 0, byte(k + 1)})})
-	}
-	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(200 + i>>16), byte(i >> 8), byte(i)}) }
-	for i := range 10000 {
-		spec.Workloads = append(spec.Workloads, Workload{UID: fmt.Sprintf("uid-%06d", i), Name: fmt.Sprintf("pod-%06d", i), Namespace: fmt.Sprintf("ns-%02d", i%100),
-			ServiceAccount: "sa", Node: spec.Nodes[i%100].Name, IPs: []netip.Addr{ip(i)}, Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%1000)}})
-	}
-	for j := range 1000 {
-		svc := Service{Name: fmt.Sprintf("app-%d", j), Namespace: fmt.Sprintf("ns-%02d", j%100), VIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(j >> 8), byte(j)})}, Ports: []ServicePort{{Port: 80, TargetPort: 8080}}, EndpointIPs: []netip.Addr{}}
-		for i := j; i < 10000; i += 1000 {
-			svc.EndpointIPs = append(svc.EndpointIPs, ip(i))
-		}
-		spec.Services = append(spec.Services, svc)
-	}
+	spec, ip := scaleSpec()
 	st, err := NewState(spec)
 	if err != nil {
 		b.Fatal(err)
@@ -289,4 +274,43 @@ func BenchmarkApply(b *testing.B) {
 		}
 		next++
 	}
+}
+
+// BenchmarkWorkloadByIP is the lookup of every connection's peer and of every endpoint a
+// service change resolves, in a 10,000-workload State.
+func BenchmarkWorkloadByIP(b *testing.B) {
+	spec, ip := scaleSpec()
+	st, err := NewState(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	for b.Loop() {
+		if st.WorkloadByIP(ip(i%10000)) == nil {
+			b.Fatal("not found")
+		}
+		i += 7919 // a prime: lookups spread over the tree
+	}
+}
+
+// scaleSpec is 10,000 workloads on 100 nodes and 1,000 services of 10 endpoints each, and the
+// IP of the i-th workload.
+func scaleSpec() (Spec, func(int) netip.Addr) {
+	spec := Spec{TrustDomain: td}
+	for k := range 100 {
+		spec.Nodes = append(spec.Nodes, Node{Name: fmt.Sprintf("node-%03d", k), IP: netip.AddrFrom4([4]byte{10, 251, 0, byte(k + 1)})})
+	}
+	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(200 + i>>16), byte(i >> 8), byte(i)}) }
+	for i := range 10000 {
+		spec.Workloads = append(spec.Workloads, Workload{UID: fmt.Sprintf("uid-%06d", i), Name: fmt.Sprintf("pod-%06d", i), Namespace: fmt.Sprintf("ns-%02d", i%100),
+			ServiceAccount: "sa", Node: spec.Nodes[i%100].Name, IPs: []netip.Addr{ip(i)}, Labels: map[string]string{"app": fmt.Sprintf("app-%d", i%1000)}})
+	}
+	for j := range 1000 {
+		svc := Service{Name: fmt.Sprintf("app-%d", j), Namespace: fmt.Sprintf("ns-%02d", j%100), VIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(j >> 8), byte(j)})}, Ports: []ServicePort{{Port: 80, TargetPort: 8080}}, EndpointIPs: []netip.Addr{}}
+		for i := j; i < 10000; i += 1000 {
+			svc.EndpointIPs = append(svc.EndpointIPs, ip(i))
+		}
+		spec.Services = append(spec.Services, svc)
+	}
+	return spec, ip
 }
