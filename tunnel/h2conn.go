@@ -261,6 +261,17 @@ func (c *h2conn) goAwayFor(code http2.ErrCode, r Reason, err error) {
 	c.closeWith(err)
 }
 
+// sendAway ends a connection that has served no stream: GOAWAY NO_ERROR with last stream 0 (the
+// peer may retry every request it sent elsewhere), written before the socket closes, with
+// the peer's input drained so that the close does not reset it (closeWith's linger).
+func (c *h2conn) sendAway(err error) {
+	c.mu.Lock()
+	c.linger = true
+	c.mu.Unlock()
+	c.queueCtrl(func() error { return c.wfr.WriteGoAway(0, http2.ErrCodeNo, []byte(err.Error())) })
+	c.closeWith(err)
+}
+
 // shutdown stops new streams (GOAWAY NO_ERROR) and lets open ones finish.
 func (c *h2conn) shutdown() {
 	c.mu.Lock()

@@ -1,7 +1,11 @@
 package tunnel
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // TestHandOverLosesNoDial is the upgrade of the agent as the tunnel sees it: a second server
@@ -155,5 +162,84 @@ func TestDialRetriesAServerThatHungUp(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestShutdownSendsLateHandshakesAway: a connection the server accepted just before it shut down
+// (an agent handing over: its successor holds the listener by then) finishes its handshake and is
+// told GOAWAY NO_ERROR with no stream served, which lets an HTTP/2 client (ztunnel's, x/net's)
+// retry its request on a new connection (RFC 9113 §6.8), instead of a reset mid-handshake that
+// fails it.
+func TestShutdownSendsLateHandshakesAway(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	nc, err := net.Dial("tcp", e.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitFor(t, "the server to take the connection", func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return e.srv.handshakes == 1
+	})
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		shut <- e.srv.Shutdown(ctx)
+	}()
+	waitFor(t, "the server to stop taking connections", func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return e.srv.closed
+	})
+	time.Sleep(50 * time.Millisecond) // Shutdown is now waiting, or (before the fix) done
+
+	var presented *x509.Certificate
+	tc := tls.Client(nc, clientTLS(e.src, clientID, serverID, &presented))
+	tc.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake during Shutdown: %v", err)
+	}
+	bw := bufio.NewWriter(tc)
+	fr := http2.NewFramer(bw, tc)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var hbuf bytes.Buffer
+	henc := hpack.NewEncoder(&hbuf)
+	henc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+	henc.WriteField(hpack.HeaderField{Name: ":authority", Value: e.backend.addr.String()})
+	bw.WriteString(http2.ClientPreface)
+	fr.WriteSettings()
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hbuf.Bytes(), EndHeaders: true})
+	if err := bw.Flush(); err != nil {
+		t.Fatalf("preface and CONNECT: %v", err)
+	}
+	var goAway *http2.GoAwayFrame
+	for goAway == nil {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading the server's answer: %v (want SETTINGS, then GOAWAY)", err)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			goAway = f
+		case *http2.MetaHeadersFrame:
+			t.Fatalf("stream %d answered %q by a server shutting down", f.StreamID, f.PseudoValue("status"))
+		}
+	}
+	if goAway.ErrCode != http2.ErrCodeNo || goAway.LastStreamID != 0 {
+		t.Fatalf("GOAWAY %v, last stream %d; want NO_ERROR, 0 (no stream served: retry elsewhere)", goAway.ErrCode, goAway.LastStreamID)
+	}
+	// Then the connection ends cleanly: the client read all of it, nothing was reset.
+	if _, err := io.Copy(io.Discard, tc); err != nil {
+		t.Fatalf("after the GOAWAY: %v, want a clean end", err)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
 	}
 }

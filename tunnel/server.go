@@ -423,7 +423,15 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		c.closeWith(ErrServerClosed)
+		// The handshake finished while the server shut down (an agent handing over: its
+		// successor holds the listener now). Reset, the client would fail its request; told
+		// GOAWAY with no stream served, it may retry it on a new connection (RFC 9113 §6.8:
+		// streams above the last stream id were not processed).
+		if err := c.handshake(s.cfg.MaxConcurrentStreams); err != nil {
+			c.closeWith(err)
+			return
+		}
+		c.sendAway(ErrServerClosed)
 		return
 	}
 	s.conns[c] = struct{}{}
@@ -581,7 +589,9 @@ func (st *Stream) respond(status int, end bool) error {
 }
 
 // Shutdown stops accepting, tells every connection to go away (GOAWAY), waits until their
-// streams are done or ctx ends, then closes what is left.
+// streams are done and the handshakes in progress have ended (each such connection is sent
+// away with GOAWAY, no stream served: at most HandshakeTimeout) or ctx ends, then closes what
+// is left.
 func (s *Server) Shutdown(ctx context.Context) error {
 	conns := s.stop()
 	for _, c := range conns {
@@ -590,7 +600,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for {
-		busy := 0
+		// Handshakes in progress finish too: their connections are sent away (serveConn).
+		s.mu.Lock()
+		busy := s.handshakes
+		s.mu.Unlock()
 		for _, c := range conns {
 			busy += c.load()
 		}
