@@ -130,11 +130,14 @@ type Agent struct {
 	store      *workload.Store
 	cniPods    cniRegistry
 	netnsCache netns.Scanner
-	synced     atomic.Bool // the state has been reconciled once
-	src        identity.NodeSource
-	red        *redirect.Redirector
-	srv        *tunnel.Server
-	cli        *tunnel.Client
+	// ambiguousNetns: pods whose IP several namespaces hold, already warned of (reconcile's
+	// goroutine only).
+	ambiguousNetns map[string]bool
+	synced         atomic.Bool // the state has been reconciled once
+	src            identity.NodeSource
+	red            *redirect.Redirector
+	srv            *tunnel.Server
+	cli            *tunnel.Client
 
 	mu         sync.Mutex
 	pods       map[string]*pod  // by workload UID
@@ -239,7 +242,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if access == nil {
 		access = log
 	}
-	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
+	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{}, ambiguousNetns: map[string]bool{},
 		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(version.Version), quit: make(chan struct{})}
 
 	a.cniPods.init()

@@ -172,9 +172,19 @@ func (a *Agent) withNetns(w *workload.Workload) *workload.Workload {
 		path = a.netnsCache.Find(w.IPs)
 	}
 	if path == "" {
+		if cands := a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
+			// Once per pod: reconcile runs on every State.
+			if !a.ambiguousNetns[w.UID] {
+				a.ambiguousNetns[w.UID] = true
+				a.log.Warn("pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
+			}
+			return nil
+		}
+		delete(a.ambiguousNetns, w.UID)
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
 		return nil
 	}
+	delete(a.ambiguousNetns, w.UID)
 	c := *w
 	c.Netns = path
 	return &c

@@ -170,6 +170,11 @@ func TestScannerPrefersTheAttachedNamespace(t *testing.T) {
 			case tc.want != "" && mustCookie(t, got) != mustCookie(t, tc.want):
 				t.Fatalf("Find(%s) = %s, want %s", tc.ip, got, tc.want)
 			}
+			// What was not chosen is reported, with every namespace that holds the IP.
+			amb := s.Ambiguous([]netip.Addr{netip.MustParseAddr(tc.ip)})
+			if wantAmb := tc.want == ""; wantAmb != (len(amb) == 2) {
+				t.Fatalf("Ambiguous(%s) = %v; want the two namespaces only when none is found", tc.ip, amb)
+			}
 		})
 	}
 }

@@ -42,6 +42,9 @@ type Scanner struct {
 // Find finds nothing off Linux.
 func (*Scanner) Find([]netip.Addr) string { return "" }
 
+// Ambiguous finds nothing off Linux.
+func (*Scanner) Ambiguous([]netip.Addr) []string { return nil }
+
 // DestroyTCP fails off Linux.
 func DestroyTCP(string, netip.AddrPort, netip.AddrPort) error { return errNotLinux }
 

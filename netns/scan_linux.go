@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -70,6 +71,24 @@ func (s *Scanner) Find(ips []netip.Addr) string {
 	s.scanned = time.Now()
 	s.byIP = scan(cmp.Or(s.Home, "/proc/self/ns/net"))
 	return lookup()
+}
+
+// Ambiguous returns the namespaces that, in the last scan, held one of ips when no one of them
+// could be chosen (see Scanner): what an operator needs to see why a pod is not enrolled.
+func (s *Scanner) Ambiguous(ips []netip.Addr) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ip := range ips {
+		if cs := s.byIP[ip]; len(cs) > 1 && choose(cs) == "" {
+			out := make([]string, len(cs))
+			for i, c := range cs {
+				out[i] = c.path
+			}
+			slices.Sort(out)
+			return out
+		}
+	}
+	return nil
 }
 
 // choose returns the one namespace of cs attached to Home, else the only one of cs, else "".
