@@ -218,10 +218,35 @@ func infoOf(pod *corev1.Pod) *podInfo {
 	return p
 }
 
+// podIPs returns the IPs the pod claims as a workload: its status's, else the CNI plugin's;
+// none for pods amesh does not represent (host network, not scheduled, finished) or without
+// an IP yet.
+func podIPs(pod *podInfo, cniIPs []netip.Addr) []netip.Addr {
+	if pod.hostNetwork || pod.node == "" || pod.phase == corev1.PodSucceeded || pod.phase == corev1.PodFailed {
+		return nil
+	}
+	var ips []netip.Addr
+	for _, s := range pod.podIPs {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	if len(ips) == 0 && pod.podIP != "" {
+		if ip, err := netip.ParseAddr(pod.podIP); err == nil {
+			ips = append(ips, ip.Unmap())
+		}
+	}
+	if len(ips) == 0 {
+		ips = slices.Clone(cniIPs)
+	}
+	return ips
+}
+
 // podWorkload converts a pod; ok is false for pods amesh does not represent.
 func podWorkload(pod *podInfo, nsLabels map[string]string, cniIPs []netip.Addr) (workload.Workload, bool) {
-	if pod.hostNetwork || pod.node == "" || pod.phase == corev1.PodSucceeded || pod.phase == corev1.PodFailed {
-		return workload.Workload{}, false
+	ips := podIPs(pod, cniIPs)
+	if len(ips) == 0 {
+		return workload.Workload{}, false // not represented, or no IP yet: its sandbox is not set up
 	}
 	w := workload.Workload{
 		UID: string(pod.UID), Name: pod.Name, WorkloadName: pod.owner, Namespace: pod.Namespace,
@@ -247,22 +272,7 @@ func podWorkload(pod *podInfo, nsLabels map[string]string, cniIPs []netip.Addr) 
 	if cmp.Or(pod.Labels[LabelInboundMode], nsLabels[LabelInboundMode]) == "permissive" {
 		w.InboundMode = workload.InboundPermissive
 	}
-	for _, s := range pod.podIPs {
-		if ip, err := netip.ParseAddr(s); err == nil {
-			w.IPs = append(w.IPs, ip.Unmap())
-		}
-	}
-	if len(w.IPs) == 0 && pod.podIP != "" {
-		if ip, err := netip.ParseAddr(pod.podIP); err == nil {
-			w.IPs = append(w.IPs, ip.Unmap())
-		}
-	}
-	if len(w.IPs) == 0 {
-		w.IPs = slices.Clone(cniIPs)
-	}
-	if len(w.IPs) == 0 {
-		return workload.Workload{}, false // no IP yet: its sandbox is not set up
-	}
+	w.IPs = ips
 	if ip, err := netip.ParseAddr(pod.hostIP); err == nil {
 		w.HostIP = ip.Unmap()
 	}

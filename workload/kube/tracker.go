@@ -87,13 +87,10 @@ func (t *tracker) full(v view) (*workload.State, []error, error) {
 	}
 	t.shadowOf, t.shadowedBy = map[string][]netip.Addr{}, map[netip.Addr][]string{}
 	for _, pod := range infos {
-		w, ok := podWorkload(pod, v.namespaceLabels(pod.Namespace), objs.PodIPs[string(pod.UID)])
-		if !ok {
-			continue
-		}
+		uid := podUID(pod)
 		var lost []netip.Addr
-		for _, ip := range w.IPs {
-			if h := st.WorkloadByIP(ip); h == nil || h.UID != w.UID {
+		for _, ip := range podIPs(pod, objs.PodIPs[string(pod.UID)]) {
+			if h := st.WorkloadByIP(ip); h == nil || h.UID != uid {
 				lost = append(lost, ip)
 			}
 		}
