@@ -131,8 +131,9 @@ type Agent struct {
 	cniPods    cniRegistry
 	netnsCache netns.Scanner
 	// ambiguousNetns: pods whose IP several namespaces hold, already warned of (reconcile's
-	// goroutine only).
+	// goroutine only); ambiguousPods is its size, for the metrics.
 	ambiguousNetns map[string]bool
+	ambiguousPods  atomic.Int64
 	synced         atomic.Bool // the state has been reconciled once
 	src            identity.NodeSource
 	red            *redirect.Redirector

@@ -62,6 +62,7 @@ func (a *Agent) registerMetrics() {
 		return float64(len(a.pods))
 	})
 	m.Gauge("amesh_enrollment_failures", "Pods of this node whose last enrollment failed (retried).", func() float64 { return float64(a.failedEnrollments()) })
+	m.Gauge("amesh_netns_ambiguous_pods", "Pods of this node not enrolled because several network namespaces hold their IP and none is attached to the node (no CNI report).", func() float64 { return float64(a.ambiguousPods.Load()) })
 	m.GaugeSet("amesh_certificate_expiration_timestamp_seconds", "When each identity's current X.509-SVID held by this agent expires (Unix time).", "identity", func() map[string]float64 {
 		out := map[string]float64{}
 		for _, h := range a.src.Held() {

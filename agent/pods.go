@@ -86,14 +86,23 @@ func podFrom(ctx context.Context) *pod {
 // left by an earlier run).
 func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	want := map[string]*workload.Workload{}
+	considered := map[string]bool{}
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
 		if !w.Enrolled() || len(w.IPs) == 0 {
 			continue
 		}
+		considered[w.UID] = true
 		if w = a.withNetns(w); w != nil {
 			want[w.UID] = w
 		}
 	}
+	// A pod that left the node (or the mesh) while its namespace was ambiguous is not counted.
+	for uid := range a.ambiguousNetns {
+		if !considered[uid] {
+			delete(a.ambiguousNetns, uid)
+		}
+	}
+	a.ambiguousPods.Store(int64(len(a.ambiguousNetns)))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.released.Load() || a.handingOver.Load() {
@@ -171,20 +180,29 @@ func (a *Agent) withNetns(w *workload.Workload) *workload.Workload {
 	if path == "" {
 		path = a.netnsCache.Find(w.IPs)
 	}
+	ambiguous := false
+	defer func() {
+		if ambiguous != a.ambiguousNetns[w.UID] {
+			if ambiguous {
+				a.ambiguousNetns[w.UID] = true
+			} else {
+				delete(a.ambiguousNetns, w.UID)
+			}
+			a.ambiguousPods.Store(int64(len(a.ambiguousNetns)))
+		}
+	}()
 	if path == "" {
 		if cands := a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
+			ambiguous = true
 			// Once per pod: reconcile runs on every State.
 			if !a.ambiguousNetns[w.UID] {
-				a.ambiguousNetns[w.UID] = true
 				a.log.Warn("pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
 			}
 			return nil
 		}
-		delete(a.ambiguousNetns, w.UID)
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
 		return nil
 	}
-	delete(a.ambiguousNetns, w.UID)
 	c := *w
 	c.Netns = path
 	return &c
