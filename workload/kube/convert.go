@@ -92,12 +92,7 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 
 	// Pods: newest first, so that the newer of two pods claiming one IP wins.
 	pods := objs.podInfos()
-	slices.SortFunc(pods, func(a, b *podInfo) int {
-		if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-	})
+	slices.SortFunc(pods, newerPodFirst)
 	takenIP := map[netip.Addr]string{}
 	nodeIP := map[string]netip.Addr{}
 	nodeOfIP := map[netip.Addr]string{}
@@ -106,14 +101,8 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 		if !ok {
 			continue
 		}
-		ips := w.IPs[:0:0]
-		for _, ip := range w.IPs {
-			if other, dup := takenIP[ip]; dup {
-				problems = append(problems, fmt.Errorf("pod %s/%s: ip %s is also pod %s's (the newer pod keeps it)", pod.Namespace, pod.Name, ip, other))
-				continue
-			}
-			ips = append(ips, ip)
-		}
+		ips, _, errs := keepFreeIPs(pod.Namespace+"/"+pod.Name, w.IPs, takenIP)
+		problems = append(problems, errs...)
 		if len(ips) == 0 {
 			continue
 		}
@@ -127,9 +116,6 @@ func Spec(td spiffeid.TrustDomain, rootNS string, objs Objects) (spec workload.S
 			}
 		} else if _, seen := nodeIP[w.Node]; !seen {
 			nodeIP[w.Node] = netip.Addr{} // known by name until a pod tells its IP
-		}
-		for _, ip := range w.IPs {
-			takenIP[ip] = pod.Namespace + "/" + pod.Name
 		}
 		spec.Workloads = append(spec.Workloads, w)
 	}
@@ -216,6 +202,32 @@ func infoOf(pod *corev1.Pod) *podInfo {
 		p.podIPs = append(p.podIPs, pip.IP)
 	}
 	return p
+}
+
+// newerPodFirst orders pods as their IPs are settled: the newer first, then by namespace/name.
+func newerPodFirst(a, b *podInfo) int {
+	if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+}
+
+// keepFreeIPs settles the IPs the pod at key claims against those newer pods took (taken, by
+// IP the key of the pod that keeps it): it returns those it keeps, now taken for it, and those
+// it loses, each reported.
+func keepFreeIPs(key string, ips []netip.Addr, taken map[netip.Addr]string) (kept, lost []netip.Addr, problems []error) {
+	for _, ip := range ips {
+		if other, dup := taken[ip]; dup {
+			problems = append(problems, fmt.Errorf("pod %s: ip %s is also pod %s's (the newer pod keeps it)", key, ip, other))
+			lost = append(lost, ip)
+			continue
+		}
+		kept = append(kept, ip)
+	}
+	for _, ip := range kept {
+		taken[ip] = key
+	}
+	return kept, lost, problems
 }
 
 // podIPs returns the IPs the pod claims as a workload: its status's, else the CNI plugin's;

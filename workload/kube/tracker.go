@@ -133,26 +133,16 @@ func (t *tracker) apply(v view, ch changes, podIPs map[string][]netip.Addr) (*wo
 		c := claims[key]
 		old := t.podUID[key]
 		if c.ok {
-			ips := c.w.IPs[:0:0]
-			for _, ip := range c.w.IPs {
-				if other, dup := taken[ip]; dup {
-					problems = append(problems, fmt.Errorf("pod %s: ip %s is also pod %s's (the newer pod keeps it)", key, ip, other))
-					shadows[key] = append(shadows[key], ip)
-					continue
-				}
-				ips = append(ips, ip)
-			}
-			c.ok = len(ips) > 0
-			c.w.IPs = ips
+			var errs []error
+			c.w.IPs, shadows[key], errs = keepFreeIPs(key, c.w.IPs, taken)
+			problems = append(problems, errs...)
+			c.ok = len(c.w.IPs) > 0
 		}
 		if old != "" && (!c.ok || old != c.w.UID) {
 			u.Workloads[old] = nil
 		}
 		podUIDs[key] = ""
 		if c.ok {
-			for _, ip := range c.w.IPs {
-				taken[ip] = key
-			}
 			w := c.w
 			u.Workloads[w.UID] = &w
 			podUIDs[key] = w.UID
@@ -338,17 +328,12 @@ func (t *tracker) claimants(v view, keys map[string]bool, podIPs map[string][]ne
 	return out
 }
 
-// newerFirst orders pods as Spec settles their IPs: the newer first, then by namespace/name;
-// gone pods (nil) last.
+// newerFirst is newerPodFirst with gone pods (nil) last.
 func newerFirst(a, b *podInfo) int {
-	switch {
-	case a == nil || b == nil:
+	if a == nil || b == nil {
 		return cmp.Compare(btoi(a == nil), btoi(b == nil))
 	}
-	if c := b.CreationTimestamp.Compare(a.CreationTimestamp.Time); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	return newerPodFirst(a, b)
 }
 
 func btoi(b bool) int {
