@@ -243,7 +243,7 @@ func New(cfg Config) (_ *Agent, err error) {
 	if access == nil {
 		access = log
 	}
-	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{}, ambiguousNetns: map[string]bool{},
+	a := &Agent{cfg: cfg, log: log, access: access, pods: map[string]*pod{}, byIP: map[netip.Addr]*pod{}, enrollErrs: map[string]error{},
 		handedOver: make(chan struct{}), drained: make(chan struct{}), metrics: metrics.New(version.Version), quit: make(chan struct{})}
 
 	a.cniPods.init()

@@ -86,23 +86,25 @@ func podFrom(ctx context.Context) *pod {
 // left by an earlier run).
 func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	want := map[string]*workload.Workload{}
-	considered := map[string]bool{}
+	ambiguous := map[string]bool{} // what ambiguousNetns becomes: pods that left are not counted
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
 		if !w.Enrolled() || len(w.IPs) == 0 {
 			continue
 		}
-		considered[w.UID] = true
-		if w = a.withNetns(w); w != nil {
-			want[w.UID] = w
+		resolved, cands := a.withNetns(w)
+		if resolved != nil {
+			want[w.UID] = resolved
+			continue
+		}
+		if len(cands) > 0 {
+			ambiguous[w.UID] = true
+			if !a.ambiguousNetns[w.UID] { // once per pod: reconcile runs on every State
+				a.log.Warn("pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
+			}
 		}
 	}
-	// A pod that left the node (or the mesh) while its namespace was ambiguous is not counted.
-	for uid := range a.ambiguousNetns {
-		if !considered[uid] {
-			delete(a.ambiguousNetns, uid)
-		}
-	}
-	a.ambiguousPods.Store(int64(len(a.ambiguousNetns)))
+	a.ambiguousNetns = ambiguous
+	a.ambiguousPods.Store(int64(len(ambiguous)))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.released.Load() || a.handingOver.Load() {
@@ -167,45 +169,30 @@ func (a *Agent) setProbes(w *workload.Workload) {
 
 // withNetns returns w with the path of its network namespace: the state's, else what amesh-cni
 // reported, else the namespace found holding its IP; nil when none is known (yet) or CNI DEL
-// came for it. The State's workloads are shared, so a resolved one is a copy.
-func (a *Agent) withNetns(w *workload.Workload) *workload.Workload {
+// came for it, with the namespaces that hold its IP when it is not known because none of them
+// could be chosen. The State's workloads are shared, so a resolved one is a copy.
+func (a *Agent) withNetns(w *workload.Workload) (*workload.Workload, []string) {
 	if w.Netns != "" {
-		return w
+		return w, nil
 	}
 	reported, ok := a.cniPods.lookup(w.UID)
 	if ok && reported.deleted {
-		return nil
+		return nil, nil
 	}
 	path := reported.netns
 	if path == "" {
 		path = a.netnsCache.Find(w.IPs)
 	}
-	ambiguous := false
-	defer func() {
-		if ambiguous != a.ambiguousNetns[w.UID] {
-			if ambiguous {
-				a.ambiguousNetns[w.UID] = true
-			} else {
-				delete(a.ambiguousNetns, w.UID)
-			}
-			a.ambiguousPods.Store(int64(len(a.ambiguousNetns)))
-		}
-	}()
 	if path == "" {
 		if cands := a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
-			ambiguous = true
-			// Once per pod: reconcile runs on every State.
-			if !a.ambiguousNetns[w.UID] {
-				a.log.Warn("pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
-			}
-			return nil
+			return nil, cands
 		}
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
-		return nil
+		return nil, nil
 	}
 	c := *w
 	c.Netns = path
-	return &c
+	return &c, nil
 }
 
 // enrollLocked puts a workload in the mesh in the order DESIGN §6 gives: listeners in its netns
