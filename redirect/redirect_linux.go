@@ -157,11 +157,14 @@ func (r *Redirector) adoptPods() error {
 			continue
 		}
 		dir := filepath.Join(r.cfg.PinDir, podsDir, e.Name())
+		drop := func() {
+			os.RemoveAll(dir)
+			r.objs.Enrolled.Delete(cookie)
+		}
 		l, err := link.LoadPinnedLink(filepath.Join(dir, lookupPin), nil)
 		if err != nil {
 			r.log.Warn("dropping unreadable pinned pod", "cookie", cookie, "err", err)
-			os.RemoveAll(dir)
-			r.objs.Enrolled.Delete(cookie)
+			drop()
 			continue
 		}
 		if err := l.Update(r.objs.AmeshSkLookup); errors.Is(err, unix.ENOLINK) {
@@ -169,8 +172,7 @@ func (r *Redirector) adoptPods() error {
 			// ran. Nothing is left to steer; one gone pod must not keep the agent from starting.
 			l.Close()
 			r.log.Info("dropping pinned pod whose network namespace is gone", "cookie", cookie)
-			os.RemoveAll(dir)
-			r.objs.Enrolled.Delete(cookie)
+			drop()
 			continue
 		} else if err != nil {
 			l.Close()
