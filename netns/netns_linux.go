@@ -246,10 +246,10 @@ func SelfCookie() (uint64, error) {
 // Addrs returns the unicast, non-loopback interface addresses of the namespace at path, or of
 // the calling process's namespace when path is "". IPv4-mapped addresses are unmapped.
 func Addrs(path string) ([]netip.Addr, error) {
-	var addrs []net.Addr
+	var ips []netip.Addr
 	read := func() error {
 		var err error
-		addrs, err = net.InterfaceAddrs()
+		ips, err = localAddrs()
 		return err
 	}
 	var err error
@@ -260,6 +260,15 @@ func Addrs(path string) ([]netip.Addr, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netns: interface addresses of %q: %w", path, err)
+	}
+	return ips, nil
+}
+
+// localAddrs is Addrs for the calling thread's namespace.
+func localAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
 	}
 	return unicast(addrs), nil
 }

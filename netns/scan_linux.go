@@ -2,7 +2,6 @@ package netns
 
 import (
 	"cmp"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -157,11 +156,10 @@ func scan(home string) map[netip.Addr][]candidate {
 		var ips []netip.Addr
 		attached := false
 		err := Do(p, func() error {
-			addrs, err := net.InterfaceAddrs()
-			if err != nil {
+			var err error
+			if ips, err = localAddrs(); err != nil {
 				return err
 			}
-			ips = unicast(addrs)
 			if homeNS != nil {
 				attached = leadsTo(homeNS)
 			}
