@@ -42,11 +42,45 @@ func (s *State) Apply(u Update) (*State, error) {
 	if u.Empty() {
 		return s, nil
 	}
-	// Check what u brings, alone, as a Spec (deep-copied, defaults filled).
-	// The nodes: all of them when u sets them, else those its workloads are on (which check
-	// needs to find; the rest of s's were checked when they came).
-	spec := Spec{TrustDomain: s.trustDomain, RootNamespace: s.rootNS, Nodes: u.Nodes, Policies: u.Policies, Routes: u.Routes}
-	wKeys, sKeys := sortedKeys(u.Workloads), sortedKeys(u.Services)
+	spec, wKeys, sKeys, err := s.updateSpec(u)
+	if err != nil {
+		return nil, err
+	}
+	n := *s
+	next := &n
+	if u.SetNodes {
+		next.setNodes(spec.Nodes)
+	}
+	if u.SetPolicies {
+		next.setPolicies(spec.Policies)
+	}
+	if u.SetRoutes {
+		next.setRoutes(spec.Routes)
+	}
+	p := &Problems{}
+	olds, news := next.applyWorkloads(s, u, spec.Workloads, wKeys, p)
+	if u.SetNodes {
+		for _, old := range s.nodes {
+			if _, ok := next.nodeByName[old.Name]; !ok && len(next.WorkloadsOnNode(old.Name)) > 0 {
+				p.Addf(SectionNodes, 0, "name", "node "+old.Name, "is removed while workloads are on it")
+			}
+		}
+	}
+	affected := next.applyServices(s, spec.Services, sKeys, p)
+	if err := p.Err("invalid update"); err != nil {
+		return nil, err
+	}
+	next.refreshEndpoints(s, olds, news, affected)
+	return next, nil
+}
+
+// updateSpec checks what u brings, alone, as a Spec (deep-copied, defaults filled), and returns
+// it with u's workload and service keys in order. The nodes: all of them when u sets them, else
+// those its workloads are on (which check needs to find; the rest of s's were checked when they
+// came).
+func (s *State) updateSpec(u Update) (spec Spec, wKeys, sKeys []string, err error) {
+	spec = Spec{TrustDomain: s.trustDomain, RootNamespace: s.rootNS, Nodes: u.Nodes, Policies: u.Policies, Routes: u.Routes}
+	wKeys, sKeys = sortedKeys(u.Workloads), sortedKeys(u.Services)
 	onNode := map[string]bool{}
 	for _, k := range wKeys {
 		if w := u.Workloads[k]; w != nil {
@@ -76,30 +110,22 @@ func (s *State) Apply(u Update) (*State, error) {
 		}
 	}
 	if err := p.Err("invalid update"); err != nil {
-		return nil, err
+		return Spec{}, nil, nil, err
 	}
+	return spec, wKeys, sKeys, nil
+}
 
-	n := *s
-	next := &n
-	if u.SetNodes {
-		next.setNodes(spec.Nodes)
-	}
-	if u.SetPolicies {
-		next.setPolicies(spec.Policies)
-	}
-	if u.SetRoutes {
-		next.setRoutes(spec.Routes)
-	}
-
-	// Workloads: take out what the old versions had and the new ones have not, then put in
-	// what the new ones bring, so that an IP passed from one changed workload to another is no
-	// conflict.
-	news := make(map[string]*Workload, len(spec.Workloads))
-	for i := range spec.Workloads {
-		news[spec.Workloads[i].UID] = &spec.Workloads[i]
+// applyWorkloads sets next's workload indexes (derived from s's) to hold ws, the new versions
+// of the workloads under wKeys (a key without one is removed), and records in p an IP that
+// another workload or a VIP holds. It takes out what the old versions had and the new ones have
+// not before it puts in what the new ones bring, so that an IP passed from one changed workload
+// to another is no conflict. It returns the old versions and the new ones by UID.
+func (next *State) applyWorkloads(s *State, u Update, ws []Workload, wKeys []string, p *Problems) (olds []*Workload, news map[string]*Workload) {
+	news = make(map[string]*Workload, len(ws))
+	for i := range ws {
+		news[ws[i].UID] = &ws[i]
 	}
 	wt, it, nt := orEmpty(s.byUID, newByString[*Workload]), orEmpty(s.byIP, newByAddr[*Workload]), orEmpty(s.byNode, newByString[struct{}])
-	var olds []*Workload
 	for _, uid := range wKeys {
 		old := s.WorkloadByUID(uid)
 		if old == nil {
@@ -119,8 +145,8 @@ func (s *State) Apply(u Update) (*State, error) {
 			nt = nt.Delete(nodeKey(old.Node, old.UID))
 		}
 	}
-	for i := range spec.Workloads {
-		w := &spec.Workloads[i]
+	for i := range ws {
+		w := &ws[i]
 		old := s.WorkloadByUID(w.UID)
 		wt = wt.Set(w.UID, w)
 		for _, ip := range w.IPs {
@@ -131,7 +157,7 @@ func (s *State) Apply(u Update) (*State, error) {
 					continue
 				}
 			} else if svc := getIP(s.byVIP, ip); svc != nil {
-				// A VIP of a service the update changes is checked with that service, below.
+				// A VIP of a service the update changes is checked with that service.
 				if _, changing := u.Services[svc.Key()]; !changing {
 					p.Addf(SectionWorkloads, i, "ips", "workload "+w.UID, "ip %s is service %s's vip", ip, svc.Key())
 					continue
@@ -144,21 +170,20 @@ func (s *State) Apply(u Update) (*State, error) {
 		}
 	}
 	next.byUID, next.byIP, next.byNode = wt, it, nt
-	if u.SetNodes {
-		for _, old := range s.nodes {
-			if _, ok := next.nodeByName[old.Name]; !ok && len(next.WorkloadsOnNode(old.Name)) > 0 {
-				p.Addf(SectionNodes, 0, "name", "node "+old.Name, "is removed while workloads are on it")
-			}
-		}
-	}
+	return olds, news
+}
 
-	// Services: the same, then the endpoints of every service a change may concern.
-	newSvcs := make(map[string]*Service, len(spec.Services))
-	for i := range spec.Services {
-		newSvcs[spec.Services[i].Key()] = &spec.Services[i]
+// applyServices does for services what applyWorkloads does for workloads (svcs are the new
+// versions of those under sKeys), checking VIPs against next's workloads, and keeps the index of
+// which services list an endpoint IP and which select by labels. It returns the services whose
+// endpoints may have changed so far: those under sKeys.
+func (next *State) applyServices(s *State, svcs []Service, sKeys []string, p *Problems) (affected map[string]bool) {
+	newSvcs := make(map[string]*Service, len(svcs))
+	for i := range svcs {
+		newSvcs[svcs[i].Key()] = &svcs[i]
 	}
 	kt, vt, lt := orEmpty(s.byKey, newByString[*Service]), orEmpty(s.byVIP, newByAddr[*Service]), orEmpty(s.listedAt, newByAddr[[]string])
-	affected := map[string]bool{}
+	affected = map[string]bool{}
 	for _, k := range sKeys {
 		affected[k] = true
 		old := get(s.byKey, k)
@@ -185,8 +210,8 @@ func (s *State) Apply(u Update) (*State, error) {
 			}
 		}
 	}
-	for i := range spec.Services {
-		svc := &spec.Services[i]
+	for i := range svcs {
+		svc := &svcs[i]
 		old := get(s.byKey, svc.Key())
 		kt = kt.Set(svc.Key(), svc)
 		for _, vip := range svc.VIPs {
@@ -210,9 +235,6 @@ func (s *State) Apply(u Update) (*State, error) {
 			lt = lt.Set(ik, appendKey(keys, svc.Key()))
 		}
 	}
-	if err := p.Err("invalid update"); err != nil {
-		return nil, err
-	}
 	next.byKey, next.byVIP, next.listedAt = kt, vt, lt
 	if len(sKeys) > 0 {
 		st := orEmpty(s.selectors, newByString[struct{}])
@@ -225,7 +247,13 @@ func (s *State) Apply(u Update) (*State, error) {
 		}
 		next.selectors = st
 	}
+	return affected
+}
 
+// refreshEndpoints resolves again the endpoints of every service a change may concern: those
+// in affected, those the old versions of changed workloads were endpoints of, those that list
+// a new version's IP, and the selector services of both versions' namespaces.
+func (next *State) refreshEndpoints(s *State, olds []*Workload, news map[string]*Workload, affected map[string]bool) {
 	for _, old := range olds {
 		for _, svc := range s.ServicesOf(old) {
 			affected[svc.Key()] = true
@@ -242,7 +270,6 @@ func (s *State) Apply(u Update) (*State, error) {
 	for _, old := range olds {
 		next.selectorsOf(old.Namespace, affected)
 	}
-
 	et := orEmpty(s.endpoints, newByString[[]*Workload])
 	for k := range affected {
 		svc := get(next.byKey, k)
@@ -257,8 +284,6 @@ func (s *State) Apply(u Update) (*State, error) {
 		et = et.Set(k, eps)
 	}
 	next.endpoints = et
-
-	return next, nil
 }
 
 // selectorsOf adds to keys the selector services (the state file's) of namespace ns.

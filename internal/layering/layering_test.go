@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -153,6 +155,41 @@ func TestAgentBinaryLean(t *testing.T) {
 		for _, dep := range strings.Fields(string(out)) {
 			if dep == "k8s.io/client-go/kubernetes" {
 				t.Errorf("%s links %s", cmd, dep)
+			}
+		}
+	}
+}
+
+// section returns the text of the Markdown section of file (path from the module root) whose
+// heading is heading, up to the next heading of the same level.
+func section(t *testing.T, file, heading string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "\n"+heading+"\n")
+	if !ok {
+		t.Fatalf("%s has no %q", file, heading)
+	}
+	body, _, _ := strings.Cut(rest, "\n## ")
+	return body
+}
+
+// TestDocsNameEveryPackage: the house as the newcomer reads it (README's Layout, ARCHITECTURE's
+// rooms) names every package of the tree as `path/`, so a package added without a word in
+// either fails here rather than surprising its first reader.
+func TestDocsNameEveryPackage(t *testing.T) {
+	docs := []struct{ file, heading string }{
+		{"README.md", "## Layout"},
+		{"ARCHITECTURE.md", "## Rooms"},
+	}
+	for _, d := range docs {
+		text := section(t, d.file, d.heading)
+		for _, p := range listPackages(t) {
+			rel := strings.TrimPrefix(p.ImportPath, module)
+			if !strings.Contains(text, "`"+rel+"/`") {
+				t.Errorf("%s's %q does not name package %s (as `%s/`)", d.file, d.heading, rel, rel)
 			}
 		}
 	}
