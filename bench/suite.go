@@ -65,7 +65,7 @@ func Main(reexec, args []string) int {
 	curveConns := fs.String("curves-conns", "1,10,100,1000", "cost curves: concurrent connections of the latency curve")
 	curveRates := fs.String("curves-rates", "1000,5000,10000,max", "cost curves: offered requests per second of the CPU curve (max: as fast as they go)")
 	curveOpen := fs.String("curves-open", "1000,10000", "cost curves: open connections of the memory curve")
-	curvePods := fs.String("curves-pods", "10,100,250", "cost curves: pods on the node of the enrolment curve (a lab node holds at most 253)")
+	curvePods := fs.String("curves-pods", "10,100,500", "cost curves: pods on the node of the enrolment curve (a lab node holds at most 506)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0

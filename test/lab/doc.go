@@ -8,7 +8,8 @@
 //	/run/netns/P-sw            the underlay: a Linux bridge br0, one port n<i> per node
 //	/run/netns/P-<node>        a node: eth0 10.250.0.<i+1>/24 on the bridge, ip_forward=1,
 //	                           routes to the other nodes' pod /24s via their underlay IPs
-//	/run/netns/P-<node>-<pod>  a pod: eth0 10.20.<i+1>.<j+2>/32,
+//	/run/netns/P-<node>-<pod>  a pod: eth0 10.20.<i+1>.<j+2>/32 (pods past the 253rd of a
+//	                           node: 10.21.<i+1>.<j-253+2>/32),
 //	                           169.254.1.1 dev eth0 scope link, default via 169.254.1.1
 //
 // A pod's veth is routed as Calico routes it: the node end (vpod<j+1>) has no address, answers

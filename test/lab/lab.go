@@ -64,10 +64,12 @@ type Lab struct {
 
 // Node is a node of the lab: a namespace on the underlay, routing for its pods.
 type Node struct {
-	Name    string
-	Netns   string     // /run/netns/<prefix>-<name>
-	IP      netip.Addr // 10.250.0.<i+1>, on eth0
-	PodCIDR netip.Prefix
+	Name  string
+	Netns string     // /run/netns/<prefix>-<name>
+	IP    netip.Addr // 10.250.0.<i+1>, on eth0
+	// PodCIDRs are its pods' ranges, routed to it by the other nodes: 10.20.<i+1>.0/24, and
+	// 10.21.<i+1>.0/24 when it has more pods than the first holds.
+	PodCIDRs []netip.Prefix
 	// PinDir is where the node's agent should pin its eBPF objects. The lab does not create it;
 	// Close removes it.
 	PinDir string
@@ -81,7 +83,7 @@ type Pod struct {
 	ServiceAccount string
 	Node           *Node
 	Netns          string     // /run/netns/<prefix>-<node>-<name>
-	IP             netip.Addr // 10.20.<node index+1>.<pod index+2>/32 on eth0
+	IP             netip.Addr // 10.20.<node index+1>.<pod index+2>/32 on eth0 (see the package doc past 253)
 	Spec           PodSpec    // as configured, defaults applied
 
 	hostVeth string // the node's end of the pod's veth
@@ -225,7 +227,9 @@ func (l *Lab) buildNode(ctx context.Context, i int, n *Node) error {
 	}
 	for k, other := range l.Nodes {
 		if k != i {
-			cmds = append(cmds, []string{"-n", node, "route", "add", other.PodCIDR.String(), "via", other.IP.String(), "dev", "eth0"})
+			for _, cidr := range other.PodCIDRs {
+				cmds = append(cmds, []string{"-n", node, "route", "add", cidr.String(), "via", other.IP.String(), "dev", "eth0"})
+			}
 		}
 	}
 	if err := runIP(ctx, cmds...); err != nil {

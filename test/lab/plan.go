@@ -20,7 +20,8 @@ const (
 
 	maxPrefix    = 48 // so that P-<node>-<pod> (two DNS labels) stays a valid file name
 	maxNodes     = 254
-	maxPods      = 253 // per node: 10.20.<i+1>.2 to .254
+	podsPerCIDR  = 253             // per /24 of a node: .2 to .254
+	maxPods      = 2 * podsPerCIDR // per node: 10.20.<i+1>.2 to .254, then 10.21.<i+1>.2 to .254
 	switchName   = "sw"
 	bridgeName   = "br0"
 	netnsDir     = "/run/netns"
@@ -43,11 +44,19 @@ var (
 
 func nodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 250, 0, byte(i + 1)}) }
 
-func podCIDR(i int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 20, byte(i + 1), 0}), 24)
+// podCIDRs are node i's pod ranges: 10.20.<i+1>.0/24, and 10.21.<i+1>.0/24 for a node of more
+// than podsPerCIDR pods (an enrolment curve of 500 pods on one node).
+func podCIDRs(i, pods int) []netip.Prefix {
+	cidrs := []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 20, byte(i + 1), 0}), 24)}
+	if pods > podsPerCIDR {
+		cidrs = append(cidrs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 21, byte(i + 1), 0}), 24))
+	}
+	return cidrs
 }
 
-func podIP(i, j int) netip.Addr { return netip.AddrFrom4([4]byte{10, 20, byte(i + 1), byte(j + 2)}) }
+func podIP(i, j int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 20 + byte(j/podsPerCIDR), byte(i + 1), byte(j%podsPerCIDR + 2)})
+}
 
 // Interface names, at most 15 characters (IFNAMSIZ-1), unique only within their namespace.
 func switchPort(i int) string { return fmt.Sprintf("n%d", i+1) }
@@ -110,14 +119,14 @@ func plan(cfg Config) (*Lab, error) {
 		}
 		nodes[ns.Name] = true
 		if len(ns.Pods) > maxPods {
-			errs = append(errs, fmt.Errorf("node %q: %d pods, at most %d fit its /24", ns.Name, len(ns.Pods), maxPods))
+			errs = append(errs, fmt.Errorf("node %q: %d pods, at most %d fit its two /24s", ns.Name, len(ns.Pods), maxPods))
 		}
 		n := &Node{
-			Name:    ns.Name,
-			Netns:   l.netnsPath(ns.Name),
-			IP:      nodeIP(i),
-			PodCIDR: podCIDR(i),
-			PinDir:  filepath.Join(bpffsDir, l.Prefix+"-"+ns.Name),
+			Name:     ns.Name,
+			Netns:    l.netnsPath(ns.Name),
+			IP:       nodeIP(i),
+			PodCIDRs: podCIDRs(i, len(ns.Pods)),
+			PinDir:   filepath.Join(bpffsDir, l.Prefix+"-"+ns.Name),
 		}
 		claim(n.Netns, "node "+ns.Name)
 		for j, ps := range ns.Pods {

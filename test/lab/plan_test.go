@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"os"
@@ -41,15 +42,15 @@ func TestPlanLaysOutAddressesAndNames(t *testing.T) {
 	for _, tt := range []struct {
 		node, ip, netns, cidr, pins string
 	}{
-		{"node1", "10.250.0.1", "/run/netns/amesh-lab-test01-node1", "10.20.1.0/24", "/sys/fs/bpf/amesh-lab-test01-node1"},
-		{"node2", "10.250.0.2", "/run/netns/amesh-lab-test01-node2", "10.20.2.0/24", "/sys/fs/bpf/amesh-lab-test01-node2"},
+		{"node1", "10.250.0.1", "/run/netns/amesh-lab-test01-node1", "[10.20.1.0/24]", "/sys/fs/bpf/amesh-lab-test01-node1"},
+		{"node2", "10.250.0.2", "/run/netns/amesh-lab-test01-node2", "[10.20.2.0/24]", "/sys/fs/bpf/amesh-lab-test01-node2"},
 	} {
 		n := l.Node(tt.node)
 		if n == nil {
 			t.Fatalf("no node %s", tt.node)
 		}
-		if n.IP.String() != tt.ip || n.Netns != tt.netns || n.PodCIDR.String() != tt.cidr || n.PinDir != tt.pins {
-			t.Errorf("node %s = %s %s %s %s, want %s %s %s %s", tt.node, n.IP, n.Netns, n.PodCIDR, n.PinDir, tt.ip, tt.netns, tt.cidr, tt.pins)
+		if n.IP.String() != tt.ip || n.Netns != tt.netns || fmt.Sprint(n.PodCIDRs) != tt.cidr || n.PinDir != tt.pins {
+			t.Errorf("node %s = %s %s %s %s, want %s %s %s %s", tt.node, n.IP, n.Netns, n.PodCIDRs, n.PinDir, tt.ip, tt.netns, tt.cidr, tt.pins)
 		}
 	}
 	for _, tt := range []struct {
@@ -69,12 +70,51 @@ func TestPlanLaysOutAddressesAndNames(t *testing.T) {
 				p.Node.Name, p.IP, p.Netns, p.hostVeth, p.Spec.Mode, p.Spec.InboundMode,
 				tt.node, tt.ip, tt.netns, tt.veth, tt.mode, tt.inbound)
 		}
-		if !p.Node.PodCIDR.Contains(p.IP) {
-			t.Errorf("pod %s: %s outside its node's %s", p.Name, p.IP, p.Node.PodCIDR)
+		if !p.Node.PodCIDRs[0].Contains(p.IP) {
+			t.Errorf("pod %s: %s outside its node's %s", p.Name, p.IP, p.Node.PodCIDRs)
 		}
 	}
 	if l.Pod("nope") != nil || l.Node("nope") != nil {
 		t.Error("lookup of an unknown name is not nil")
+	}
+}
+
+// TestPlanPodsPastOneRange: a node of more pods than one /24 holds (an enrolment curve of 500)
+// numbers the rest in a second range, routed like the first; every IP is distinct and inside
+// one of its node's ranges.
+func TestPlanPodsPastOneRange(t *testing.T) {
+	var pods []PodSpec
+	for j := range 500 {
+		pods = append(pods, PodSpec{Name: fmt.Sprintf("p%03d", j)})
+	}
+	l, err := plan(Config{Nodes: []NodeSpec{{Name: "a"}, {Name: "b", Pods: pods}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := l.Node("b")
+	if got := fmt.Sprint(b.PodCIDRs); got != "[10.20.2.0/24 10.21.2.0/24]" {
+		t.Errorf("node b's ranges %s", got)
+	}
+	if got := fmt.Sprint(l.Node("a").PodCIDRs); got != "[10.20.1.0/24]" {
+		t.Errorf("node a's ranges %s", got)
+	}
+	seen := map[netip.Addr]string{}
+	for _, p := range b.Pods {
+		if other, ok := seen[p.IP]; ok {
+			t.Errorf("pods %s and %s both have %s", other, p.Name, p.IP)
+		}
+		seen[p.IP] = p.Name
+		if !slices.ContainsFunc(b.PodCIDRs, func(c netip.Prefix) bool { return c.Contains(p.IP) }) {
+			t.Errorf("pod %s: %s outside %s", p.Name, p.IP, b.PodCIDRs)
+		}
+		if last := p.IP.As4()[3]; last < 2 || last > 254 {
+			t.Errorf("pod %s: %s is a network, gateway or broadcast address", p.Name, p.IP)
+		}
+	}
+	for name, ip := range map[string]string{"p000": "10.20.2.2", "p252": "10.20.2.254", "p253": "10.21.2.2", "p499": "10.21.2.248"} {
+		if got := l.Pod(name).IP.String(); got != ip {
+			t.Errorf("pod %s = %s, want %s", name, got, ip)
+		}
 	}
 }
 
@@ -121,7 +161,7 @@ func TestPlanRejects(t *testing.T) {
 		{"bad namespace", Config{Nodes: []NodeSpec{{Name: "n", Pods: []PodSpec{{Name: "p", Namespace: "Shop"}}}}}, `namespace "Shop"`},
 		{"bad mode", Config{Nodes: []NodeSpec{{Name: "n", Pods: []PodSpec{{Name: "p", Mode: "sidecar"}}}}}, `mode "sidecar"`},
 		{"bad inbound mode", Config{Nodes: []NodeSpec{{Name: "n", Pods: []PodSpec{{Name: "p", InboundMode: "open"}}}}}, `inboundMode "open"`},
-		{"too many pods", Config{Nodes: []NodeSpec{{Name: "n", Pods: slices.Repeat([]PodSpec{{Name: "p"}}, maxPods+1)}}}, "at most 253"},
+		{"too many pods", Config{Nodes: []NodeSpec{{Name: "n", Pods: slices.Repeat([]PodSpec{{Name: "p"}}, maxPods+1)}}}, "at most 506"},
 		{"too many nodes", Config{Nodes: slices.Repeat([]NodeSpec{{}}, maxNodes+1)}, "at most 254"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
