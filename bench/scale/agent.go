@@ -26,6 +26,7 @@ type agentProc struct {
 	proc        *lab.Proc
 	node        *lab.Node
 	logPath     string
+	kubeconfig  string
 	syncSeconds float64
 }
 
@@ -52,7 +53,7 @@ func startAgent(ctx context.Context, l *lab.Lab, cp *k8s.ControlPlane, agentBin,
 	if err := os.MkdirAll(run, 0o755); err != nil {
 		return nil, err
 	}
-	a := &agentProc{node: n, logPath: filepath.Join(dir, "agent.log")}
+	a := &agentProc{node: n, logPath: filepath.Join(dir, "agent.log"), kubeconfig: kc}
 	start := time.Now()
 	p, err := l.Start(ctx, n.Netns, a.logPath, agentBin,
 		"--node", n.Name, "--kube", "--kubeconfig", kc, "--ca-dir", filepath.Join(dir, "ca"),

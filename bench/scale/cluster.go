@@ -281,6 +281,12 @@ func (c *cluster) replace(ctx context.Context) error {
 	return c.updateSlice(ctx, sliceObject(c.svcNS(j), appName(j), c.endpoints(j)))
 }
 
+// eventsPerReplacement are the watch events one replacement makes: the pod added, its status,
+// its deletion timestamp (a delete with grace period 0 still marks the pod before removing it),
+// the pod deleted, and the EndpointSlice updated. TestScaleRuns checks it against what a stock
+// informer beside the agent counts.
+const eventsPerReplacement = 5
+
 // latencies are the probe's samples, in milliseconds.
 type latencies struct{ policy, endpoint []float64 }
 
@@ -339,7 +345,7 @@ func (c *cluster) churn(ctx context.Context, rate int, d time.Duration, p *probe
 	<-ctx.Done()
 	perr := <-probeDone
 	r.Replaced += done
-	r.Events += 4 * done
+	r.Events += eventsPerReplacement * done
 	return lat, errors.Join(firstErr, perr)
 }
 

@@ -38,13 +38,21 @@ func write(outDir string, d time.Duration, rs []Result) error {
 
 func markdown(d time.Duration, rs []Result) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Cluster scale, %s: one amesh-agent (--kube) against a real kube-apiserver + etcd holding the pods (100 per fake node and per namespace), services (one EndpointSlice each) and policies below; churn replaces pods at the rate shown (4 watch events each), %v alone (the agent's CPU) and %v more while enforcement is measured on real traffic through the agent, from before the API call to the first connection showing the change.\n\n", time.Now().UTC().Format("2006-01-02"), d, d)
-	b.WriteString("| pods | services | policies | churn/s | replaced | agent RSS MiB (base) | Go heap MiB | bytes/pod | RSS after churn MiB | sync s | idle vCPU | churn vCPU | µs/event | policy p50/p99 ms | endpoint p50/p99 ms | samples (timeouts) | full builds | incremental |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "Cluster scale, %s: one amesh-agent (--kube) against a real kube-apiserver + etcd holding the pods (100 per fake node and per namespace), services (one EndpointSlice each) and policies below; churn replaces pods at the rate shown (%d watch events each), %v alone (the agent's CPU) and %v more while enforcement is measured on real traffic through the agent, from before the API call to the first connection showing the change.\n\n", time.Now().UTC().Format("2006-01-02"), eventsPerReplacement, d, d)
+	b.WriteString("| pods | services | policies | churn/s | replaced | agent RSS MiB (base) | Go heap MiB | bytes/pod | RSS after churn MiB | sync s | idle vCPU | churn vCPU | µs/event | informer peer µs/event | stream peer µs/event | policy p50/p99 ms | endpoint p50/p99 ms | samples (timeouts) | full builds | incremental |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| %d | %d | %d | %d | %d | %.1f (%.1f) | %.1f | %.0f | %.1f | %.1f | %.3f | %.3f | %.0f | %.0f / %.0f | %.0f / %.0f | %d (%d) | %d | %d |\n",
+		fmt.Fprintf(&b, "| %d | %d | %d | %d | %d | %.1f (%.1f) | %.1f | %.0f | %.1f | %.1f | %.3f | %.3f | %.0f | %s | %s | %.0f / %.0f | %.0f / %.0f | %d (%d) | %d | %d |\n",
 			r.Pods, r.Services, r.Policies, r.Churn, r.Replaced, r.RSSMiB, r.BaseRSSMiB, r.HeapMiB, r.BytesPerPod, r.RSSAfterMiB, r.SyncSeconds,
-			r.IdleVCPU, r.ChurnVCPU, r.MicrosPerEvent, r.PolicyP50, r.PolicyP99, r.EndpointP50, r.EndpointP99, r.Samples, r.Timeouts, r.FullBuilds, r.Incremental)
+			r.IdleVCPU, r.ChurnVCPU, r.MicrosPerEvent, orDash(r.InformerMicrosPerEvent), orDash(r.StreamMicrosPerEvent), r.PolicyP50, r.PolicyP99, r.EndpointP50, r.EndpointP99, r.Samples, r.Timeouts, r.FullBuilds, r.Incremental)
 	}
 	return b.String()
+}
+
+// orDash prints a peer's figure, or "–" for a run without peers.
+func orDash(v float64) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", v)
 }

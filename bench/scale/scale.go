@@ -32,6 +32,10 @@ import (
 type Config struct {
 	// Agent is the amesh-agent binary.
 	Agent string
+	// Watcher, when set, is bench/scale/watcher's binary: the run then measures, beside the
+	// agent and in the same churn-alone window, what a stock client-go informer and the bare
+	// watch streams spend per event (Result's Informer* and Stream*).
+	Watcher string
 	// CRD is deploy/crd.yaml (the AuthorizationPolicy CRD the agent needs).
 	CRD string
 	// Sizes are the clusters to build, one after the other, each on a fresh API server.
@@ -75,8 +79,7 @@ type Result struct {
 	BaseRSSMiB  float64 `json:"base_rss_mib"`
 	BytesPerPod float64 `json:"bytes_per_pod"`
 	// Churn offered (pods replaced per second), Replaced achieved, Events the API server sent
-	// the agent's watches for them (4 per replacement: pod added, pod status, pod deleted,
-	// EndpointSlice updated), over both windows: Seconds of churn alone (CPU), then as long
+	// the agent's watches for them (eventsPerReplacement each), over both windows: Seconds of churn alone (CPU), then as long
 	// with the probe (enforcement).
 	Churn    int     `json:"churn"`
 	Replaced int     `json:"replaced"`
@@ -87,7 +90,19 @@ type Result struct {
 	// per event of that window.
 	ChurnVCPU      float64 `json:"churn_vcpu"`
 	MicrosPerEvent float64 `json:"micros_per_event"`
-	RSSAfterMiB    float64 `json:"rss_after_mib"`
+	// InformerMicrosPerEvent and StreamMicrosPerEvent: the same for the peers of
+	// Config.Watcher in the same window (stock informers on the agent's four resources with
+	// handlers that only count; the four watch streams read and dropped); InformerEvents: the
+	// handler calls the informer peer counted from the window's start until it stopped, ~1 s
+	// after the window; StreamBytes: what the stream peer read in that time; WindowEvents: the
+	// events of the churn-alone window, which every per-event figure divides by. Zero without
+	// Config.Watcher.
+	InformerMicrosPerEvent float64 `json:"informer_micros_per_event,omitempty"`
+	StreamMicrosPerEvent   float64 `json:"stream_micros_per_event,omitempty"`
+	InformerEvents         int64   `json:"informer_events,omitempty"`
+	StreamBytes            int64   `json:"stream_bytes,omitempty"`
+	WindowEvents           int     `json:"window_events"`
+	RSSAfterMiB            float64 `json:"rss_after_mib"`
 	// Policy*: a DENY policy created (or deleted) → the pair's next connection refused (or
 	// served); Endpoint*: a pod added to (or removed from) a service's EndpointSlice → a
 	// connection to the service's VIP served by it (or refused). Milliseconds, from before the
@@ -231,9 +246,20 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		if size.Pods > 0 {
 			r.BytesPerPod = (r.RSSMiB - baseRSS) * (1 << 20) / float64(size.Pods)
 		}
-		idle0, t0 := lab.CPUSeconds(ag.pid()), time.Now()
+		var peers []*peer
+		if cfg.Watcher != "" {
+			if peers, err = startPeers(ctx, l, cfg.Watcher, ag.kubeconfig, dir, rate); err != nil {
+				return out, err
+			}
+		}
+		pids := []int{ag.pid()}
+		for _, pe := range peers {
+			pids = append(pids, pe.pid())
+		}
+		m := startMeter(pids)
 		time.Sleep(3 * time.Second)
-		r.IdleVCPU = (lab.CPUSeconds(ag.pid()) - idle0) / time.Since(t0).Seconds()
+		idle, _ := m.vcpu()
+		r.IdleVCPU = idle[0]
 
 		// CPU first, with churn alone (the probe's connections would be the agent's work too),
 		// then enforcement under the same churn.
@@ -247,13 +273,35 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		} else {
 			prof <- nil
 		}
-		cpu0, t0 := lab.CPUSeconds(ag.pid()), time.Now()
+		m = startMeter(pids)
 		_, err := c.churn(ctx, rate, cfg.Duration, nil, &r)
-		r.Seconds = time.Since(t0).Seconds()
-		r.ChurnVCPU = (lab.CPUSeconds(ag.pid()) - cpu0) / r.Seconds
+		busy, seconds := m.vcpu()
+		r.Seconds, r.ChurnVCPU = seconds, busy[0]
 		events := r.Events
+		r.WindowEvents = events
+		perEvent := func(i int) float64 {
+			if events == 0 {
+				return 0
+			}
+			return max(0, busy[i]-idle[i]) * seconds / float64(events) * 1e6
+		}
+		r.MicrosPerEvent = perEvent(0)
 		if perr := <-prof; perr != nil && err == nil {
 			err = perr
+		}
+		if len(peers) > 0 {
+			// Events still on their way when the window closed reach the peers before they stop.
+			time.Sleep(time.Second)
+			for i, pe := range peers {
+				n, bytes, serr := pe.stop()
+				err = errors.Join(err, serr)
+				switch pe.mode {
+				case "informer":
+					r.InformerMicrosPerEvent, r.InformerEvents = perEvent(i+1), n
+				case "stream":
+					r.StreamMicrosPerEvent, r.StreamBytes = perEvent(i+1), bytes
+				}
+			}
 		}
 		if err != nil {
 			return out, fmt.Errorf("scale: churn %d/s: %w (agent log %s)", rate, err, ag.logPath)
@@ -264,9 +312,6 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		}
 		b1 := ag.builds(ctx)
 		r.FullBuilds, r.Incremental = b1.full-b0.full, b1.incremental-b0.incremental
-		if events > 0 {
-			r.MicrosPerEvent = max(0, r.ChurnVCPU-r.IdleVCPU) * r.Seconds / float64(events) * 1e6
-		}
 		r.PolicyP50, r.PolicyP99 = percentile(lat.policy, 50), percentile(lat.policy, 99)
 		r.EndpointP50, r.EndpointP99 = percentile(lat.endpoint, 50), percentile(lat.endpoint, 99)
 		r.Samples = len(lat.policy) + len(lat.endpoint)
@@ -280,4 +325,29 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// meter reads processes' CPU over a window.
+type meter struct {
+	pids  []int
+	cpu   []float64
+	start time.Time
+}
+
+func startMeter(pids []int) *meter {
+	m := &meter{pids: pids, start: time.Now()}
+	for _, pid := range pids {
+		m.cpu = append(m.cpu, lab.CPUSeconds(pid))
+	}
+	return m
+}
+
+// vcpu returns each process's CPU since startMeter, in vCPUs, and the window's seconds.
+func (m *meter) vcpu() ([]float64, float64) {
+	secs := time.Since(m.start).Seconds()
+	out := make([]float64, len(m.pids))
+	for i, pid := range m.pids {
+		out[i] = (lab.CPUSeconds(pid) - m.cpu[i]) / secs
+	}
+	return out, secs
 }
