@@ -143,7 +143,7 @@ staticcheck:
 generate:
 	$(GO) generate ./...
 
-## soak: the hostile-peer tests at full counts (make test runs them with a tenth): the tunnel's
+## soak: the hostile-peer tests at full counts (make test runs them with smaller ones): the tunnel's
 ## adversarial suite and the lab's hostile pods (root)
 ## (10,000 connections hold 10,000 descriptors in the test, its echo and each agent: the soft
 ## limit is raised to the hard one first)

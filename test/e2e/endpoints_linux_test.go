@@ -29,7 +29,7 @@ func TestHostileEndpoints(t *testing.T) {
 	if soak() {
 		conns, dur = 10000, 60*time.Second
 	}
-	w := c.watch(t, []string{"node1"}, "web", "other")
+	w := c.watch(t, []string{"node1"}, [2]string{"web", "other"})
 	fdBase := w.base["node1"].fds
 
 	ctx, cancel := context.WithTimeout(context.Background(), dur)

@@ -166,9 +166,10 @@ func readStat(pid int) (procStat, error) {
 
 func (c *cluster) agentPid(node string) int { return c.agents[node].Cmd.Process.Pid }
 
-// watch samples the agents of nodes every 100 ms and, every 500 ms, checks that pod from still
-// gets an echo from pod to within 1 s, until stop; then the peaks and the failed checks are
-// read.
+// watch samples the agents of nodes every 100 ms and, every 500 ms, checks that each pair of
+// pods (from, to) still gets its echo within 1 s, until stop; then the peaks and the failed
+// checks are read. The pairs are chosen to cover both nodes' same-node paths and the tunnel
+// between them, none of them the attacker's.
 type watch struct {
 	peak   map[string]procStat
 	base   map[string]procStat
@@ -177,7 +178,7 @@ type watch struct {
 	stop   func() // ends the sampling and waits for it
 }
 
-func (c *cluster) watch(t *testing.T, nodes []string, from, to string) *watch {
+func (c *cluster) watch(t *testing.T, nodes []string, pairs ...[2]string) *watch {
 	stop := make(chan struct{})
 	w := &watch{peak: map[string]procStat{}, base: map[string]procStat{}}
 	pids := map[string]int{}
@@ -207,12 +208,14 @@ func (c *cluster) watch(t *testing.T, nodes []string, from, to string) *watch {
 				w.peak[n] = procStat{max(s.rssMiB, p.rssMiB), max(s.threads, p.threads), max(s.fds, p.fds)}
 			}
 			if i%5 == 0 {
-				w.checks++
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_, _, err := lab.RR(ctx, c.lab.Pod(from), c.lab.Pod(to), lab.RROptions{Requests: 3})
-				cancel()
-				if err != nil {
-					w.failed = append(w.failed, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+				for _, p := range pairs {
+					w.checks++
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					_, _, err := lab.RR(ctx, c.lab.Pod(p[0]), c.lab.Pod(p[1]), lab.RROptions{Requests: 3})
+					cancel()
+					if err != nil {
+						w.failed = append(w.failed, fmt.Sprintf("%s %s -> %s: %v", time.Now().Format("15:04:05.000"), p[0], p[1], err))
+					}
 				}
 			}
 		}
@@ -263,7 +266,8 @@ func TestHostileBlackholeFlood(t *testing.T) {
 	nosy := c.lab.Pod("nosy")
 	// In node2's pod range, with no pod: node2 asks ARP for it and gives up after seconds.
 	hole := "10.20.2.200:80"
-	w := c.watch(t, []string{"node1", "node2"}, "web", "other")
+	// nosy attacks from node1: its neighbours there, node2's pods, and the tunnel between.
+	w := c.watch(t, []string{"node1", "node2"}, [2]string{"web", "api1"}, [2]string{"other", "perm"}, [2]string{"web", "other"})
 	start := time.Now()
 	var opened, refusedFast atomic.Int64
 	sem := make(chan struct{}, conc)
@@ -347,7 +351,8 @@ func TestHostileTrickle(t *testing.T) {
 		}
 		mu.Unlock()
 	}()
-	w := c.watch(t, []string{"node1", "node2"}, "web", "other")
+	// web attacks api2 across nodes: the other pods of both nodes, and the tunnel between them.
+	w := c.watch(t, []string{"node1", "node2"}, [2]string{"api1", "nosy"}, [2]string{"other", "perm"}, [2]string{"api1", "other"})
 	start := time.Now()
 	var sent atomic.Int64
 	var wg sync.WaitGroup
@@ -390,8 +395,9 @@ func TestHostileTrickle(t *testing.T) {
 
 // TestManyConnections: 10,000 tunneled connections open at once from the pods of one node to a
 // pod of another (1,000 under make test), then all of them at once echoing 16 KiB checked by
-// SHA-256 (the echo is a process of its own in the destination pod); the agents' memory per open connection is reported, and
-// afterwards their descriptors and the pods' CLOSE_WAIT sockets are back to their baseline.
+// SHA-256 (the echo is a process of its own in the destination pod); the agents' memory per
+// open connection is reported, and afterwards their descriptors and goroutines, and every pod's
+// CLOSE_WAIT sockets, are back to their baseline.
 func TestManyConnections(t *testing.T) {
 	// Five client pods on node1, so that each stays within its own budget on node2's agent
 	// (MaxStreamsPerPeer, 2,048 a source pod): the connections all go through both agents.
@@ -402,7 +408,7 @@ func TestManyConnections(t *testing.T) {
 	c := newClusterOf(t, []lab.NodeSpec{
 		{Name: "node1", Pods: clients},
 		{Name: "node2", Pods: []lab.PodSpec{{Name: "sink", Namespace: "shop", ServiceAccount: "sink", Labels: map[string]string{"app": "sink"}}}},
-	})
+	}, "--metrics-addr", metricsAddr)
 	n := 1000
 	if soak() {
 		n = 10000
@@ -427,6 +433,11 @@ func TestManyConnections(t *testing.T) {
 		return strings.Contains(string(b), "listening")
 	})
 	base := map[string]procStat{"node1": statOf(t, c.agentPid("node1")), "node2": statOf(t, c.agentPid("node2"))}
+	goroutines := func(node string) float64 {
+		v, _ := sum(scrape(t, c.lab.Node(node)), "go_goroutines", nil)
+		return v
+	}
+	baseG := map[string]float64{"node1": goroutines("node1"), "node2": goroutines("node2")}
 	type result struct {
 		conn net.Conn
 		sum  [32]byte
@@ -557,8 +568,20 @@ func TestManyConnections(t *testing.T) {
 			return last.fds <= base[node].fds+kept+8
 		})
 		t.Logf("agent %s after: fds %d (baseline %d, %d pooled HBONE connections)", node, last.fds, base[node].fds, kept)
+		// Goroutines too: a pooled HBONE connection keeps its read loop (and its writer) alive,
+		// nothing of the connections that ended may.
+		var g float64
+		testenv.WaitFor(t, "agent "+node+" back to its baseline of goroutines (plus its pooled HBONE connections)", 15*time.Second, func() bool {
+			g, kept = goroutines(node), pooled[node]()
+			return g <= baseG[node]+float64(4*kept)+8
+		})
+		t.Logf("agent %s after: %.0f goroutines (baseline %.0f, %d pooled HBONE connections)", node, g, baseG[node], kept)
 	}
-	for _, pod := range append([]string{"sink"}, clients[0].Name, clients[len(clients)-1].Name) {
+	pods := []string{"sink"}
+	for _, p := range clients {
+		pods = append(pods, p.Name)
+	}
+	for _, pod := range pods {
 		testenv.WaitFor(t, "no CLOSE_WAIT socket left in "+pod, 15*time.Second, func() bool {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
