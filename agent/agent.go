@@ -27,6 +27,7 @@ import (
 	"github.com/amesh-dev/amesh/internal/version"
 	"github.com/amesh-dev/amesh/metrics"
 	"github.com/amesh-dev/amesh/netns"
+	"github.com/amesh-dev/amesh/podevents"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
@@ -45,6 +46,10 @@ type Config struct {
 	// what amesh-cni reports). Pods get their netns from CNI ADD, or, for pods that were running
 	// before (a namespace labelled later, an agent restart), from the netns that holds their IP.
 	Kube *kube.Source
+	// PodEvents, when set, is where a pod's failed enrollment is also reported as a Warning
+	// Event on the pod (reason EnrollmentFailed), besides readiness, the log and
+	// amesh_enrollment_failures: what the pod's owner sees in `kubectl describe pod`.
+	PodEvents *podevents.Recorder
 	// CNISocket is the unix socket of the enrollment API amesh-cni calls; none when empty.
 	CNISocket string
 	// AdminAddr serves the admin API (/config_dump, /logging, /debug/pprof/, /quitquitquit, as
@@ -420,6 +425,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer close(feedDone)
 		a.feed.run(runCtx, a.store)
 	}()
+	if a.cfg.PodEvents != nil {
+		go a.cfg.PodEvents.Run(runCtx)
+	}
 	updates, stop := a.store.Subscribe()
 	defer stop()
 	start := time.Now()

@@ -62,6 +62,12 @@ func (a *Agent) registerMetrics() {
 		return float64(len(a.pods))
 	})
 	m.Gauge("amesh_enrollment_failures", "Pods of this node whose last enrollment failed (retried).", func() float64 { return float64(a.failedEnrollments()) })
+	if ev := a.cfg.PodEvents; ev != nil {
+		m.CounterSet("amesh_pod_events_total", "Events about pods this agent reported to the API server, by result: posted, dropped (queue full) or failed.", "result", func() map[string]float64 {
+			posted, dropped, failed := ev.Counts()
+			return map[string]float64{"posted": float64(posted), "dropped": float64(dropped), "failed": float64(failed)}
+		})
+	}
 	m.Gauge("amesh_netns_ambiguous_pods", "Pods of this node not enrolled because several network namespaces hold their IP and none is attached to the node (no CNI report).", func() float64 { return float64(a.ambiguousPods.Load()) })
 	m.GaugeSet("amesh_certificate_expiration_timestamp_seconds", "When each identity's current X.509-SVID held by this agent expires (Unix time).", "identity", func() map[string]float64 {
 		out := map[string]float64{}

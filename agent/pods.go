@@ -15,6 +15,7 @@ import (
 
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/netns"
+	"github.com/amesh-dev/amesh/podevents"
 	"github.com/amesh-dev/amesh/redirect"
 	"github.com/amesh-dev/amesh/tunnel"
 	"github.com/amesh-dev/amesh/workload"
@@ -134,6 +135,10 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		if err != nil {
 			a.log.Error("enroll failed: the pod's traffic is refused until it succeeds", "pod", uid, "netns", w.Netns, "err", err)
 			a.enrollErrs[uid] = err
+			if a.cfg.PodEvents != nil {
+				a.cfg.PodEvents.Warning(podevents.Pod{Namespace: w.Namespace, Name: w.Name, UID: w.UID}, ReasonEnrollmentFailed,
+					fmt.Sprintf("amesh could not enroll the pod on node %s (retrying; its traffic is refused until then): %v", a.cfg.Node, err))
+			}
 			continue
 		}
 		delete(a.enrollErrs, uid)
@@ -306,6 +311,9 @@ func (a *Agent) podByIP(ip netip.Addr) *pod {
 	defer a.mu.Unlock()
 	return a.byIP[ip.Unmap()]
 }
+
+// ReasonEnrollmentFailed is the reason of the Event a pod gets when its enrollment fails.
+const ReasonEnrollmentFailed = "EnrollmentFailed"
 
 // failedEnrollments returns how many of the node's mesh pods failed their last enrollment.
 func (a *Agent) failedEnrollments() int {

@@ -22,6 +22,7 @@ import (
 	"github.com/amesh-dev/amesh/cniplugin"
 	"github.com/amesh-dev/amesh/identity"
 	"github.com/amesh-dev/amesh/identity/spire"
+	"github.com/amesh-dev/amesh/podevents"
 	"github.com/amesh-dev/amesh/workload/kube"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
@@ -289,6 +290,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 		return cfg, 2
 	}
 	cfg.Kube = src
+	cfg.PodEvents = podevents.New(src.Dynamic, podevents.Config{Component: "amesh-agent", Host: *o.node, Logger: log})
 	if cfg.CNISocket == "" {
 		cfg.CNISocket = cniv1.DefaultSocket
 	}

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/amesh-dev/amesh/internal/testenv"
+	"github.com/amesh-dev/amesh/netns"
 	"github.com/amesh-dev/amesh/test/k8s"
 	"github.com/amesh-dev/amesh/test/lab"
 	"github.com/amesh-dev/amesh/workload/kube"
@@ -487,6 +488,8 @@ func TestKubernetes(t *testing.T) {
 	optout := c.pod("shop", "batch", "node1", podOpts{sa: "batch", labels: map[string]string{kube.LabelDataplaneMode: "none"}})
 	lateA := c.pod("late", "late-a", "node1", podOpts{sa: "a"})
 	lateB := c.pod("late", "late-b", "node2", podOpts{sa: "b"})
+	c.namespace("stuck", nil)
+	stuck := c.pod("stuck", "stuck-a", "node1", podOpts{sa: "s"})
 
 	t.Run("pods of a labelled namespace talk over HBONE with their SPIFFE identities", func(t *testing.T) {
 		out, err := c.curl(web, kurl(api))
@@ -551,6 +554,59 @@ func TestKubernetes(t *testing.T) {
 		if n := len(c.accessLines("node1")) - before; n != 0 {
 			t.Errorf("after unlabelling, %d connections still went through node1's agent", n)
 		}
+	})
+
+	t.Run("a running pod that cannot be enrolled gets an Event, and holds readiness down until it can", func(t *testing.T) {
+		// A port the agent needs in the pod's netns (the outbound capture's) is taken by the pod.
+		ln, err := netns.ListenTCP(stuck.netns, "127.0.0.1:15001", net.ListenConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c.labelNamespace("stuck", `"ambient"`)
+		defer c.labelNamespace("stuck", "null")
+		events := func() []corev1.Event {
+			evs, err := c.cs.CoreV1().Events("stuck").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.uid=" + string(stuck.uid)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return evs.Items
+		}
+		testenv.WaitFor(t, "an event on stuck-a", 10*time.Second, func() bool { return len(events()) > 0 })
+		e := events()[0]
+		if e.Reason != "EnrollmentFailed" || e.Type != corev1.EventTypeWarning || e.Source.Component != "amesh-agent" || e.Source.Host != "node1" ||
+			!strings.Contains(e.Message, "address already in use") {
+			t.Errorf("event on stuck-a: %s %s from %s/%s: %q", e.Type, e.Reason, e.Source.Component, e.Source.Host, e.Message)
+		}
+		ready := func() string {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			out, _ := c.lab.Command(ctx, c.lab.Node("node1").Netns, "curl", "-s", "-w", " %{http_code}", "http://127.0.0.1:15021/healthz/ready").CombinedOutput()
+			return string(out)
+		}
+		if r := ready(); !strings.HasSuffix(r, " 500") || !strings.Contains(r, string(stuck.uid)) {
+			t.Errorf("node1's readiness while stuck-a cannot enroll: %q, want 500 naming the pod", r)
+		}
+		failures := func() int {
+			n := 0
+			for _, l := range logLinesOf(t, c.logs["node1"]) {
+				if l["msg"] == "enroll failed: the pod's traffic is refused until it succeeds" && l["pod"] == string(stuck.uid) {
+					n++
+				}
+			}
+			return n
+		}
+		// Retries back off from 200 ms: three failures take ~1.4 s.
+		testenv.WaitFor(t, "three failed enrollments of stuck-a", 10*time.Second, func() bool { return failures() >= 3 })
+		ln.Close() // the port is free: the agent's next retry enrolls the pod
+		testenv.WaitFor(t, "stuck-a enrolled on a retry", 40*time.Second, func() bool { return c.logged("node1", "pod enrolled", string(stuck.uid)) })
+		testenv.WaitFor(t, "node1 ready again", 5*time.Second, func() bool { return strings.HasSuffix(ready(), " 200") })
+		// Every retry failed alike; the pod's owner got one Event for them, not one per retry.
+		failed := failures()
+		if n := len(events()); n != 1 {
+			t.Errorf("%d failed enrollments of stuck-a made %d events, want 1", failed, n)
+		}
+		t.Logf("%d failed enrollments of stuck-a, 1 event: %q", failed, e.Message)
 	})
 
 	t.Run("an AuthorizationPolicy denies within a second, and its deletion allows again", func(t *testing.T) {

@@ -453,10 +453,11 @@ func TestAgentRBAC(t *testing.T) {
 			_, err := dc.Resource(policyGVR).Namespace(ns).Create(ctx, u, metav1.CreateOptions{})
 			return err
 		}},
-		{"create event", func() error {
-			_, err := cs.CoreV1().Events(ns).Create(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "e"}, InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod}}, metav1.CreateOptions{})
+		{"update event", func() error {
+			_, err := cs.CoreV1().Events(ns).Update(ctx, &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "e"}, InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: pod}}, metav1.UpdateOptions{})
 			return err
 		}},
+		{"delete event", func() error { return cs.CoreV1().Events(ns).Delete(ctx, "e", metav1.DeleteOptions{}) }},
 	}
 	for _, f := range forbidden {
 		if err := f.do(); !apierrors.IsForbidden(err) {
@@ -473,6 +474,8 @@ func TestAgentRBAC(t *testing.T) {
 			want[v+" "+res] = true
 		}
 	}
+	// Its one write: Events about pods (a failed enrollment, podevents), as the kubelet's.
+	want["create events."] = true
 	baseline := resourceRules(t, cp, baselineUser.Name, ns)
 	for r := range want {
 		if baseline[r] {
