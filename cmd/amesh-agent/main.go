@@ -57,6 +57,8 @@ func run() int {
 		switch os.Args[1] {
 		case "install-cni", "uninstall-cni":
 			return installCNI(os.Args[1], os.Args[2:])
+		case "keep-cni":
+			return keepCNIContainer(os.Args[2:])
 		case "create-ca":
 			return createCA(os.Args[2:])
 		}
@@ -112,24 +114,15 @@ func run() int {
 }
 
 // uninstallIfDeleted is --pod, once the agent has stopped on a signal: if the pod's DaemonSet is
-// gone (`kubectl delete -k deploy/`), amesh leaves the node — CNI entry, plugin, its kubeconfig,
-// every pin and attachment; the node's pods are then out of the mesh, as the user asked.
+// gone (`kubectl delete -k deploy/`), amesh leaves the node — every pin and attachment, and with
+// --cni-conf-dir the CNI entry, plugin and its kubeconfig (in the DaemonSet the cni container,
+// keep-cni, does that part); the node's pods are then out of the mesh, as the user asked.
 // Otherwise (an upgrade, a restart, an eviction, or any doubt) everything stays pinned, failing
 // closed until the next agent re-adopts the pods.
 func uninstallIfDeleted(o *options, src *kube.Source, log *slog.Logger) int {
-	ns, name, ok := strings.Cut(*o.pod, "/")
-	if !ok || ns == "" || name == "" {
-		log.Error("--pod: want namespace/name", "pod", *o.pod)
-		return 2
+	if gone, code := installationDeleted(*o.pod, src.Dynamic, log); !gone {
+		return code
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	gone, why, err := kube.DaemonSetGone(ctx, src.Dynamic, ns, name)
-	if err != nil || !gone {
-		log.Info("stopped; the node's pods stay pinned for the next agent", "reason", why, "err", err)
-		return 0
-	}
-	log.Info("the installation is deleted: removing amesh from the node", "reason", why)
 	var errs []error
 	if *o.keepConf != "" {
 		errs = append(errs, cniplugin.Uninstall(cniplugin.InstallConfig{BinDir: *o.keepBin, ConfDir: *o.keepConf}))
@@ -204,6 +197,7 @@ never sent in plaintext; a restarted agent re-adopts them.
 Usage: amesh-agent --node NAME --state FILE [flags]
        amesh-agent --node NAME --kube [--kubeconfig FILE] [flags]
        amesh-agent install-cni|uninstall-cni [flags]   (the DaemonSet's init container; -h)
+       amesh-agent keep-cni [flags]                    (the DaemonSet's cni container; -h)
        amesh-agent create-ca [flags]                   (deploy/'s Job: the cluster's CA Secret; -h)
        amesh-agent --uninstall [--node NAME | --pin-dir DIR]
 

@@ -13,7 +13,7 @@ import (
 )
 
 // TestDeployArgsParse runs the real amesh-agent with the command line of every container in
-// deploy/ (DaemonSet, its init container, the CA Job) followed by --help: a misspelt or removed
+// deploy/ (DaemonSet: agent, cni and the init container; the CA Job) followed by --help: a misspelt or removed
 // flag fails here rather than in a user's cluster.
 func TestDeployArgsParse(t *testing.T) {
 	type container struct {
@@ -50,8 +50,8 @@ func TestDeployArgsParse(t *testing.T) {
 			}
 		}
 	}
-	if checked != 3 {
-		t.Errorf("checked %d containers of deploy/, want 3 (agent, install-cni, create-ca)", checked)
+	if checked != 4 {
+		t.Errorf("checked %d containers of deploy/, want 4 (agent, cni, install-cni, create-ca)", checked)
 	}
 }
 

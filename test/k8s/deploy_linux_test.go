@@ -168,11 +168,11 @@ func TestDeployApply(t *testing.T) {
 	if len(spec.InitContainers) != 1 || !slices.Equal(spec.InitContainers[0].Args, []string{"install-cni", "--cni-bin-dir", "/host/opt/cni/bin", "--cni-conf-dir", "/host/etc/cni/net.d"}) {
 		t.Errorf("init containers: %+v", spec.InitContainers)
 	}
-	if len(spec.Containers) != 1 {
-		t.Fatalf("%d containers, want 1", len(spec.Containers))
+	if len(spec.Containers) != 2 || spec.Containers[0].Name != "amesh-agent" || spec.Containers[1].Name != "cni" {
+		t.Fatalf("containers %d, want amesh-agent and cni", len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--cni-conf-dir=/host/etc/cni/net.d", "--cni-bin-dir=/host/opt/cni/bin", "--health-addr=$(HOST_IP):15021", "--pod=$(POD_NAMESPACE)/$(POD_NAME)"}) ||
+	if !slices.Equal(c.Args, []string{"--kube", "--node=$(NODE_NAME)", "--health-addr=$(HOST_IP):15021", "--pod=$(POD_NAMESPACE)/$(POD_NAME)"}) ||
 		c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" ||
 		c.Env[1].Name != "HOST_IP" || c.Env[1].ValueFrom.FieldRef.FieldPath != "status.hostIP" {
 		t.Errorf("agent args %q, env %+v", c.Args, c.Env)
@@ -193,9 +193,31 @@ func TestDeployApply(t *testing.T) {
 		t.Errorf("agent securityContext: privileged %v, readOnlyRootFilesystem %v, runAsUser %v, allowPrivilegeEscalation %v, add %q, drop %q",
 			deref(sc.Privileged, true), deref(sc.ReadOnlyRootFilesystem, false), deref(sc.RunAsUser, -1), deref(sc.AllowPrivilegeEscalation, true), added, sc.Capabilities.Drop)
 	}
-	if isc := spec.InitContainers[0].SecurityContext; isc == nil || isc.Capabilities == nil || deref(isc.Privileged, true) ||
-		deref(isc.AllowPrivilegeEscalation, true) || len(isc.Capabilities.Add) > 0 || !deref(isc.ReadOnlyRootFilesystem, false) {
-		t.Errorf("install-cni securityContext: %+v", isc)
+	for _, cc := range []corev1.Container{spec.InitContainers[0], spec.Containers[1]} {
+		if isc := cc.SecurityContext; isc == nil || isc.Capabilities == nil || deref(isc.Privileged, true) ||
+			deref(isc.AllowPrivilegeEscalation, true) || len(isc.Capabilities.Add) > 0 || !deref(isc.ReadOnlyRootFilesystem, false) {
+			t.Errorf("%s securityContext: %+v", cc.Name, isc)
+		}
+	}
+	// The node's CNI directories are writable only in the containers without a capability: the
+	// agent's container does not mount them (host /proc/sys/net it does, for its pods' net
+	// sysctls, which only a thread in their netns can reach).
+	cniVolumes := map[string]bool{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil && (v.HostPath.Path == "/opt/cni/bin" || v.HostPath.Path == "/etc/cni/net.d") {
+			cniVolumes[v.Name] = true
+		}
+	}
+	if len(cniVolumes) != 2 {
+		t.Errorf("volumes for the CNI directories: %v, want two", cniVolumes)
+	}
+	for _, m := range c.VolumeMounts {
+		if cniVolumes[m.Name] {
+			t.Errorf("the agent's container mounts %s (%s): the CNI directories belong to the cni container", m.Name, m.MountPath)
+		}
+	}
+	if keep := spec.Containers[1]; !slices.Equal(keep.Args, []string{"keep-cni", "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d", "--pod=$(POD_NAMESPACE)/$(POD_NAME)"}) || len(keep.VolumeMounts) != 2 {
+		t.Errorf("cni container args %q, mounts %+v", keep.Args, keep.VolumeMounts)
 	}
 
 	// The example: a namespace in the mesh, and its policy, shown by kubectl with its action.
