@@ -38,7 +38,7 @@ const (
 
 // startAgent starts the agent against cp and waits until it is ready (at most 5 minutes: a
 // large cluster's first list takes a while on a 2-vCPU machine).
-func startAgent(ctx context.Context, l *lab.Lab, cp *k8s.ControlPlane, agentBin, dir string) (*agentProc, error) {
+func startAgent(ctx context.Context, l *lab.Lab, cp *k8s.ControlPlane, agentBin, dir string, extra ...string) (*agentProc, error) {
 	n := l.Node("node1")
 	kc := filepath.Join(dir, "agent.kubeconfig")
 	if err := cp.WriteKubeconfig(kc, ""); err != nil {
@@ -55,11 +55,12 @@ func startAgent(ctx context.Context, l *lab.Lab, cp *k8s.ControlPlane, agentBin,
 	}
 	a := &agentProc{node: n, logPath: filepath.Join(dir, "agent.log"), kubeconfig: kc}
 	start := time.Now()
-	p, err := l.Start(ctx, n.Netns, a.logPath, agentBin,
+	args := append([]string{
 		"--node", n.Name, "--kube", "--kubeconfig", kc, "--ca-dir", filepath.Join(dir, "ca"),
 		"--pin-dir", n.PinDir, "--log-level", "warn", "--access-log", "off", "--drain-timeout", "1s",
 		"--cni-socket", filepath.Join(run, "cni.sock"), "--handoff-socket", filepath.Join(run, "handoff.sock"),
-		"--health-addr", healthAddr, "--metrics-addr", metricsAddr, "--admin-addr", adminAddr)
+		"--health-addr", healthAddr, "--metrics-addr", metricsAddr, "--admin-addr", adminAddr}, extra...)
+	p, err := l.Start(ctx, n.Netns, a.logPath, agentBin, args...)
 	if err != nil {
 		return nil, err
 	}

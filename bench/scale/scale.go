@@ -32,6 +32,9 @@ import (
 type Config struct {
 	// Agent is the amesh-agent binary.
 	Agent string
+	// AgentArgs are flags added to the agent's command line (e.g. --state-debounce=100ms), the
+	// same for every size; the report names them.
+	AgentArgs []string
 	// Watcher, when set, is bench/scale/watcher's binary: the run then measures, beside the
 	// agent and in the same churn-alone window, what a stock client-go informer and the bare
 	// watch streams spend per event (Result's Informer* and Stream*).
@@ -167,7 +170,7 @@ func Run(ctx context.Context, cfg Config) ([]Result, error) {
 		}
 	}
 	if cfg.OutDir != "" {
-		if err := write(cfg.OutDir, cfg.Duration, out); err != nil {
+		if err := write(cfg.OutDir, cfg.Duration, cfg.AgentArgs, out); err != nil {
 			return out, err
 		}
 	}
@@ -209,7 +212,7 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 	}
 	// The agent's memory with the probe's pods only: what the cluster's pods add is measured
 	// against it.
-	base, err := startAgent(ctx, l, cp, cfg.Agent, dir)
+	base, err := startAgent(ctx, l, cp, cfg.Agent, dir, cfg.AgentArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +224,7 @@ func runSize(ctx context.Context, cfg Config, l *lab.Lab, bins k8s.Binaries, siz
 		return nil, err
 	}
 	log.Info("cluster populated", "seconds", time.Since(start).Seconds())
-	ag, err := startAgent(ctx, l, cp, cfg.Agent, dir)
+	ag, err := startAgent(ctx, l, cp, cfg.Agent, dir, cfg.AgentArgs...)
 	if err != nil {
 		return nil, err
 	}

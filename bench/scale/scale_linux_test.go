@@ -23,6 +23,7 @@ var (
 	flagChurn    = flag.String("scale-churn", "10,100", "BenchmarkScale: pods replaced per second, each rate in turn")
 	flagDuration = flag.Duration("scale-duration", 20*time.Second, "BenchmarkScale: how long each churn rate runs")
 	flagAgent    = flag.String("scale-agent", "", "BenchmarkScale: the amesh-agent binary to measure (default: built from this tree)")
+	flagArgs     = flag.String("scale-agent-args", "", "BenchmarkScale: flags added to the agent's command line, space-separated (e.g. --state-debounce=100ms)")
 	flagProfile  = flag.String("scale-profile", "", "BenchmarkScale: directory for the agent's pprof heap and CPU profiles (none when empty)")
 	flagOut      = flag.String("scale-out", "", "BenchmarkScale: directory for scale.json and scale.md (default: bench-out in the repository)")
 )
@@ -133,7 +134,7 @@ func BenchmarkScale(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := Run(context.Background(), Config{
-			Agent: agent, Watcher: buildWatcher(b), CRD: crdPath(b), Sizes: sizes, Churn: churn, Duration: *flagDuration, OutDir: out,
+			Agent: agent, AgentArgs: strings.Fields(*flagArgs), Watcher: buildWatcher(b), CRD: crdPath(b), Sizes: sizes, Churn: churn, Duration: *flagDuration, OutDir: out,
 			ProfileDir: *flagProfile, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		}); err != nil {
 			b.Fatal(err)

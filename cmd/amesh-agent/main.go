@@ -154,6 +154,7 @@ type options struct {
 	kubeconfig       *string
 	trustDomain      *string
 	rootNS           *string
+	debounce         *time.Duration
 	cniSocket        *string
 	keepConf         *string
 	keepBin          *string
@@ -221,6 +222,7 @@ Flags (environment variable in brackets):
 	o.kubeconfig = fs.String("kubeconfig", env("KUBECONFIG", ""), "kubeconfig file for --kube (default: in-cluster service account) [KUBECONFIG]")
 	o.trustDomain = fs.String("trust-domain", env("AMESH_TRUST_DOMAIN", "cluster.local"), "SPIFFE trust domain with --kube [AMESH_TRUST_DOMAIN]")
 	o.rootNS = fs.String("root-namespace", env("AMESH_ROOT_NAMESPACE", "amesh-system"), "namespace whose AuthorizationPolicies apply mesh-wide, with --kube [AMESH_ROOT_NAMESPACE]")
+	o.debounce = fs.Duration("state-debounce", kube.DefaultDebounce, "with --kube, how long after an API change the state is rebuilt (the changes of that window make one build): longer costs less CPU per change in a churning cluster and delays enforcement as much")
 	o.cniSocket = fs.String("cni-socket", env("AMESH_CNI_SOCKET", ""), "unix socket of the enrollment API for amesh-cni (with --kube default "+cniv1.DefaultSocket+") [AMESH_CNI_SOCKET]")
 	o.keepConf = fs.String("cni-conf-dir", env("AMESH_CNI_CONF_DIR", ""), "with --kube: keep amesh-cni chained into the node's CNI configuration in this directory (as mounted here), re-checked every --cni-keep-interval; off when empty [AMESH_CNI_CONF_DIR]")
 	o.keepBin = fs.String("cni-bin-dir", env("AMESH_CNI_BIN_DIR", "/host/opt/cni/bin"), "with --cni-conf-dir: the node's CNI bin directory, as mounted here [AMESH_CNI_BIN_DIR]")
@@ -284,6 +286,7 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 		return cfg, 2
 	}
 	cfg.Kube = src
+	src.Debounce = *o.debounce
 	cfg.PodEvents = podevents.New(src.Dynamic, podevents.Config{Component: "amesh-agent", Host: *o.node, Logger: log})
 	if cfg.CNISocket == "" {
 		cfg.CNISocket = cniv1.DefaultSocket
