@@ -1027,6 +1027,75 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	probe(t, e, "after")
 }
 
+// TestAttackStalledHandshakesManyPeers: peers on three addresses stall 64 handshakes each, 192
+// together, more than the server's 128 slots. A new client must still complete its handshake
+// within probeLimit: a full table makes room by closing the oldest handshake that has run
+// longer than HandshakeEvictAfter (a stalled one; a real handshake takes milliseconds) rather
+// than refusing the newcomer until the stalled ones time out.
+func TestAttackStalledHandshakesManyPeers(t *testing.T) {
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) {
+		c.HandshakeTimeout = 20 * time.Second // far longer than the test: only eviction can help
+		c.HandshakeEvictAfter = 200 * time.Millisecond
+	}})
+	probe(t, e, "before")
+	base := measure()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, from := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+		for range e.srv.cfg.MaxConnsPerPeer {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: time.Second}
+			if nc, err := d.Dial("tcp", e.ln.Addr().String()); err == nil {
+				conns = append(conns, nc)
+			}
+		}
+	}
+	waitFor(t, "every handshake slot taken", func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return e.srv.handshakes == e.srv.cfg.MaxHandshakes
+	})
+	time.Sleep(2 * e.srv.cfg.HandshakeEvictAfter) // the stalled ones are old enough to go
+	heapGrowth(t, fmt.Sprintf("%d stalled handshakes from 3 peers", len(conns)), base, peerBudget)
+	for i := range 3 { // new clients one after the other, each a fresh handshake
+		fresh := e.newClient(e.src, nil)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
+		st, err := fresh.Dial(ctx, e.target())
+		cancel()
+		if err != nil {
+			t.Errorf("new client %d during the attack: %v (counted %v)", i, err, e.srv.Counters().Snapshot())
+		} else {
+			t.Logf("new client %d: handshake and stream in %v", i, time.Since(start).Round(time.Microsecond))
+			st.Close()
+		}
+		fresh.Close()
+	}
+	e.srv.mu.Lock()
+	busy := e.srv.handshakes
+	e.srv.mu.Unlock()
+	if busy > e.srv.cfg.MaxHandshakes {
+		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
+	}
+	// The first new client takes an evicted handshake's slot and gives it back when its own
+	// handshake ends; the next ones find it free.
+	if n := e.srv.Counters().Get(ReasonHandshakeEvicted); n < 1 {
+		t.Errorf("handshake_evicted counted %d, want at least 1", n)
+	}
+	if n := e.srv.Counters().Get(ReasonHandshake); n != 0 {
+		t.Errorf("evicted handshakes also counted as failed handshakes (%d)", n)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	backToBaseline(t, base, 5*time.Second)
+	probe(t, e, "after")
+}
+
 // TestAttackExpiredCert (class 9): a connection authenticated with a certificate that has
 // since expired takes no new stream and is closed.
 func TestAttackExpiredCert(t *testing.T) {

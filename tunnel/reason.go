@@ -44,6 +44,7 @@ const (
 	ReasonHalfCloseTimeout  // a half-closed stream carried nothing for ServerConfig.HalfCloseTimeout
 	ReasonTooManyConns      // a peer (source IP) over ServerConfig.MaxConnsPerPeer connections
 	ReasonTooManyHandshakes // more than ServerConfig.MaxHandshakes handshakes at once
+	ReasonHandshakeEvicted  // a handshake older than ServerConfig.HandshakeEvictAfter closed to make room for a new one
 	ReasonAcceptError       // Accept failed (EMFILE and the like); Serve backs off and retries
 	ReasonSourceIdentity    // the peer's identity is not that of the workload at its source address (Authorize says so with Refuse)
 	ReasonWaypointBypass    // traffic for a waypoint-covered port that did not come from the waypoint (Authorize says so with Refuse)
@@ -81,6 +82,7 @@ var reasonNames = [reasonCount]string{
 	ReasonTooManyConns:      "too_many_conns",
 	ReasonWaypointBypass:    "waypoint_bypass",
 	ReasonTooManyHandshakes: "too_many_handshakes",
+	ReasonHandshakeEvicted:  "handshake_evicted",
 	ReasonAcceptError:       "accept_error",
 	ReasonSourceIdentity:    "source_identity",
 }

@@ -88,6 +88,12 @@ type ServerConfig struct {
 	// accept. 128 when zero: a handshake in progress costs ~25 KiB (measured with the
 	// connection) and ~1 ms of CPU, so 128 at once hold ~3 MiB.
 	MaxHandshakes int
+	// HandshakeEvictAfter: when all MaxHandshakes slots are taken, a new connection closes the
+	// oldest handshake in progress if that one has run this long, instead of being refused: a
+	// TLS 1.3 handshake takes a round trip and ~1 ms of CPU, so one still going after this is
+	// stalled, and peers stalling handshakes from many addresses cannot lock everyone else out
+	// for HandshakeTimeout. 1 s when zero.
+	HandshakeEvictAfter time.Duration
 	// MaxEarlyResets is how many streams a connection may reset before their response (or have
 	// refused for the stream cap) before it is cut with GOAWAY ENHANCE_YOUR_CALM, once they are
 	// also over half of its streams (CVE-2023-44487, Envoy's premature-reset rule). 200 when
@@ -140,8 +146,11 @@ type Server struct {
 	listeners  map[net.Listener]struct{}
 	peers      map[netip.Addr]*peerState
 	handshakes int
-	closed     bool
-	wg         sync.WaitGroup
+	// inHandshake holds the connections counted in handshakes, with when each was accepted: a
+	// full table evicts the oldest (HandshakeEvictAfter).
+	inHandshake map[net.Conn]time.Time
+	closed      bool
+	wg          sync.WaitGroup
 }
 
 // peerState is what one source IP holds on the server, for its budgets.
@@ -174,6 +183,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	setDefaultInt(&cfg.MaxConnsPerPeer, 64)
 	setDefaultInt(&cfg.MaxStreamsPerPeer, 2048)
 	setDefaultInt(&cfg.MaxHandshakes, 128)
+	setDefault(&cfg.HandshakeEvictAfter, time.Second)
 	setDefaultInt(&cfg.MaxEarlyResets, 2*int(cfg.MaxConcurrentStreams))
 	if cfg.DialUpstream == nil {
 		cfg.DialUpstream = func(ctx context.Context, req *Request) (net.Conn, error) {
@@ -187,7 +197,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: map[*h2conn]struct{}{},
-		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}}, nil
+		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}, inHandshake: map[net.Conn]time.Time{}}, nil
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -289,17 +299,25 @@ func temporaryAccept(err error) bool {
 }
 
 // admit applies the per-peer connection and the handshake budgets to an accepted connection,
-// closing it when over; on success the peer's count and a handshake slot are held for it.
+// closing it when over; on success the peer's count and a handshake slot are held for it. With
+// every slot taken, the oldest handshake gives its slot up if it has run HandshakeEvictAfter.
 func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	addr := remoteIP(nc)
+	now := time.Now()
 	s.mu.Lock()
 	p := s.peers[addr]
 	var r Reason
+	var evicted net.Conn
 	switch {
 	case p != nil && p.conns >= s.cfg.MaxConnsPerPeer:
 		r = ReasonTooManyConns
 	case s.handshakes >= s.cfg.MaxHandshakes:
-		r = ReasonTooManyHandshakes
+		if evicted = s.oldestHandshakeLocked(now); evicted != nil {
+			delete(s.inHandshake, evicted)
+			s.handshakes--
+		} else {
+			r = ReasonTooManyHandshakes
+		}
 	}
 	if r == ReasonNone {
 		if p == nil {
@@ -308,8 +326,16 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 		}
 		p.conns++
 		s.handshakes++
+		s.inHandshake[nc] = now
 	}
 	s.mu.Unlock()
+	if evicted != nil {
+		// Its serveConn sees the handshake fail and ends; the slot is already this one's.
+		s.counters.add(ReasonHandshakeEvicted)
+		s.log.Info("HBONE handshake closed to make room", "remote", evicted.RemoteAddr().String(), "reason", ReasonHandshakeEvicted.String(),
+			"max_handshakes", s.cfg.MaxHandshakes, "evict_after", s.cfg.HandshakeEvictAfter)
+		evicted.Close()
+	}
 	if r != ReasonNone {
 		s.counters.add(r)
 		s.log.Info("HBONE connection refused", "remote", nc.RemoteAddr().String(), "reason", r.String(),
@@ -323,10 +349,39 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	return p, true
 }
 
-// handshakeDone gives back a handshake slot (once per admitted connection).
-func (s *Server) handshakeDone() {
+// oldestHandshakeLocked returns the handshake in progress accepted first, if it has run
+// HandshakeEvictAfter by now; nil otherwise. A scan: it runs only with the table full, and the
+// table is MaxHandshakes long.
+func (s *Server) oldestHandshakeLocked(now time.Time) net.Conn {
+	var oldest net.Conn
+	var at time.Time
+	for c, t := range s.inHandshake {
+		if oldest == nil || t.Before(at) {
+			oldest, at = c, t
+		}
+	}
+	if oldest == nil || now.Sub(at) < s.cfg.HandshakeEvictAfter {
+		return nil
+	}
+	return oldest
+}
+
+// evicted says whether nc, in its handshake, lost its slot to a newer connection.
+func (s *Server) evicted(nc net.Conn) bool {
 	s.mu.Lock()
-	s.handshakes--
+	defer s.mu.Unlock()
+	_, holds := s.inHandshake[nc]
+	return !holds
+}
+
+// handshakeDone gives back nc's handshake slot (once per admitted connection; an evicted one
+// gave it up already).
+func (s *Server) handshakeDone(nc net.Conn) {
+	s.mu.Lock()
+	if _, ok := s.inHandshake[nc]; ok {
+		delete(s.inHandshake, nc)
+		s.handshakes--
+	}
 	s.mu.Unlock()
 }
 
@@ -357,7 +412,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	handshaking := true
 	defer func() {
 		if handshaking {
-			s.handshakeDone()
+			s.handshakeDone(nc)
 		}
 	}()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
@@ -365,6 +420,9 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	if err != nil {
 		rerr := classifyHandshake(hctx, err)
 		cancel()
+		if s.evicted(nc) {
+			return // counted and logged as handshake_evicted
+		}
 		s.counters.add(ReasonOf(rerr))
 		log.Info("HBONE handshake refused", "reason", ReasonOf(rerr).String(), "err", err)
 		nc.Close()
@@ -395,7 +453,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 		return
 	}
 	handshaking = false
-	s.handshakeDone()
+	s.handshakeDone(nc)
 
 	c := newH2Conn(tc, false, log)
 	c.batch = bc
