@@ -930,6 +930,19 @@ func TestAttackConnFlood(t *testing.T) {
 	probe(t, e, "after")
 }
 
+// tcpFrom opens n TCP connections to the server from local address from (a 127/8 address),
+// skipping the dials that fail (the server resets some at accept); the caller closes them.
+func tcpFrom(e *env, from string, n int) []net.Conn {
+	var conns []net.Conn
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: time.Second}
+	for range n {
+		if nc, err := d.Dial("tcp", e.ln.Addr().String()); err == nil {
+			conns = append(conns, nc)
+		}
+	}
+	return conns
+}
+
 // TestAttackStalledHandshakes (class 6, "too slowly"): one peer opens connection after
 // connection and never finishes a TLS handshake: half send nothing, half a ClientHello's record
 // header and then stop. The server holds at most MaxConnsPerPeer of them (the rest closed at
@@ -943,19 +956,13 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	base := measure()
 	t.Logf("baseline: %s", base)
 	n := soak(200, 1000)
-	var conns []net.Conn
+	conns := tcpFrom(e, "127.0.0.2", n)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	for i := range n {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
-		nc, err := d.Dial("tcp", e.ln.Addr().String())
-		if err != nil {
-			continue
-		}
-		conns = append(conns, nc)
+	for i, nc := range conns {
 		if i%2 == 1 {
 			// A handshake record of 512 bytes announced, 5 of them sent.
 			nc.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03})
@@ -966,7 +973,7 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	waitFor(t, "the server to have answered every stalled connection", func() bool {
 		e.srv.mu.Lock()
 		defer e.srv.mu.Unlock()
-		held, handshakes = 0, e.srv.handshakes
+		held, handshakes = 0, len(e.srv.inHandshake)
 		if p := e.srv.peers[netip.MustParseAddr("127.0.0.2")]; p != nil {
 			held = p.conns
 		}
@@ -1018,10 +1025,7 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	}
 	conns = nil
 	backToBaseline(t, base, 5*time.Second)
-	e.srv.mu.Lock()
-	left := e.srv.handshakes
-	e.srv.mu.Unlock()
-	if left != 0 {
+	if left := e.srv.handshaking(); left != 0 {
 		t.Errorf("%d handshake slots still taken after the attacker left", left)
 	}
 	probe(t, e, "after")
@@ -1046,18 +1050,9 @@ func TestAttackStalledHandshakesManyPeers(t *testing.T) {
 		}
 	}()
 	for _, from := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
-		for range e.srv.cfg.MaxConnsPerPeer {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: time.Second}
-			if nc, err := d.Dial("tcp", e.ln.Addr().String()); err == nil {
-				conns = append(conns, nc)
-			}
-		}
+		conns = append(conns, tcpFrom(e, from, e.srv.cfg.MaxConnsPerPeer)...)
 	}
-	waitFor(t, "every handshake slot taken", func() bool {
-		e.srv.mu.Lock()
-		defer e.srv.mu.Unlock()
-		return e.srv.handshakes == e.srv.cfg.MaxHandshakes
-	})
+	waitFor(t, "every handshake slot taken", func() bool { return e.srv.handshaking() == e.srv.cfg.MaxHandshakes })
 	time.Sleep(2 * e.srv.cfg.HandshakeEvictAfter) // the stalled ones are old enough to go
 	heapGrowth(t, fmt.Sprintf("%d stalled handshakes from 3 peers", len(conns)), base, peerBudget)
 	for i := range 3 { // new clients one after the other, each a fresh handshake
@@ -1074,10 +1069,7 @@ func TestAttackStalledHandshakesManyPeers(t *testing.T) {
 		}
 		fresh.Close()
 	}
-	e.srv.mu.Lock()
-	busy := e.srv.handshakes
-	e.srv.mu.Unlock()
-	if busy > e.srv.cfg.MaxHandshakes {
+	if busy := e.srv.handshaking(); busy > e.srv.cfg.MaxHandshakes {
 		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
 	}
 	// The first new client takes an evicted handshake's slot and gives it back when its own

@@ -177,11 +177,7 @@ func TestShutdownSendsLateHandshakesAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	waitFor(t, "the server to take the connection", func() bool {
-		e.srv.mu.Lock()
-		defer e.srv.mu.Unlock()
-		return e.srv.handshakes == 1
-	})
+	waitFor(t, "the server to take the connection", func() bool { return e.srv.handshaking() == 1 })
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

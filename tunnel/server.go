@@ -141,13 +141,12 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu         sync.Mutex
-	conns      map[*h2conn]struct{}
-	listeners  map[net.Listener]struct{}
-	peers      map[netip.Addr]*peerState
-	handshakes int
-	// inHandshake holds the connections counted in handshakes, with when each was accepted: a
-	// full table evicts the oldest (HandshakeEvictAfter).
+	mu        sync.Mutex
+	conns     map[*h2conn]struct{}
+	listeners map[net.Listener]struct{}
+	peers     map[netip.Addr]*peerState
+	// inHandshake holds the connections in their handshake (each holding one of MaxHandshakes
+	// slots), with when each was accepted: a full table evicts the oldest (HandshakeEvictAfter).
 	inHandshake map[net.Conn]time.Time
 	closed      bool
 	wg          sync.WaitGroup
@@ -311,10 +310,9 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	switch {
 	case p != nil && p.conns >= s.cfg.MaxConnsPerPeer:
 		r = ReasonTooManyConns
-	case s.handshakes >= s.cfg.MaxHandshakes:
+	case len(s.inHandshake) >= s.cfg.MaxHandshakes:
 		if evicted = s.oldestHandshakeLocked(now); evicted != nil {
 			delete(s.inHandshake, evicted)
-			s.handshakes--
 		} else {
 			r = ReasonTooManyHandshakes
 		}
@@ -325,7 +323,6 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 			s.peers[addr] = p
 		}
 		p.conns++
-		s.handshakes++
 		s.inHandshake[nc] = now
 	}
 	s.mu.Unlock()
@@ -378,11 +375,15 @@ func (s *Server) evicted(nc net.Conn) bool {
 // gave it up already).
 func (s *Server) handshakeDone(nc net.Conn) {
 	s.mu.Lock()
-	if _, ok := s.inHandshake[nc]; ok {
-		delete(s.inHandshake, nc)
-		s.handshakes--
-	}
+	delete(s.inHandshake, nc)
 	s.mu.Unlock()
+}
+
+// handshaking returns how many connections are in their handshake.
+func (s *Server) handshaking() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.inHandshake)
 }
 
 // release gives back the peer's connection slot.
@@ -659,9 +660,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		// Handshakes in progress finish too: their connections are sent away (serveConn).
-		s.mu.Lock()
-		busy := s.handshakes
-		s.mu.Unlock()
+		busy := s.handshaking()
 		for _, c := range conns {
 			busy += c.load()
 		}
