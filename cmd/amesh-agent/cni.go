@@ -48,23 +48,10 @@ func keepCNIContainer(args []string) int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	if *plugin == "" {
-		self, err := os.Executable()
-		if err != nil {
-			log.Error("cannot start", "err", err)
-			return 1
-		}
-		*plugin = filepath.Join(filepath.Dir(self), "amesh-cni")
-	}
 	ic := cniplugin.InstallConfig{BinDir: *binDir, ConfDir: *confDir, PluginBinary: *plugin, AgentSocket: *socket, Kubeconfig: *pluginKubeconfig}
-	var sa *cniplugin.ServiceAccount
-	if *pluginKubeconfig == "" {
-		s, err := cniplugin.InClusterServiceAccount()
-		if err != nil {
-			log.Error("cannot start: without --plugin-kubeconfig keep-cni needs the in-cluster service account", "err", err)
-			return 2
-		}
-		sa = &s
+	sa, code := keeperSetup(&ic, "keep-cni", log)
+	if code != 0 {
+		return code
 	}
 	var dyn dynamic.Interface
 	if *pod != "" {
@@ -93,6 +80,41 @@ func keepCNIContainer(args []string) int {
 	}
 	log.Info("uninstalled: amesh-cni is off the node's CNI configuration", "conf_dir", *confDir)
 	return 0
+}
+
+// pluginBeside returns path, or, when it is empty, amesh-cni beside this program (the image
+// ships both).
+func pluginBeside(path string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(self), "amesh-cni"), nil
+}
+
+// keeperSetup completes ic for cniplugin.Keep (the plugin binary's default) and returns the
+// service account whose token Keep writes into the plugin's kubeconfig: this pod's, unless the
+// plugin has a kubeconfig of its own (ic.Kubeconfig). A non-zero code means exit with it; what
+// names, in the error, the mode that needs the account.
+func keeperSetup(ic *cniplugin.InstallConfig, what string, log *slog.Logger) (*cniplugin.ServiceAccount, int) {
+	plugin, err := pluginBeside(ic.PluginBinary)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return nil, 1
+	}
+	ic.PluginBinary = plugin
+	if ic.Kubeconfig != "" {
+		return nil, 0
+	}
+	sa, err := cniplugin.InClusterServiceAccount()
+	if err != nil {
+		log.Error("cannot start: "+what+" without --plugin-kubeconfig needs the in-cluster service account", "err", err)
+		return nil, 2
+	}
+	return &sa, 0
 }
 
 // installationDeleted says whether pod's DaemonSet is gone (`kubectl delete -k deploy/`), which

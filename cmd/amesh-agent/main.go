@@ -309,22 +309,9 @@ func agentConfig(o *options, log *slog.Logger) (agent.Config, int) {
 // keepCNI is --cni-conf-dir: it keeps amesh-cni chained, and its kubeconfig fresh, until ctx ends.
 func keepCNI(ctx context.Context, o *options, socket string, log *slog.Logger) int {
 	ic := cniplugin.InstallConfig{BinDir: *o.keepBin, ConfDir: *o.keepConf, PluginBinary: *o.pluginBin, AgentSocket: socket, Kubeconfig: *o.pluginKubeconfig}
-	if ic.PluginBinary == "" {
-		self, err := os.Executable()
-		if err != nil {
-			log.Error("cannot start", "err", err)
-			return 1
-		}
-		ic.PluginBinary = filepath.Join(filepath.Dir(self), "amesh-cni")
-	}
-	var sa *cniplugin.ServiceAccount
-	if *o.pluginKubeconfig == "" {
-		s, err := cniplugin.InClusterServiceAccount()
-		if err != nil {
-			log.Error("cannot start: --cni-conf-dir without --plugin-kubeconfig needs the in-cluster service account", "err", err)
-			return 2
-		}
-		sa = &s
+	sa, code := keeperSetup(&ic, "--cni-conf-dir", log)
+	if code != 0 {
+		return code
 	}
 	go cniplugin.Keep(ctx, ic, sa, *o.hostConf, *o.keepEvery, log)
 	return 0
@@ -362,15 +349,12 @@ func installCNI(verb string, args []string) int {
 		}
 		return 2
 	}
-	if *plugin == "" {
-		self, err := os.Executable()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
-			return 1
-		}
-		*plugin = filepath.Join(filepath.Dir(self), "amesh-cni")
+	pluginBin, err := pluginBeside(*plugin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "amesh-agent:", err)
+		return 1
 	}
-	cfg := cniplugin.InstallConfig{BinDir: *binDir, ConfDir: *confDir, PluginBinary: *plugin, AgentSocket: *socket}
+	cfg := cniplugin.InstallConfig{BinDir: *binDir, ConfDir: *confDir, PluginBinary: pluginBin, AgentSocket: *socket}
 	if verb == "uninstall-cni" {
 		if err := cniplugin.Uninstall(cfg); err != nil {
 			fmt.Fprintln(os.Stderr, "amesh-agent:", err)
