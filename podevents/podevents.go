@@ -45,10 +45,10 @@ type Pod struct {
 	Namespace, Name, UID string
 }
 
+// event is a Warning Event waiting to be posted (the only type a Recorder posts).
 type event struct {
 	pod          Pod
-	kind, reason string
-	note         string
+	reason, note string
 	at           time.Time
 }
 
@@ -59,7 +59,7 @@ type Recorder struct {
 	component string
 	host      string
 	log       *slog.Logger
-	// Interval is how long after an Event for a pod and reason another for the same is skipped.
+	// interval: how long after an Event for a pod and reason another for the same is skipped.
 	interval time.Duration
 	limiter  *rate.Limiter
 	queue    chan event
@@ -123,6 +123,11 @@ func (r *Recorder) Warning(pod Pod, reason, note string) {
 				delete(r.last, k)
 			}
 		}
+		if len(r.last) >= maxKeys {
+			// All recent: forget them all rather than grow past the bound (at worst one more
+			// Event for each of those pods).
+			clear(r.last)
+		}
 	}
 	r.last[key] = now
 	r.mu.Unlock()
@@ -130,7 +135,7 @@ func (r *Recorder) Warning(pod Pod, reason, note string) {
 		note = note[:maxNote-3] + "..."
 	}
 	select {
-	case r.queue <- event{pod: pod, kind: corev1.EventTypeWarning, reason: reason, note: note, at: now}:
+	case r.queue <- event{pod: pod, reason: reason, note: note, at: now}:
 	default:
 		r.dropped.Add(1)
 	}
@@ -179,7 +184,7 @@ func (r *Recorder) post(ctx context.Context, ev event) error {
 		InvolvedObject: corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: ev.pod.Namespace, Name: ev.pod.Name, UID: types.UID(ev.pod.UID)},
 		Reason:         ev.reason,
 		Message:        ev.note,
-		Type:           ev.kind,
+		Type:           corev1.EventTypeWarning,
 		Source:         corev1.EventSource{Component: r.component, Host: r.host},
 		FirstTimestamp: ts,
 		LastTimestamp:  ts,

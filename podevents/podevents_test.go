@@ -1,6 +1,7 @@
 package podevents
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,21 @@ func TestWarningTruncatesNote(t *testing.T) {
 	ev := <-r.queue
 	if len(ev.note) != maxNote || !strings.HasSuffix(ev.note, "...") {
 		t.Errorf("note of %d bytes ending %q, want %d ending ...", len(ev.note), ev.note[len(ev.note)-5:], maxNote)
+	}
+}
+
+// TestKeysStayBounded: the record of what was reported stays bounded, also when every entry
+// is recent.
+func TestKeysStayBounded(t *testing.T) {
+	r := New(nil, Config{Interval: time.Hour})
+	for i := range maxKeys + 100 {
+		r.Warning(Pod{Namespace: "ns", Name: "p", UID: fmt.Sprint(i)}, "R", "x")
+		for len(r.queue) > 0 {
+			<-r.queue
+		}
+	}
+	if n := len(r.last); n > maxKeys {
+		t.Errorf("%d keys remembered, bound %d", n, maxKeys)
 	}
 }
 
