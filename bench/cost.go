@@ -51,6 +51,14 @@ type CostResult struct {
 	Done    int     `json:"requests"`
 	Failed  int     `json:"failed"`
 	Achieve float64 `json:"achieved_rps"`
+	// What the proxies of both nodes did per completed request (a request crosses two proxies:
+	// the client's and the server's sidecar, or both nodes' agents): CPU, read- and write-like
+	// system calls, and their threads' context switches. They say where the CPU goes: the same
+	// reads and writes of the same sockets, or the work around them.
+	CPUPerReq      float64 `json:"proxy_cpu_us_per_request"`
+	KernelPerReq   float64 `json:"proxy_kernel_cpu_us_per_request"`
+	IOPerReq       float64 `json:"proxy_io_syscalls_per_request"`
+	SwitchesPerReq float64 `json:"proxy_context_switches_per_request"`
 }
 
 // costPorts: the apps' echo (the suite's), and in sidecar mode each pod's outbound proxy on its
@@ -321,10 +329,11 @@ func costRun(ctx context.Context, l *lab.Lab, n, rate int, d time.Duration, prox
 			return r, fmt.Errorf("client in %s: %w", c.pod.Name, err)
 		}
 	}
-	cpu0 := procsCPU(proxies)
+	act0 := procsActivity(proxies)
 	res := offer(ctx, conns, rate, d)
 	elapsed := res.elapsed.Seconds()
-	cpu := procsCPU(proxies) - cpu0
+	act := procsActivity(proxies)
+	cpu := act.CPUSeconds - act0.CPUSeconds
 	r.CPU = cpu / elapsed / 2
 	r.Failed = res.failed
 	for _, pids := range proxies {
@@ -342,17 +351,28 @@ func costRun(ctx context.Context, l *lab.Lab, n, rate int, d time.Duration, prox
 	}
 	r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
 	r.Achieve = float64(len(lat)) / elapsed
+	done := float64(len(lat))
+	r.CPUPerReq = cpu * 1e6 / done
+	r.KernelPerReq = (act.KernelSeconds - act0.KernelSeconds) * 1e6 / done
+	r.IOPerReq = (act.IOSyscalls - act0.IOSyscalls) / done
+	r.SwitchesPerReq = (act.CtxSwitches - act0.CtxSwitches) / done
 	if r.Failed > 0 {
 		return r, fmt.Errorf("%d clients failed", r.Failed)
 	}
 	return r, nil
 }
 
-// procsCPU is the user+system CPU seconds of the processes.
-func procsCPU(byNode map[string][]int) float64 {
-	total := 0.0
+// procsActivity is the processes' Activity, summed.
+func procsActivity(byNode map[string][]int) lab.Activity {
+	var total lab.Activity
 	for _, pids := range byNode {
-		total += pidsCPU(pids)
+		for _, pid := range pids {
+			a := lab.ActivityOf(pid)
+			total.CPUSeconds += a.CPUSeconds
+			total.KernelSeconds += a.KernelSeconds
+			total.IOSyscalls += a.IOSyscalls
+			total.CtxSwitches += a.CtxSwitches
+		}
 	}
 	return total
 }
@@ -384,6 +404,20 @@ func writeCost(outDir string, d time.Duration, rs []CostResult) error {
 			ratios = fmt.Sprintf("%.2f | %.2f | %.2f", r.CPU/s.CPU, r.RSSMiB/s.RSSMiB, r.P50/s.P50)
 		}
 		fmt.Fprintf(&b, "| %d | %d | %s | %d | %.3f | %.1f | %.0f | %.0f | %.0f | %s |\n", r.Pods, r.Rate, r.Mode, r.Procs, r.CPU, r.RSSMiB, r.P50, r.P99, r.Achieve, ratios)
+	}
+	b.WriteString("\nWhat the proxies did per request (both nodes' proxies, a request crossing two of them): CPU, of it in the kernel (stime), read- and write-like system calls (/proc/PID/io), their threads' context switches. amesh's kernel CPU ÷ the sidecars' CPU is the lowest amesh's CPU ratio could reach on this data path if its user-space work cost nothing:\n\n")
+	b.WriteString("| pods/node | total RPS | mode | proxy CPU µs/request | in the kernel µs/request | I/O syscalls/request | context switches/request | CPU µs per I/O syscall | kernel ÷ sidecars' CPU |\n")
+	b.WriteString("|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rs {
+		perIO := 0.0
+		if r.IOPerReq > 0 {
+			perIO = r.CPUPerReq / r.IOPerReq
+		}
+		floor := "–"
+		if s := find("sidecars", r.Pods, r.Rate); r.Mode == "amesh" && s != nil && s.CPUPerReq > 0 {
+			floor = fmt.Sprintf("%.2f", r.KernelPerReq/s.CPUPerReq)
+		}
+		fmt.Fprintf(&b, "| %d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.2f | %s |\n", r.Pods, r.Rate, r.Mode, r.CPUPerReq, r.KernelPerReq, r.IOPerReq, r.SwitchesPerReq, perIO, floor)
 	}
 	if err := os.WriteFile(filepath.Join(outDir, "cost.md"), []byte(b.String()), 0o644); err != nil {
 		return err

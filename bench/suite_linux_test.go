@@ -134,6 +134,11 @@ func TestCostRuns(t *testing.T) {
 	if r.Mode != "amesh" || r.Pods != 3 || r.Procs != 1 || r.RSSMiB <= 0 || r.P50 <= 0 || r.P99 < r.P50 || r.Done < 100 || r.Failed != 0 {
 		t.Errorf("amesh row %+v", r)
 	}
+	// Each request crosses both agents, and each reads it, writes it on, reads the answer and
+	// writes it back: fewer I/O system calls than that, and the counters were not the agents'.
+	if r.IOPerReq < 8 || r.KernelPerReq > r.CPUPerReq || r.SwitchesPerReq <= 0 {
+		t.Errorf("per request: %.1f I/O syscalls (want >= 8), %.1f of %.1f CPU µs in the kernel, %.1f context switches", r.IOPerReq, r.KernelPerReq, r.CPUPerReq, r.SwitchesPerReq)
+	}
 	for _, f := range []string{"cost.md", "cost.png"} {
 		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)

@@ -90,6 +90,53 @@ func CPUSeconds(pid int) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
+// Activity is what a process has done so far, as the kernel counts it: the CPU seconds it used
+// and, of them, those in the kernel (utime + stime and stime of /proc/PID/stat, every thread), its read- and write-like system calls
+// (syscr + syscw of /proc/PID/io, every thread) and the context switches of its threads alive
+// now (voluntary + involuntary, /proc/PID/task/*/status). All are zero for a process that is
+// gone.
+type Activity struct {
+	CPUSeconds    float64
+	KernelSeconds float64
+	IOSyscalls    float64
+	CtxSwitches   float64
+}
+
+// ActivityOf reads pid's Activity.
+func ActivityOf(pid int) Activity {
+	var a Activity
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		a.CPUSeconds, a.KernelSeconds = (ut+st)/100, st/100 // USER_HZ
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "syscr" || k == "syscw" {
+				n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				a.IOSyscalls += n
+			}
+		}
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				a.CtxSwitches += n
+			}
+		}
+	}
+	return a
+}
+
 // SettledRSS is each pid's RSS (MiB) once their sum stopped moving (a second apart within 1 %,
 // at most ten tries): connections just opened, or a heap just grown, are still settling.
 func SettledRSS(pids []int) []float64 {
