@@ -1088,6 +1088,85 @@ func TestAttackStalledHandshakesManyPeers(t *testing.T) {
 	probe(t, e, "after")
 }
 
+// TestAttackHandshakeChurn (class 6, "too often"): peers on two addresses hold every handshake
+// slot (64 each, their connection cap) and keep each one young, closing it after 100 ms and
+// opening another at once, so no stalled handshake ever runs HandshakeEvictAfter (1 s). A new
+// client from a third address must still complete its handshake and a stream within
+// probeLimit, each of five times: a full table makes room at the expense of the source holding
+// the most slots, however fast it replaces them.
+func TestAttackHandshakeChurn(t *testing.T) {
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) { c.HandshakeTimeout = 20 * time.Second }})
+	probe(t, e, "before")
+	base := measure()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			type held struct {
+				nc net.Conn
+				at time.Time
+			}
+			var conns []held
+			defer func() {
+				for _, h := range conns {
+					h.nc.Close()
+				}
+			}()
+			// Bounded: at most 30 s of churn, and it stops when the test does.
+			for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				kept := conns[:0]
+				for _, h := range conns {
+					if time.Since(h.at) > 100*time.Millisecond {
+						h.nc.Close()
+					} else {
+						kept = append(kept, h)
+					}
+				}
+				conns = kept
+				for _, nc := range tcpFrom(e, from, e.srv.cfg.MaxConnsPerPeer-len(conns)) {
+					conns = append(conns, held{nc, time.Now()})
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	waitFor(t, "every handshake slot taken", func() bool { return e.srv.handshaking() == e.srv.cfg.MaxHandshakes })
+	for i := range 5 {
+		fresh := e.newClient(e.src, nil)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
+		st, err := fresh.Dial(ctx, e.target())
+		cancel()
+		if err != nil {
+			t.Errorf("new client %d during the churn: %v (counted %v)", i, err, e.srv.Counters().Snapshot())
+		} else {
+			t.Logf("new client %d: handshake and stream in %v", i, time.Since(start).Round(time.Microsecond))
+			st.Close()
+		}
+		fresh.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+	if busy := e.srv.handshaking(); busy > e.srv.cfg.MaxHandshakes {
+		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
+	}
+	t.Logf("counted: %v", e.srv.Counters().Snapshot())
+	close(stop)
+	wg.Wait()
+	stop = make(chan struct{})
+	backToBaseline(t, base, 5*time.Second)
+	probe(t, e, "after")
+}
+
 // TestAttackExpiredCert (class 9): a connection authenticated with a certificate that has
 // since expired takes no new stream and is closed.
 func TestAttackExpiredCert(t *testing.T) {

@@ -88,11 +88,12 @@ type ServerConfig struct {
 	// accept. 128 when zero: a handshake in progress costs ~25 KiB (measured with the
 	// connection) and ~1 ms of CPU, so 128 at once hold ~3 MiB.
 	MaxHandshakes int
-	// HandshakeEvictAfter: when all MaxHandshakes slots are taken, a new connection closes the
-	// oldest handshake in progress if that one has run this long, instead of being refused: a
-	// TLS 1.3 handshake takes a round trip and ~1 ms of CPU, so one still going after this is
-	// stalled, and peers stalling handshakes from many addresses cannot lock everyone else out
-	// for HandshakeTimeout. 1 s when zero.
+	// HandshakeEvictAfter: when all MaxHandshakes slots are taken and no source IP holds an
+	// unfair share of them (victimLocked), a new connection closes the oldest handshake in
+	// progress if that one has run this long, instead of being refused: a TLS 1.3 handshake
+	// takes a round trip and ~1 ms of CPU, so one still going after this is stalled, and peers
+	// stalling handshakes from many addresses cannot lock everyone else out for
+	// HandshakeTimeout. 1 s when zero.
 	HandshakeEvictAfter time.Duration
 	// MaxEarlyResets is how many streams a connection may reset before their response (or have
 	// refused for the stream cap) before it is cut with GOAWAY ENHANCE_YOUR_CALM, once they are
@@ -146,10 +147,16 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	peers     map[netip.Addr]*peerState
 	// inHandshake holds the connections in their handshake (each holding one of MaxHandshakes
-	// slots), with when each was accepted: a full table evicts the oldest (HandshakeEvictAfter).
-	inHandshake map[net.Conn]time.Time
+	// slots), with when and from where each was accepted: a full table makes room (victimLocked).
+	inHandshake map[net.Conn]handshakeSlot
 	closed      bool
 	wg          sync.WaitGroup
+}
+
+// handshakeSlot is one connection's place in the handshake table.
+type handshakeSlot struct {
+	at   time.Time
+	from netip.Addr
 }
 
 // peerState is what one source IP holds on the server, for its budgets.
@@ -196,7 +203,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: map[*h2conn]struct{}{},
-		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}, inHandshake: map[net.Conn]time.Time{}}, nil
+		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}, inHandshake: map[net.Conn]handshakeSlot{}}, nil
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -299,7 +306,7 @@ func temporaryAccept(err error) bool {
 
 // admit applies the per-peer connection and the handshake budgets to an accepted connection,
 // closing it when over; on success the peer's count and a handshake slot are held for it. With
-// every slot taken, the oldest handshake gives its slot up if it has run HandshakeEvictAfter.
+// every slot taken, a handshake in progress may give its slot up (victimLocked).
 func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	addr := remoteIP(nc)
 	now := time.Now()
@@ -311,7 +318,7 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	case p != nil && p.conns >= s.cfg.MaxConnsPerPeer:
 		r = ReasonTooManyConns
 	case len(s.inHandshake) >= s.cfg.MaxHandshakes:
-		if evicted = s.oldestHandshakeLocked(now); evicted != nil {
+		if evicted = s.victimLocked(addr, now); evicted != nil {
 			delete(s.inHandshake, evicted)
 		} else {
 			r = ReasonTooManyHandshakes
@@ -323,7 +330,7 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 			s.peers[addr] = p
 		}
 		p.conns++
-		s.inHandshake[nc] = now
+		s.inHandshake[nc] = handshakeSlot{at: now, from: addr}
 	}
 	s.mu.Unlock()
 	if evicted != nil {
@@ -346,21 +353,42 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	return p, true
 }
 
-// oldestHandshakeLocked returns the handshake in progress accepted first, if it has run
-// HandshakeEvictAfter by now; nil otherwise. A scan: it runs only with the table full, and the
-// table is MaxHandshakes long.
-func (s *Server) oldestHandshakeLocked(now time.Time) net.Conn {
+// victimLocked picks the handshake in progress that a new connection from addr closes when every
+// slot is taken, or nil (the newcomer is refused):
+//   - the oldest handshake of the source holding the most slots, if it holds at least two more
+//     than addr does: no source keeps the others out by holding many, however fast it replaces
+//     them with young ones (TestAttackHandshakeChurn), and sources holding as many as each other
+//     never close each other's;
+//   - else the oldest of all, once it has run HandshakeEvictAfter: a real TLS 1.3 handshake takes a
+//     round trip, so one still going is stalled, even when many sources stall one each.
+//
+// A scan: it runs only with the table full, and the table is MaxHandshakes long.
+func (s *Server) victimLocked(addr netip.Addr, now time.Time) net.Conn {
+	held := map[netip.Addr]int{}
+	firstOf := map[netip.Addr]net.Conn{}
 	var oldest net.Conn
-	var at time.Time
-	for c, t := range s.inHandshake {
-		if oldest == nil || t.Before(at) {
-			oldest, at = c, t
+	for c, h := range s.inHandshake {
+		held[h.from]++
+		if f, ok := firstOf[h.from]; !ok || h.at.Before(s.inHandshake[f].at) {
+			firstOf[h.from] = c
+		}
+		if oldest == nil || h.at.Before(s.inHandshake[oldest].at) {
+			oldest = c
 		}
 	}
-	if oldest == nil || now.Sub(at) < s.cfg.HandshakeEvictAfter {
-		return nil
+	var top netip.Addr
+	for a, n := range held {
+		if n > held[top] {
+			top = a
+		}
 	}
-	return oldest
+	switch {
+	case held[top] >= held[addr]+2:
+		return firstOf[top]
+	case oldest != nil && now.Sub(s.inHandshake[oldest].at) >= s.cfg.HandshakeEvictAfter:
+		return oldest
+	}
+	return nil
 }
 
 // evicted says whether nc, in its handshake, lost its slot to a newer connection.
