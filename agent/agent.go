@@ -136,14 +136,16 @@ type Agent struct {
 	cniPods    cniRegistry
 	netnsCache netns.Scanner
 	// ambiguousNetns: pods whose IP several namespaces hold, already warned of (reconcile's
-	// goroutine only); ambiguousPods is its size, for the metrics.
-	ambiguousNetns map[string]bool
-	ambiguousPods  atomic.Int64
-	synced         atomic.Bool // the state has been reconciled once
-	src            identity.NodeSource
-	red            *redirect.Redirector
-	srv            *tunnel.Server
-	cli            *tunnel.Client
+	// goroutine only); ambiguousPods is its size, for the metrics. unresolvedNetns: the mesh
+	// pods of the node whose namespace the last reconcile could not find or choose.
+	ambiguousNetns  map[string]bool
+	ambiguousPods   atomic.Int64
+	unresolvedNetns atomic.Int64
+	synced          atomic.Bool // the state has been reconciled once
+	src             identity.NodeSource
+	red             *redirect.Redirector
+	srv             *tunnel.Server
+	cli             *tunnel.Client
 
 	mu         sync.Mutex
 	pods       map[string]*pod  // by workload UID
@@ -479,8 +481,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		ktls = err.Error()
 	}
 	a.log.Info("agent started", "pin_dir", a.cfg.PinDir, "state", source, "same_node", a.cfg.SameNode, "tls", "user", "kernel_tls", ktls)
-	// A failed enrollment (a netns not there yet, a transient kernel error) is retried with
-	// backoff, not left until the next state change, which may never come for a running pod.
+	// A failed enrollment (a netns not there yet, a transient kernel error), or a pod whose
+	// namespace could not be found or chosen (TestAmbiguousNetns), is retried with backoff, not
+	// left until the next state change, which may never come for a running pod.
 	var retry enrollRetry
 	for {
 		select {
@@ -516,7 +519,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				handoffServed = true
 				a.serveHandoff(runCtx)
 			}
-			retry.after(a.failedEnrollments())
+			retry.after(a.pendingEnrollments())
 		case id := <-revoked:
 			if a.cfg.SameNode == SameNodeKernel {
 				// Cached kernel-path verdicts of the identity's pods would let new connections
@@ -529,7 +532,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("identity revoked: its open connections ended", "id", id.String(), "count", n)
 		case <-retry.c:
 			a.reconcile(runCtx, a.store.Load())
-			retry.after(a.failedEnrollments())
+			retry.after(a.pendingEnrollments())
 		case <-a.cniPods.changed:
 			// amesh-cni reported a pod: its IPs are in the next State (Kubernetes) or its netns
 			// resolves now (either source).

@@ -88,14 +88,18 @@ func podFrom(ctx context.Context) *pod {
 func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	want := map[string]*workload.Workload{}
 	ambiguous := map[string]bool{} // what ambiguousNetns becomes: pods that left are not counted
+	unresolved := 0
 	for _, w := range st.WorkloadsOnNode(a.cfg.Node) {
 		if !w.Enrolled() || len(w.IPs) == 0 {
 			continue
 		}
-		resolved, cands := a.withNetns(w)
+		resolved, cands, pending := a.withNetns(w)
 		if resolved != nil {
 			want[w.UID] = resolved
 			continue
+		}
+		if pending {
+			unresolved++
 		}
 		if len(cands) > 0 {
 			ambiguous[w.UID] = true
@@ -106,6 +110,7 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 	}
 	a.ambiguousNetns = ambiguous
 	a.ambiguousPods.Store(int64(len(ambiguous)))
+	a.unresolvedNetns.Store(int64(unresolved))
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.released.Load() || a.handingOver.Load() {
@@ -175,14 +180,15 @@ func (a *Agent) setProbes(w *workload.Workload) {
 // withNetns returns w with the path of its network namespace: the state's, else what amesh-cni
 // reported, else the namespace found holding its IP; nil when none is known (yet) or CNI DEL
 // came for it, with the namespaces that hold its IP when it is not known because none of them
-// could be chosen. The State's workloads are shared, so a resolved one is a copy.
-func (a *Agent) withNetns(w *workload.Workload) (*workload.Workload, []string) {
+// could be chosen. pending says a later look may find it (not known yet, or ambiguous), so that
+// the caller looks again. The State's workloads are shared, so a resolved one is a copy.
+func (a *Agent) withNetns(w *workload.Workload) (resolved *workload.Workload, cands []string, pending bool) {
 	if w.Netns != "" {
-		return w, nil
+		return w, nil, false
 	}
 	reported, ok := a.cniPods.lookup(w.UID)
 	if ok && reported.deleted {
-		return nil, nil
+		return nil, nil, false
 	}
 	path := reported.netns
 	if path == "" {
@@ -190,14 +196,14 @@ func (a *Agent) withNetns(w *workload.Workload) (*workload.Workload, []string) {
 	}
 	if path == "" {
 		if cands := a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
-			return nil, cands
+			return nil, cands, true
 		}
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)
-		return nil, nil
+		return nil, nil, true
 	}
 	c := *w
 	c.Netns = path
-	return &c, nil
+	return &c, nil, false
 }
 
 // enrollLocked puts a workload in the mesh in the order DESIGN §6 gives: listeners in its netns
@@ -320,6 +326,13 @@ func (a *Agent) failedEnrollments() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.enrollErrs)
+}
+
+// pendingEnrollments returns how many of the node's mesh pods a later reconcile may still
+// enroll: those whose enrollment failed, and those whose namespace was not found or was
+// ambiguous (withNetns). Run's retry looks again while it is not zero.
+func (a *Agent) pendingEnrollments() int {
+	return a.failedEnrollments() + int(a.unresolvedNetns.Load())
 }
 
 // readiness says whether the agent is ready, and why not: the state reconciled once and every

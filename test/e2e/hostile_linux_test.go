@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -82,6 +83,72 @@ func TestEnrollRetry(t *testing.T) {
 	testenv.WaitFor(t, "node2 ready again", 5*time.Second, func() bool { return strings.HasSuffix(c.readiness("node2"), " 200") })
 	if out, err := c.curl("web", c.url("other")); err != nil || !strings.Contains(out, "hello from other") {
 		t.Fatalf("web -> other after the retry: %q, %v", out, err)
+	}
+}
+
+// TestAmbiguousNetns: a pod the agent has no namespace path for (none in the state, no CNI
+// report: a pod that ran before amesh was installed, say) is found by the namespace holding its
+// IP. A hostile pod of the same node puts that IP on its own eth0 first, so two namespaces
+// attached to the node hold it: the agent cannot tell which is the pod's and enrolls neither
+// (enrolling the wrong one would steer the pod's traffic into the hostile pod), says so once in
+// its log and in amesh_netns_ambiguous_pods, and the pod's traffic is refused. Once the hostile
+// pod lets the IP go, the agent enrols the pod by itself, with no change of the state.
+func TestAmbiguousNetns(t *testing.T) {
+	c := newCluster(t, "--metrics-addr", metricsAddr)
+	other, squatter, node2 := c.lab.Pod("other"), c.lab.Pod("perm"), c.lab.Node("node2")
+	uid := other.Namespace + "/" + other.Name
+	ip := func(args ...string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if out, err := c.lab.Command(ctx, squatter.Netns, "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v in %s: %v: %s", args, squatter.Name, err, out)
+		}
+	}
+	ambiguous := func() float64 {
+		v, _ := sum(scrape(t, node2), "amesh_netns_ambiguous_pods", nil)
+		return v
+	}
+	const warning = "pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)"
+	warnings := func() int {
+		n := 0
+		for _, l := range c.logLines("node2") {
+			if l["msg"] == warning && l["pod"] == uid {
+				n++
+			}
+		}
+		return n
+	}
+
+	ip("addr", "add", other.IP.String()+"/32", "dev", "eth0")
+	unnamed := func(b []byte) []byte {
+		return bytes.Replace(b, []byte("netns: "+strconv.Quote(other.Netns)), []byte(`netns: ""`), 1)
+	}
+	if err := c.lab.WriteStateWith(c.state, unnamed, services, policies); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "the agent to find "+uid+" ambiguous", 10*time.Second, func() bool { return ambiguous() == 1 && warnings() > 0 })
+	if out, err := c.curl("web", c.url("other")); err == nil {
+		t.Fatalf("web -> other while its namespace is ambiguous: %q, want refused", out)
+	}
+	time.Sleep(2 * time.Second) // retries look again meanwhile: still one warning
+	if n := warnings(); n != 1 || ambiguous() != 1 {
+		t.Fatalf("%d warnings for %s and amesh_netns_ambiguous_pods %v while it stays ambiguous, want 1 and 1", n, uid, ambiguous())
+	}
+
+	mark := len(c.logLines("node2"))
+	ip("addr", "del", other.IP.String()+"/32", "dev", "eth0")
+	start := time.Now()
+	testenv.WaitFor(t, uid+" enrolled once its IP is its own again", 40*time.Second, func() bool {
+		lines := c.logLines("node2")
+		return len(lines) > mark && anyLine(lines[mark:], map[string]string{"msg": "pod enrolled", "pod": uid})
+	})
+	t.Logf("enrolled %v after the squatter let the IP go", time.Since(start).Round(time.Millisecond))
+	if v := ambiguous(); v != 0 {
+		t.Errorf("amesh_netns_ambiguous_pods %v once resolved, want 0", v)
+	}
+	if out, err := c.curl("web", c.url("other")); err != nil || !strings.Contains(out, "hello from other") {
+		t.Fatalf("web -> other once enrolled: %q, %v", out, err)
 	}
 }
 
