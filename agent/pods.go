@@ -104,7 +104,7 @@ func (a *Agent) reconcile(ctx context.Context, st *workload.State) {
 		if len(cands) > 0 {
 			ambiguous[w.UID] = true
 			if !a.ambiguousNetns[w.UID] { // once per pod: reconcile runs on every State
-				a.log.Warn("pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
+				a.log.Warn("pod not enrolled: several network namespaces hold its IP and not exactly one of them is attached to this node (report it by CNI)", "pod", w.UID, "ips", w.IPs, "namespaces", cands)
 			}
 		}
 	}

@@ -109,7 +109,7 @@ func TestAmbiguousNetns(t *testing.T) {
 		v, _ := sum(scrape(t, node2), "amesh_netns_ambiguous_pods", nil)
 		return v
 	}
-	const warning = "pod not enrolled: several network namespaces hold its IP and none is attached to this node (report it by CNI)"
+	const warning = "pod not enrolled: several network namespaces hold its IP and not exactly one of them is attached to this node (report it by CNI)"
 	warnings := func() int {
 		n := 0
 		for _, l := range c.logLines("node2") {
