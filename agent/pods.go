@@ -195,7 +195,7 @@ func (a *Agent) withNetns(w *workload.Workload) (resolved *workload.Workload, ca
 		path = a.netnsCache.Find(w.IPs)
 	}
 	if path == "" {
-		if cands := a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
+		if cands = a.netnsCache.Ambiguous(w.IPs); len(cands) > 0 {
 			return nil, cands, true
 		}
 		a.log.Debug("pod's network namespace not known yet", "pod", w.UID, "ips", w.IPs)

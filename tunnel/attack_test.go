@@ -1031,6 +1031,27 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	probe(t, e, "after")
 }
 
+// newClientsServed dials n new clients one after the other (each a fresh TLS handshake, gap
+// apart), during an attack on the handshake table: each must get its stream within probeLimit.
+func newClientsServed(t *testing.T, e *env, n int, gap time.Duration) {
+	t.Helper()
+	for i := range n {
+		fresh := e.newClient(e.src, nil)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
+		st, err := fresh.Dial(ctx, e.target())
+		cancel()
+		if err != nil {
+			t.Errorf("new client %d during the attack: %v (counted %v)", i, err, e.srv.Counters().Snapshot())
+		} else {
+			t.Logf("new client %d: handshake and stream in %v", i, time.Since(start).Round(time.Microsecond))
+			st.Close()
+		}
+		fresh.Close()
+		time.Sleep(gap)
+	}
+}
+
 // TestAttackStalledHandshakesManyPeers: peers on three addresses stall 64 handshakes each, 192
 // together, more than the server's 128 slots. A new client must still complete its handshake
 // within probeLimit: a full table makes room by closing the oldest handshake that has run
@@ -1055,20 +1076,7 @@ func TestAttackStalledHandshakesManyPeers(t *testing.T) {
 	waitFor(t, "every handshake slot taken", func() bool { return e.srv.handshaking() == e.srv.cfg.MaxHandshakes })
 	time.Sleep(2 * e.srv.cfg.HandshakeEvictAfter) // the stalled ones are old enough to go
 	heapGrowth(t, fmt.Sprintf("%d stalled handshakes from 3 peers", len(conns)), base, peerBudget)
-	for i := range 3 { // new clients one after the other, each a fresh handshake
-		fresh := e.newClient(e.src, nil)
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
-		st, err := fresh.Dial(ctx, e.target())
-		cancel()
-		if err != nil {
-			t.Errorf("new client %d during the attack: %v (counted %v)", i, err, e.srv.Counters().Snapshot())
-		} else {
-			t.Logf("new client %d: handshake and stream in %v", i, time.Since(start).Round(time.Microsecond))
-			st.Close()
-		}
-		fresh.Close()
-	}
+	newClientsServed(t, e, 3, 0)
 	if busy := e.srv.handshaking(); busy > e.srv.cfg.MaxHandshakes {
 		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
 	}
@@ -1141,21 +1149,7 @@ func TestAttackHandshakeChurn(t *testing.T) {
 		wg.Wait()
 	}()
 	waitFor(t, "every handshake slot taken", func() bool { return e.srv.handshaking() == e.srv.cfg.MaxHandshakes })
-	for i := range 5 {
-		fresh := e.newClient(e.src, nil)
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
-		st, err := fresh.Dial(ctx, e.target())
-		cancel()
-		if err != nil {
-			t.Errorf("new client %d during the churn: %v (counted %v)", i, err, e.srv.Counters().Snapshot())
-		} else {
-			t.Logf("new client %d: handshake and stream in %v", i, time.Since(start).Round(time.Microsecond))
-			st.Close()
-		}
-		fresh.Close()
-		time.Sleep(50 * time.Millisecond)
-	}
+	newClientsServed(t, e, 5, 50*time.Millisecond)
 	if busy := e.srv.handshaking(); busy > e.srv.cfg.MaxHandshakes {
 		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
 	}

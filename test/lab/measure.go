@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,15 +80,22 @@ func RSSMiB(pid int) (float64, error) {
 
 // CPUSeconds is the user+system CPU seconds process pid has used (0 when it is gone).
 func CPUSeconds(pid int) float64 {
+	user, kernel := cpuTimes(pid)
+	return user + kernel
+}
+
+// cpuTimes is the user and system CPU seconds of process pid, every thread (0, 0 when it is
+// gone).
+func cpuTimes(pid int) (user, kernel float64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	// Fields after the command name, which is in parentheses and may hold spaces.
 	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
+	return ut / 100, st / 100 // USER_HZ
 }
 
 // Activity is what a process has done so far, as the kernel counts it: the CPU seconds it used
@@ -104,37 +112,31 @@ type Activity struct {
 
 // ActivityOf reads pid's Activity.
 func ActivityOf(pid int) Activity {
-	var a Activity
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-		ut, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		a.CPUSeconds, a.KernelSeconds = (ut+st)/100, st/100 // USER_HZ
-	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			k, v, _ := strings.Cut(line, ":")
-			if k == "syscr" || k == "syscw" {
-				n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				a.IOSyscalls += n
-			}
-		}
-	}
+	user, kernel := cpuTimes(pid)
+	a := Activity{CPUSeconds: user + kernel, KernelSeconds: kernel,
+		IOSyscalls: sumFields(fmt.Sprintf("/proc/%d/io", pid), "syscr", "syscw")}
 	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	for _, t := range tasks {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			k, v, _ := strings.Cut(line, ":")
-			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
-				n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				a.CtxSwitches += n
-			}
-		}
+		a.CtxSwitches += sumFields(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()), "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 	}
 	return a
+}
+
+// sumFields adds the numbers of the "key: number" lines of the file at path whose key is one of
+// keys (0 when the file is gone).
+func sumFields(path string, keys ...string) float64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	total := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && slices.Contains(keys, k) {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			total += n
+		}
+	}
+	return total
 }
 
 // SettledRSS is each pid's RSS (MiB) once their sum stopped moving (a second apart within 1 %,
