@@ -178,9 +178,10 @@ bench-suite: deps peers bin
 
 ## bench-scale: one agent against a real kube-apiserver holding 1,000 then 10,000 pods (100 and
 ## 1,000 services with EndpointSlices, 100 policies), churn 10 then 100 pods/s for SCALE_DURATION
-## each: memory, CPU per watch event, API change -> enforced on real traffic, state builds;
+## each (20 s, as the README's figures were measured): memory, CPU per watch event, API change ->
+## enforced on real traffic, state builds;
 ## writes bench-out/scale.{json,md} (root)
-SCALE_DURATION ?= 30s
+SCALE_DURATION ?= 20s
 bench-scale: deps
 	$(GO) test -run '^$$' -bench '^BenchmarkScale$$' -benchtime 1x -count 1 -timeout 60m ./bench/scale/ \
 	  -args -scale-pods 1000,10000 -scale-services 100,1000 -scale-policies 100 -scale-churn 10,100 -scale-duration $(SCALE_DURATION)
