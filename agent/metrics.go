@@ -68,6 +68,7 @@ func (a *Agent) registerMetrics() {
 			return map[string]float64{"posted": float64(posted), "dropped": float64(dropped), "failed": float64(failed)}
 		})
 	}
+	m.Gauge("amesh_netns_unresolved_pods", "Pods of this node in the mesh not enrolled because their network namespace is not known yet or is ambiguous (looked for again with backoff).", func() float64 { return float64(a.unresolvedNetns.Load()) })
 	m.Gauge("amesh_netns_ambiguous_pods", "Pods of this node not enrolled because several network namespaces hold their IP and not exactly one of them is attached to the node (no CNI report).", func() float64 { return float64(a.ambiguousPods.Load()) })
 	m.GaugeSet("amesh_certificate_expiration_timestamp_seconds", "When each identity's current X.509-SVID held by this agent expires (Unix time).", "identity", func() map[string]float64 {
 		out := map[string]float64{}

@@ -105,10 +105,11 @@ func TestAmbiguousNetns(t *testing.T) {
 			t.Fatalf("ip %v in %s: %v: %s", args, squatter.Name, err, out)
 		}
 	}
-	ambiguous := func() float64 {
-		v, _ := sum(scrape(t, node2), "amesh_netns_ambiguous_pods", nil)
+	gauge := func(name string) float64 {
+		v, _ := sum(scrape(t, node2), name, nil)
 		return v
 	}
+	ambiguous := func() float64 { return gauge("amesh_netns_ambiguous_pods") }
 	const warning = "pod not enrolled: several network namespaces hold its IP and not exactly one of them is attached to this node (report it by CNI)"
 	warnings := func() int {
 		n := 0
@@ -132,8 +133,8 @@ func TestAmbiguousNetns(t *testing.T) {
 		t.Fatalf("web -> other while its namespace is ambiguous: %q, want refused", out)
 	}
 	time.Sleep(2 * time.Second) // retries look again meanwhile: still one warning
-	if n := warnings(); n != 1 || ambiguous() != 1 {
-		t.Fatalf("%d warnings for %s and amesh_netns_ambiguous_pods %v while it stays ambiguous, want 1 and 1", n, uid, ambiguous())
+	if n, u := warnings(), gauge("amesh_netns_unresolved_pods"); n != 1 || ambiguous() != 1 || u != 1 {
+		t.Fatalf("%d warnings for %s, amesh_netns_ambiguous_pods %v and amesh_netns_unresolved_pods %v while it stays ambiguous, want 1, 1 and 1", n, uid, ambiguous(), u)
 	}
 
 	mark := len(c.logLines("node2"))
@@ -144,8 +145,8 @@ func TestAmbiguousNetns(t *testing.T) {
 		return len(lines) > mark && anyLine(lines[mark:], map[string]string{"msg": "pod enrolled", "pod": uid})
 	})
 	t.Logf("enrolled %v after the squatter let the IP go", time.Since(start).Round(time.Millisecond))
-	if v := ambiguous(); v != 0 {
-		t.Errorf("amesh_netns_ambiguous_pods %v once resolved, want 0", v)
+	if v, u := ambiguous(), gauge("amesh_netns_unresolved_pods"); v != 0 || u != 0 {
+		t.Errorf("amesh_netns_ambiguous_pods %v and amesh_netns_unresolved_pods %v once resolved, want 0 and 0", v, u)
 	}
 	if out, err := c.curl("web", c.url("other")); err != nil || !strings.Contains(out, "hello from other") {
 		t.Fatalf("web -> other once enrolled: %q, %v", out, err)

@@ -118,6 +118,7 @@ func TestMetrics(t *testing.T) {
 		{"node1", "amesh_ebpf_map_capacity", l("map", "enrolled"), 4096},
 		{"node1", "amesh_enrollment_failures", l(), 0},
 		{"node1", "amesh_netns_ambiguous_pods", l(), 0},
+		{"node1", "amesh_netns_unresolved_pods", l(), 0},
 		{"node1", "amesh_identity_source_ready", l("source", "builtin"), 1},
 		{"node1", "amesh_identities", l("state", "available"), 3},
 		{"node1", "amesh_identities", l("state", "unavailable"), 0},
