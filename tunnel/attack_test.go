@@ -1144,19 +1144,18 @@ func TestAttackHandshakeChurn(t *testing.T) {
 			}
 		}()
 	}
-	defer func() {
+	halt := sync.OnceFunc(func() {
 		close(stop)
 		wg.Wait()
-	}()
+	})
+	defer halt()
 	waitFor(t, "every handshake slot taken", func() bool { return e.srv.handshaking() == e.srv.cfg.MaxHandshakes })
 	newClientsServed(t, e, 5, 50*time.Millisecond)
 	if busy := e.srv.handshaking(); busy > e.srv.cfg.MaxHandshakes {
 		t.Errorf("%d handshakes in progress, limit %d", busy, e.srv.cfg.MaxHandshakes)
 	}
 	t.Logf("counted: %v", e.srv.Counters().Snapshot())
-	close(stop)
-	wg.Wait()
-	stop = make(chan struct{})
+	halt()
 	backToBaseline(t, base, 5*time.Second)
 	probe(t, e, "after")
 }
