@@ -1103,7 +1103,13 @@ func TestAttackStalledHandshakesManyPeers(t *testing.T) {
 // probeLimit, each of five times: a full table makes room at the expense of the source holding
 // the most slots, however fast it replaces them.
 func TestAttackHandshakeChurn(t *testing.T) {
-	e := newEnv(t, envOpts{server: func(c *ServerConfig) { c.HandshakeTimeout = 20 * time.Second }})
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) {
+		c.HandshakeTimeout = 20 * time.Second
+		// What is tested is the table's fairness alone: at the default handshake rate per peer
+		// the two attackers could not replace their handshakes this fast (that budget is
+		// TestAttackHandshakeRate's), but seven addresses could.
+		c.HandshakeRatePerPeer, c.HandshakeBurstPerPeer = 1e6, 1e6
+	}})
 	probe(t, e, "before")
 	base := measure()
 	stop := make(chan struct{})
@@ -1156,6 +1162,55 @@ func TestAttackHandshakeChurn(t *testing.T) {
 	}
 	t.Logf("counted: %v", e.srv.Counters().Snapshot())
 	halt()
+	backToBaseline(t, base, 5*time.Second)
+	probe(t, e, "after")
+}
+
+// TestAttackHandshakeRate (class 6, "too often"): one peer with a valid certificate completes
+// TLS handshakes in a loop, eight at a time, each connection closed at once: within its
+// connection cap, but every handshake costs the server a signature and a verification. The
+// server completes at most HandshakeBurstPerPeer plus HandshakeRatePerPeer a second of them
+// (the rest are refused at accept, handshake_rate), and a good client from another address is
+// served meanwhile.
+func TestAttackHandshakeRate(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	probe(t, e, "before")
+	base := measure()
+	const window = 2 * time.Second
+	var done, tried atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 8 {
+		wg.Go(func() {
+			var presented *x509.Certificate
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
+			for i := 0; i < 2000 && time.Since(start) < window; i++ { // bounded in count and time
+				tried.Add(1)
+				nc, err := d.Dial("tcp", e.ln.Addr().String())
+				if err != nil {
+					continue
+				}
+				tc := tls.Client(nc, clientTLS(e.src, clientID, serverID, &presented))
+				tc.SetDeadline(time.Now().Add(time.Second))
+				if tc.Handshake() == nil {
+					done.Add(1)
+				}
+				tc.Close()
+			}
+		})
+	}
+	probe(t, e, "during")
+	wg.Wait()
+	elapsed := time.Since(start)
+	cfg := e.srv.cfg
+	allowed := int64(cfg.HandshakeBurstPerPeer) + int64(cfg.HandshakeRatePerPeer*elapsed.Seconds()) + 1
+	t.Logf("%d of %d handshakes completed in %v (allowed %d); refusals %v", done.Load(), tried.Load(), elapsed.Round(time.Millisecond), allowed, e.srv.Counters().Snapshot())
+	if done.Load() > allowed {
+		t.Errorf("the server completed %d handshakes of one peer in %v, budget %d (%d burst + %v/s)", done.Load(), elapsed.Round(time.Millisecond), allowed, cfg.HandshakeBurstPerPeer, cfg.HandshakeRatePerPeer)
+	}
+	if e.srv.Counters().Get(ReasonHandshakeRate) == 0 {
+		t.Errorf("no handshake_rate refusal counted: %v", e.srv.Counters().Snapshot())
+	}
 	backToBaseline(t, base, 5*time.Second)
 	probe(t, e, "after")
 }

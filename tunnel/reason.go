@@ -45,6 +45,7 @@ const (
 	ReasonTooManyConns      // a peer (source IP) over ServerConfig.MaxConnsPerPeer connections
 	ReasonTooManyHandshakes // more than ServerConfig.MaxHandshakes handshakes at once
 	ReasonHandshakeEvicted  // a handshake older than ServerConfig.HandshakeEvictAfter closed to make room for a new one
+	ReasonHandshakeRate     // a peer (source IP) starting handshakes faster than ServerConfig.HandshakeRatePerPeer allows
 	ReasonAcceptError       // Accept failed (EMFILE and the like); Serve backs off and retries
 	ReasonSourceIdentity    // the peer's identity is not that of the workload at its source address (Authorize says so with Refuse)
 	ReasonWaypointBypass    // traffic for a waypoint-covered port that did not come from the waypoint (Authorize says so with Refuse)
@@ -83,6 +84,7 @@ var reasonNames = [reasonCount]string{
 	ReasonWaypointBypass:    "waypoint_bypass",
 	ReasonTooManyHandshakes: "too_many_handshakes",
 	ReasonHandshakeEvicted:  "handshake_evicted",
+	ReasonHandshakeRate:     "handshake_rate",
 	ReasonAcceptError:       "accept_error",
 	ReasonSourceIdentity:    "source_identity",
 }

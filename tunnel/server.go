@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/time/rate"
 
 	"github.com/amesh-dev/amesh/identity"
 )
@@ -95,6 +96,15 @@ type ServerConfig struct {
 	// stalling handshakes from many addresses cannot lock everyone else out for
 	// HandshakeTimeout. 1 s when zero.
 	HandshakeEvictAfter time.Duration
+	// HandshakeRatePerPeer and HandshakeBurstPerPeer bound how often one source IP may start a
+	// TLS handshake (a token bucket): each costs the server a signature and a verification
+	// (~1 ms of CPU), so a peer completing handshakes in a loop, within its connection cap,
+	// would otherwise take a core. Over it, a connection is closed at accept
+	// (ReasonHandshakeRate). 20 a second and 128 when zero: a pool opens one connection per
+	// destination workload and keeps it, so even a pod reaching every pod of a packed node at
+	// once (MaxConnsPerPeer of them) stays within the burst.
+	HandshakeRatePerPeer  float64
+	HandshakeBurstPerPeer int
 	// MaxEarlyResets is how many streams a connection may reset before their response (or have
 	// refused for the stream cap) before it is cut with GOAWAY ENHANCE_YOUR_CALM, once they are
 	// also over half of its streams (CVE-2023-44487, Envoy's premature-reset rule). 200 when
@@ -149,8 +159,12 @@ type Server struct {
 	// inHandshake holds the connections in their handshake (each holding one of MaxHandshakes
 	// slots), with when and from where each was accepted: a full table makes room (victimLocked).
 	inHandshake map[net.Conn]handshakeSlot
-	closed      bool
-	wg          sync.WaitGroup
+	// rates holds each source IP's handshake token bucket. It outlives the peer's connections
+	// (a peer closing each one before the next would otherwise start full every time) and is
+	// pruned of full buckets, which are as good as new (handshakeAllowedLocked).
+	rates  map[netip.Addr]*rate.Limiter
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // handshakeSlot is one connection's place in the handshake table.
@@ -190,6 +204,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	setDefaultInt(&cfg.MaxStreamsPerPeer, 2048)
 	setDefaultInt(&cfg.MaxHandshakes, 128)
 	setDefault(&cfg.HandshakeEvictAfter, time.Second)
+	if cfg.HandshakeRatePerPeer <= 0 {
+		cfg.HandshakeRatePerPeer = 20
+	}
+	setDefaultInt(&cfg.HandshakeBurstPerPeer, 128)
 	setDefaultInt(&cfg.MaxEarlyResets, 2*int(cfg.MaxConcurrentStreams))
 	if cfg.DialUpstream == nil {
 		cfg.DialUpstream = func(ctx context.Context, req *Request) (net.Conn, error) {
@@ -203,7 +221,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{cfg: cfg, log: log, ctx: ctx, cancel: cancel, conns: map[*h2conn]struct{}{},
-		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}, inHandshake: map[net.Conn]handshakeSlot{}}, nil
+		listeners: map[net.Listener]struct{}{}, peers: map[netip.Addr]*peerState{}, inHandshake: map[net.Conn]handshakeSlot{}, rates: map[netip.Addr]*rate.Limiter{}}, nil
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -317,6 +335,8 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	switch {
 	case p != nil && p.conns >= s.cfg.MaxConnsPerPeer:
 		r = ReasonTooManyConns
+	case !s.handshakeAllowedLocked(addr, now):
+		r = ReasonHandshakeRate
 	case len(s.inHandshake) >= s.cfg.MaxHandshakes:
 		if evicted = s.victimLocked(addr, now); evicted != nil {
 			delete(s.inHandshake, evicted)
@@ -351,6 +371,31 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 		return nil, false
 	}
 	return p, true
+}
+
+// maxRateEntries bounds the handshake buckets the server keeps (~100 bytes each). Past it, full
+// buckets are dropped; a source IP that still finds no room is not rate-limited, and only
+// MaxConnsPerPeer and MaxHandshakes bound it, as they bound every peer.
+const maxRateEntries = 4096
+
+// handshakeAllowedLocked takes a token from addr's handshake bucket, saying whether it had one.
+func (s *Server) handshakeAllowedLocked(addr netip.Addr, now time.Time) bool {
+	l := s.rates[addr]
+	if l == nil {
+		if len(s.rates) >= maxRateEntries {
+			for a, b := range s.rates {
+				if b.TokensAt(now) >= float64(b.Burst()) {
+					delete(s.rates, a)
+				}
+			}
+		}
+		if len(s.rates) >= maxRateEntries {
+			return true
+		}
+		l = rate.NewLimiter(rate.Limit(s.cfg.HandshakeRatePerPeer), s.cfg.HandshakeBurstPerPeer)
+		s.rates[addr] = l
+	}
+	return l.AllowN(now, 1)
 }
 
 // victimLocked picks the handshake in progress that a new connection from addr closes when every
