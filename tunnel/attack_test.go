@@ -987,18 +987,7 @@ func TestAttackStalledHandshakes(t *testing.T) {
 	heapGrowth(t, fmt.Sprintf("%d stalled handshakes from one peer", len(conns)), base, peerBudget)
 	probe(t, e, "during")
 	// A client with no connection yet: its handshake must find a slot.
-	fresh := e.newClient(e.src, nil)
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), probeLimit)
-	st, err := fresh.Dial(ctx, e.target())
-	cancel()
-	if err != nil {
-		t.Errorf("a new client's handshake and stream during the attack: %v", err)
-	} else {
-		t.Logf("a new client's handshake and stream during the attack: %v", time.Since(start).Round(time.Microsecond))
-		st.Close()
-	}
-	fresh.Close()
+	newClientsServed(t, e, 1, 0)
 
 	// The server closes every stalled handshake at its timeout: the attacker's reads end (EOF or
 	// reset) rather than time out.
