@@ -95,3 +95,29 @@ func TestHandshakeRates(t *testing.T) {
 		t.Error("a bucket that is not full was pruned")
 	}
 }
+
+// TestRefusalLog: each reason writes refusalLogBurst lines at once, then refusalLogRate a
+// second, and its next line after a gap says how many it held back; reasons do not share.
+func TestRefusalLog(t *testing.T) {
+	var l refusalLog
+	now := time.Now()
+	for i := range refusalLogBurst {
+		if ok, held := l.allow(ReasonHandshakeRate, now); !ok || held != 0 {
+			t.Fatalf("line %d of the burst: allowed %v, held %d", i, ok, held)
+		}
+	}
+	for range 5 {
+		if ok, _ := l.allow(ReasonHandshakeRate, now); ok {
+			t.Fatal("a line past the burst at once was allowed")
+		}
+	}
+	if ok, held := l.allow(ReasonTooManyConns, now); !ok || held != 0 {
+		t.Errorf("another reason's first line: allowed %v, held %d", ok, held)
+	}
+	if ok, held := l.allow(ReasonHandshakeRate, now.Add(time.Second/refusalLogRate)); !ok || held != 5 {
+		t.Errorf("the line after a refill: allowed %v, held %d; want true, 5", ok, held)
+	}
+	if ok, held := l.allow(reasonCount, now); !ok || held != 0 {
+		t.Errorf("an unknown reason: allowed %v, held %d; want always written", ok, held)
+	}
+}

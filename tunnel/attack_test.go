@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -1165,43 +1166,118 @@ func TestAttackHandshakeRate(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	probe(t, e, "before")
 	base := measure()
-	const window = 2 * time.Second
-	var done, tried atomic.Int64
-	var wg sync.WaitGroup
 	start := time.Now()
-	for range 8 {
-		wg.Go(func() {
-			var presented *x509.Certificate
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
-			for i := 0; i < 2000 && time.Since(start) < window; i++ { // bounded in count and time
-				tried.Add(1)
-				nc, err := d.Dial("tcp", e.ln.Addr().String())
-				if err != nil {
-					continue
-				}
-				tc := tls.Client(nc, clientTLS(e.src, clientID, serverID, &presented))
-				tc.SetDeadline(time.Now().Add(time.Second))
-				if tc.Handshake() == nil {
-					done.Add(1)
-				}
-				tc.Close()
-			}
-		})
-	}
+	wait := handshakeLoop(e, "127.0.0.2", 2*time.Second)
 	probe(t, e, "during")
-	wg.Wait()
+	done, tried := wait()
 	elapsed := time.Since(start)
 	cfg := e.srv.cfg
 	allowed := int64(cfg.HandshakeBurstPerPeer) + int64(cfg.HandshakeRatePerPeer*elapsed.Seconds()) + 1
-	t.Logf("%d of %d handshakes completed in %v (allowed %d); refusals %v", done.Load(), tried.Load(), elapsed.Round(time.Millisecond), allowed, e.srv.Counters().Snapshot())
-	if done.Load() > allowed {
-		t.Errorf("the server completed %d handshakes of one peer in %v, budget %d (%d burst + %v/s)", done.Load(), elapsed.Round(time.Millisecond), allowed, cfg.HandshakeBurstPerPeer, cfg.HandshakeRatePerPeer)
+	t.Logf("%d of %d handshakes completed in %v (allowed %d); refusals %v", done, tried, elapsed.Round(time.Millisecond), allowed, e.srv.Counters().Snapshot())
+	if done > allowed {
+		t.Errorf("the server completed %d handshakes of one peer in %v, budget %d (%d burst + %v/s)", done, elapsed.Round(time.Millisecond), allowed, cfg.HandshakeBurstPerPeer, cfg.HandshakeRatePerPeer)
 	}
 	if e.srv.Counters().Get(ReasonHandshakeRate) == 0 {
 		t.Errorf("no handshake_rate refusal counted: %v", e.srv.Counters().Snapshot())
 	}
 	backToBaseline(t, base, 5*time.Second)
 	probe(t, e, "after")
+}
+
+// handshakeLoop has eight clients from address from complete TLS handshakes with a valid
+// certificate in a loop, closing each connection at once, for window (and at most 2,000 each);
+// the function it returns waits for them and says how many handshakes completed of how many
+// tried.
+func handshakeLoop(e *env, from string, window time.Duration) func() (done, tried int64) {
+	var d, n atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 8 {
+		wg.Go(func() {
+			var presented *x509.Certificate
+			dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: time.Second}
+			for i := 0; i < 2000 && time.Since(start) < window; i++ { // bounded in count and time
+				n.Add(1)
+				nc, err := dialer.Dial("tcp", e.ln.Addr().String())
+				if err != nil {
+					continue
+				}
+				tc := tls.Client(nc, clientTLS(e.src, clientID, serverID, &presented))
+				tc.SetDeadline(time.Now().Add(time.Second))
+				if tc.Handshake() == nil {
+					d.Add(1)
+				}
+				tc.Close()
+			}
+		})
+	}
+	return func() (int64, int64) {
+		wg.Wait()
+		return d.Load(), n.Load()
+	}
+}
+
+// TestAttackRefusalLog (class 6, "too often", on the node's disk): a peer refused thousands of
+// times a second must not write a log line for each. The refusals are all counted; the lines a
+// reason writes are at most refusalLogBurst plus refusalLogRate a second, and a line after a gap
+// says how many were held back ("suppressed").
+func TestAttackRefusalLog(t *testing.T) {
+	rec := &recordLog{}
+	e := newEnv(t, envOpts{server: func(c *ServerConfig) { c.Logger = slog.New(rec) }})
+	start := time.Now()
+	handshakeLoop(e, "127.0.0.2", time.Second)()
+	elapsed := time.Since(start)
+	refused := e.srv.Counters().Get(ReasonHandshakeRate)
+	lines, suppressed := rec.count("HBONE connection refused")
+	allowed := refusalLogBurst + int(refusalLogRate*elapsed.Seconds()) + 1
+	t.Logf("%d refusals (handshake_rate) in %v: %d log lines, %d said suppressed", refused, elapsed.Round(time.Millisecond), lines, suppressed)
+	if refused < 1000 {
+		t.Fatalf("only %d refusals: the attack did not run", refused)
+	}
+	if lines > allowed {
+		t.Errorf("%d log lines for %d refusals in %v, budget %d", lines, refused, elapsed.Round(time.Millisecond), allowed)
+	}
+	if suppressed == 0 || uint64(lines)+suppressed > refused {
+		t.Errorf("lines say %d suppressed beside their %d: want some, and no more than the %d refusals", suppressed, lines, refused)
+	}
+}
+
+// recordLog is a slog.Handler that keeps each record's message and its "suppressed" attribute.
+type recordLog struct {
+	mu   sync.Mutex
+	msgs []string
+	supp []uint64
+}
+
+func (r *recordLog) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recordLog) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *recordLog) WithGroup(string) slog.Handler            { return r }
+func (r *recordLog) Handle(_ context.Context, rec slog.Record) error {
+	var n uint64
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key == "suppressed" {
+			n = a.Value.Uint64()
+		}
+		return true
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	r.supp = append(r.supp, n)
+	return nil
+}
+
+// count returns how many records had message msg, and the sum of their "suppressed".
+func (r *recordLog) count(msg string) (lines int, suppressed uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, m := range r.msgs {
+		if m == msg {
+			lines++
+			suppressed += r.supp[i]
+		}
+	}
+	return lines, suppressed
 }
 
 // TestAttackExpiredCert (class 9): a connection authenticated with a certificate that has

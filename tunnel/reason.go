@@ -3,7 +3,11 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Reason says why a tunnel refused a connection or a stream. Every refusal is counted by reason
@@ -186,4 +190,41 @@ func (c *Counters) Snapshot() map[string]uint64 {
 		}
 	}
 	return m
+}
+
+// The log budget of each refusal reason: a burst of refusalLogBurst lines, then refusalLogRate
+// a second.
+const (
+	refusalLogBurst = 20
+	refusalLogRate  = 10
+)
+
+// refusalLog keeps the log budget of each refusal reason. What it holds back is counted and
+// said on the reason's next line ("suppressed"); Counters stay exact. The zero value is ready.
+type refusalLog struct {
+	mu      sync.Mutex
+	buckets [reasonCount]*rate.Limiter
+	held    [reasonCount]uint64
+}
+
+// allow says whether a line for r may be written at now, and how many of r's were held back
+// since the last one written.
+func (l *refusalLog) allow(r Reason, now time.Time) (bool, uint64) {
+	if r >= reasonCount {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[r]
+	if b == nil {
+		b = rate.NewLimiter(refusalLogRate, refusalLogBurst)
+		l.buckets[r] = b
+	}
+	if !b.AllowN(now, 1) {
+		l.held[r]++
+		return false, 0
+	}
+	held := l.held[r]
+	l.held[r] = 0
+	return true, held
 }

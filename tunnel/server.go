@@ -162,9 +162,11 @@ type Server struct {
 	// rates holds each source IP's handshake token bucket. It outlives the peer's connections
 	// (a peer closing each one before the next would otherwise start full every time) and is
 	// pruned of full buckets, which are as good as new (handshakeAllowedLocked).
-	rates  map[netip.Addr]*rate.Limiter
-	closed bool
-	wg     sync.WaitGroup
+	rates map[netip.Addr]*rate.Limiter
+	// refusalLog bounds the log lines refusals write (refused).
+	refusalLog refusalLog
+	closed     bool
+	wg         sync.WaitGroup
 }
 
 // handshakeSlot is one connection's place in the handshake table.
@@ -355,14 +357,12 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 	s.mu.Unlock()
 	if evicted != nil {
 		// Its serveConn sees the handshake fail and ends; the slot is already this one's.
-		s.counters.add(ReasonHandshakeEvicted)
-		s.log.Info("HBONE handshake closed to make room", "remote", evicted.RemoteAddr().String(), "reason", ReasonHandshakeEvicted.String(),
+		s.refused(s.log, ReasonHandshakeEvicted, "HBONE handshake closed to make room", "remote", evicted.RemoteAddr().String(),
 			"max_handshakes", s.cfg.MaxHandshakes, "evict_after", s.cfg.HandshakeEvictAfter)
 		evicted.Close()
 	}
 	if r != ReasonNone {
-		s.counters.add(r)
-		s.log.Info("HBONE connection refused", "remote", nc.RemoteAddr().String(), "reason", r.String(),
+		s.refused(s.log, r, "HBONE connection refused", "remote", nc.RemoteAddr().String(),
 			"max_conns_per_peer", s.cfg.MaxConnsPerPeer, "max_handshakes", s.cfg.MaxHandshakes)
 		if tc, ok := nc.(*net.TCPConn); ok {
 			tc.SetLinger(0)
@@ -371,6 +371,21 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 		return nil, false
 	}
 	return p, true
+}
+
+// refused counts a refusal for reason r and logs it at Info, within r's log budget
+// (refusalLog): a peer refused thousands of times a second must not write as many lines.
+func (s *Server) refused(log *slog.Logger, r Reason, msg string, args ...any) {
+	s.counters.add(r)
+	ok, held := s.refusalLog.allow(r, time.Now())
+	if !ok {
+		return
+	}
+	args = append([]any{"reason", r.String()}, args...)
+	if held > 0 {
+		args = append(args, "suppressed", held)
+	}
+	log.Info(msg, args...)
 }
 
 // maxRateEntries bounds the handshake buckets the server keeps (~100 bytes each). Past it, full
@@ -497,8 +512,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 		if s.evicted(nc) {
 			return // counted and logged as handshake_evicted
 		}
-		s.counters.add(ReasonOf(rerr))
-		log.Info("HBONE handshake refused", "reason", ReasonOf(rerr).String(), "err", err)
+		s.refused(log, ReasonOf(rerr), "HBONE handshake refused", "err", err)
 		nc.Close()
 		return
 	}
@@ -506,8 +520,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	cs := tc.ConnectionState()
 	peer, err := peerID(cs)
 	if err != nil {
-		s.counters.add(ReasonOf(err))
-		log.Info("HBONE peer refused", "reason", ReasonOf(err).String(), "err", err)
+		s.refused(log, ReasonOf(err), "HBONE peer refused", "err", err)
 		tc.Close()
 		return
 	}
@@ -521,8 +534,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	err = readPreface(tc)
 	stopWait()
 	if err != nil {
-		s.counters.add(ReasonProtocol)
-		log.Info("HBONE preface refused", "reason", ReasonProtocol.String(), "err", err)
+		s.refused(log, ReasonProtocol, "HBONE preface refused", "err", err)
 		tc.Close()
 		return
 	}
@@ -575,8 +587,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, cfg *tls.Config, lo
 	}()
 
 	if err := c.handshake(s.cfg.MaxConcurrentStreams); err != nil {
-		s.counters.add(ReasonProtocol)
-		log.Info("HBONE preface refused", "reason", ReasonProtocol.String(), "err", err)
+		s.refused(log, ReasonProtocol, "HBONE preface refused", "err", err)
 		c.closeWith(err)
 		return
 	}
@@ -692,8 +703,7 @@ func (s *Server) serveStream(st *Stream, peer spiffeid.ID, peerCert *x509.Certif
 // refuseStream answers a CONNECT with the reason's status and ends the stream; not one byte of
 // the client's reaches any destination.
 func (s *Server) refuseStream(st *Stream, r Reason, err error, log *slog.Logger) {
-	s.counters.add(r)
-	log.Info("HBONE request refused", "stream", st.id, "reason", r.String(), "status", r.Status(), "err", err)
+	s.refused(log, r, "HBONE request refused", "stream", st.id, "status", r.Status(), "err", err)
 	if st.respond(r.Status(), true) == nil {
 		// RFC 9113 §8.1: a complete response before the request ends; stop the client sending.
 		st.Reset(http2.ErrCodeNo)
