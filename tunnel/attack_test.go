@@ -1242,6 +1242,50 @@ func TestAttackRefusalLog(t *testing.T) {
 	}
 }
 
+// TestAttackFailingServerLog (the client side of the same): a destination whose HBONE port
+// accepts and hangs up, dialled 500 times in a row, must not make the client write a line per
+// failed handshake.
+func TestAttackFailingServerLog(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	rec := &recordLog{}
+	client := e.newClient(e.src, func(c *ClientConfig) { c.Logger = slog.New(rec) })
+	target := e.target()
+	target.Addr = netip.MustParseAddrPort(ln.Addr().String())
+	start := time.Now()
+	failed := 0
+	for range 500 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if _, err := client.Dial(ctx, target); err != nil {
+			failed++
+		}
+		cancel()
+	}
+	elapsed := time.Since(start)
+	lines, suppressed := rec.count("HBONE handshake failed")
+	allowed := refusalLogBurst + int(refusalLogRate*elapsed.Seconds()) + 1
+	t.Logf("%d of 500 dials failed in %v: %d log lines, %d said suppressed", failed, elapsed.Round(time.Millisecond), lines, suppressed)
+	if failed != 500 {
+		t.Fatalf("%d of 500 dials to a server that hangs up failed, want all", failed)
+	}
+	if lines > allowed {
+		t.Errorf("%d log lines for 500 failed dials in %v, budget %d", lines, elapsed.Round(time.Millisecond), allowed)
+	}
+}
+
 // recordLog is a slog.Handler that keeps each record's message and its "suppressed" attribute.
 type recordLog struct {
 	mu   sync.Mutex

@@ -67,6 +67,8 @@ type Client struct {
 	log      *slog.Logger
 	pool     *pool
 	counters Counters
+	// refusalLog bounds the log lines of failed handshakes.
+	refusalLog refusalLog
 }
 
 // NewClient checks cfg and returns a Client.
@@ -247,7 +249,9 @@ func (c *Client) connectOnce(ctx context.Context, key poolKey) (*h2conn, error) 
 	if err := tc.HandshakeContext(dctx); err != nil {
 		nc.Close()
 		rerr := classifyHandshake(dctx, err)
-		c.log.Info("HBONE handshake failed", "addr", key.addr.String(), "dst_id", key.dst.String(), "reason", ReasonOf(rerr).String(), "err", err)
+		// Within a log budget: a pod dialling a failing destination in a loop fails a handshake
+		// each time.
+		c.refusalLog.info(c.log, ReasonOf(rerr), "HBONE handshake failed", "addr", key.addr.String(), "dst_id", key.dst.String(), "err", err)
 		return nil, rerr
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != alpnH2 {

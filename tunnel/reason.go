@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -205,6 +206,20 @@ type refusalLog struct {
 	mu      sync.Mutex
 	buckets [reasonCount]*rate.Limiter
 	held    [reasonCount]uint64
+}
+
+// info writes msg at Info on log with r's reason (and, after a gap, how many of r's lines were
+// held back), unless r's log budget is spent.
+func (l *refusalLog) info(log *slog.Logger, r Reason, msg string, args ...any) {
+	ok, held := l.allow(r, time.Now())
+	if !ok {
+		return
+	}
+	args = append([]any{"reason", r.String()}, args...)
+	if held > 0 {
+		args = append(args, "suppressed", held)
+	}
+	log.Info(msg, args...)
 }
 
 // allow says whether a line for r may be written at now, and how many of r's were held back

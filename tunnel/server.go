@@ -377,15 +377,7 @@ func (s *Server) admit(nc net.Conn) (*peerState, bool) {
 // (refusalLog): a peer refused thousands of times a second must not write as many lines.
 func (s *Server) refused(log *slog.Logger, r Reason, msg string, args ...any) {
 	s.counters.add(r)
-	ok, held := s.refusalLog.allow(r, time.Now())
-	if !ok {
-		return
-	}
-	args = append([]any{"reason", r.String()}, args...)
-	if held > 0 {
-		args = append(args, "suppressed", held)
-	}
-	log.Info(msg, args...)
+	s.refusalLog.info(log, r, msg, args...)
 }
 
 // maxRateEntries bounds the handshake buckets the server keeps (~100 bytes each). Past it, full
