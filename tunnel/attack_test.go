@@ -1243,28 +1243,14 @@ func TestAttackRefusalLog(t *testing.T) {
 }
 
 // TestAttackFailingServerLog (the client side of the same): a destination whose HBONE port
-// accepts and hangs up, dialled 500 times in a row, must not make the client write a line per
+// hangs up on every handshake (hangingUp), dialled 500 times in a row, must not make the client write a line per
 // failed handshake.
 func TestAttackFailingServerLog(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 	rec := &recordLog{}
 	client := e.newClient(e.src, func(c *ClientConfig) { c.Logger = slog.New(rec) })
 	target := e.target()
-	target.Addr = netip.MustParseAddrPort(ln.Addr().String())
+	target.Addr = hangingUp(t)
 	start := time.Now()
 	failed := 0
 	for range 500 {

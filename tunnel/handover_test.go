@@ -122,34 +122,17 @@ func TestDialRetriesAServerThatHungUp(t *testing.T) {
 		{"always", 1 << 30, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			hang, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer hang.Close()
-			go func() {
-				for {
-					c, err := hang.Accept()
-					if err != nil {
-						return
-					}
-					// Read the ClientHello, then hang up with it unread-acknowledged: a reset.
-					c.SetReadDeadline(time.Now().Add(time.Second))
-					c.Read(make([]byte, 512))
-					c.(*net.TCPConn).SetLinger(0)
-					c.Close()
-				}
-			}()
+			hang := hangingUp(t)
 			var dials atomic.Int32
 			e := newEnv(t, envOpts{client: func(c *ClientConfig) {
 				c.Dial = func(ctx context.Context, _ netip.Addr, addr netip.AddrPort) (net.Conn, error) {
 					if dials.Add(1) <= tt.hangups {
-						addr = netip.MustParseAddrPort(hang.Addr().String())
+						addr = hang
 					}
 					return (&net.Dialer{}).DialContext(ctx, "tcp", addr.String())
 				}
 			}})
-			err = echoDial(e, "after a hang-up")
+			err := echoDial(e, "after a hang-up")
 			if tt.ok && err != nil {
 				t.Fatalf("dial after %d hang-ups: %v", tt.hangups, err)
 			}

@@ -247,3 +247,28 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	testenv.WaitFor(t, what, 5*time.Second, cond)
 }
+
+// hangingUp listens on loopback for as long as the test runs and hangs up on every connection
+// once it has read the ClientHello, leaving it unacknowledged: a reset, as a server going away
+// mid-handshake does. It returns the address.
+func hangingUp(t testing.TB) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			c.Read(make([]byte, 512))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
